@@ -1,0 +1,1 @@
+"""Faust agents, timers and web views, and the ``tagger`` command line."""

@@ -1,0 +1,5 @@
+"""``python -m agents`` is the ``tagger`` command."""
+
+from .cli import main
+
+main()

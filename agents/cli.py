@@ -1,0 +1,128 @@
+"""The ``tagger`` command line: worker, reevaluate, demo, tail and the embedded dev mode."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import uuid
+
+import click
+import orjson
+
+from stream.settings import Settings
+from stream.topics import ensure_all_topics
+
+
+def _settings() -> Settings:
+    try:
+        return Settings()
+    except Exception as exc:  # pydantic's ValidationError names each bad variable
+        raise click.ClickException(f"invalid settings: {exc}") from exc
+
+
+@click.group()
+def main() -> None:
+    """Real-time customer tagger. Settings come from environment variables (see README)."""
+
+
+@main.command()
+def worker() -> None:
+    """Run one tagger worker (several may run in one consumer group)."""
+    from faust.worker import Worker
+
+    from rules import RulesetError
+
+    from .tagger import build
+
+    settings = _settings()
+    try:
+        app, _ = build(settings)
+    except RulesetError as exc:
+        raise click.ClickException(f"invalid ruleset: {exc}") from exc
+    ensure_all_topics(settings)
+    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+async def _reevaluate(settings: Settings, timeout: float) -> dict[str, float]:
+    import redis.asyncio as aioredis
+
+    from stream.kafka_admin import make_producer
+    from stream.redis_view import RedisView
+
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    view = RedisView(client, settings.redis_prefix)
+    producer = make_producer(settings.kafka_bootstrap_servers)
+    request_id = uuid.uuid4().hex
+    timings: dict[str, float] = {}
+    try:
+        for phase in ("rank", "evaluate"):
+            started = time.monotonic()
+            value = orjson.dumps({"cmd": phase, "request_id": request_id})
+            for p in range(settings.partitions):
+                producer.produce(settings.commands_topic, key=b"reevaluate", value=value, partition=p)
+            producer.flush(10)
+            deadline = started + timeout
+            while len(await view.acked(request_id, phase)) < settings.partitions:
+                if time.monotonic() > deadline:
+                    done = sorted(await view.acked(request_id, phase))
+                    raise click.ClickException(
+                        f"phase {phase!r} timed out after {timeout}s; partitions done: {done} "
+                        f"of {settings.partitions}. Are workers running and Redis reachable?")
+                await asyncio.sleep(0.1)
+            timings[phase] = time.monotonic() - started
+    finally:
+        await client.aclose()
+    return timings
+
+
+@main.command()
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for each phase.")
+def reevaluate(timeout: float) -> None:
+    """Re-evaluate every customer now (e.g. after a bulk replay).
+
+    Phase 1 refreshes every customer's spend in the global rank; phase 2
+    re-reads the tier cut-offs and re-evaluates everyone, so tiers match the
+    rank definition exactly.
+    """
+    settings = _settings()
+    timings = asyncio.run(_reevaluate(settings, timeout))
+    click.echo(f"re-evaluated all {settings.partitions} partitions: "
+               + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+
+
+@main.command()
+@click.option("--customers", default=200, show_default=True)
+@click.option("--rate", default=50.0, show_default=True, help="Events per second (0 = max).")
+@click.option("--limit", default=None, type=int, help="Stop after this many events.")
+@click.option("--seed", default=7, show_default=True)
+def demo(customers: int, rate: float, limit: int | None, seed: int) -> None:
+    """Produce realistic demo events to the input topics."""
+    from stream.demo import DemoConfig, run_demo
+
+    settings = _settings()
+    config = DemoConfig(customers=customers, rate=rate, seed=seed, currency=settings.currency)
+    sent = asyncio.run(run_demo(settings.kafka_bootstrap_servers, config, limit=limit))
+    click.echo(f"produced {sent} events")
+
+
+@main.command()
+@click.option("--tag", "tags", multiple=True, help="Only changes that add or remove this tag.")
+@click.option("--tier", "tiers", multiple=True, help="Only changes into or out of this tier.")
+def tail(tags: tuple[str, ...], tiers: tuple[str, ...]) -> None:
+    """Print tag changes as they happen."""
+    from .console import tail_tag_changes
+
+    settings = _settings()
+    asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers)))
+
+
+@main.command()
+@click.option("--customers", default=200, show_default=True)
+@click.option("--rate", default=20.0, show_default=True, help="Demo events per second.")
+@click.option("--web-port", default=6066, show_default=True)
+def dev(customers: int, rate: float, web_port: int) -> None:
+    """Run everything embedded: broker, Redis, one worker, demo events; show tag changes."""
+    from .devmode import run_dev
+
+    sys.exit(run_dev(customers=customers, rate=rate, web_port=web_port))

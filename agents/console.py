@@ -1,0 +1,61 @@
+"""Terminal rendering of tag changes (``tagger tail`` and ``tagger dev``)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Collection, Mapping
+from typing import Any
+
+import click
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from stream.settings import Settings
+
+_TIER_COLOURS = {"A": "magenta", "B": "cyan", "C": "green", "D": "white"}
+
+
+def render_change(change: Mapping[str, Any]) -> str:
+    """One coloured line describing a tag change."""
+    tier, prev = change.get("tier"), change.get("previous_tier")
+    parts = [
+        click.style(str(change.get("event_time", ""))[:19], dim=True),
+        click.style(f"{change.get('customer_id', '?'):<14}", bold=True),
+        click.style(f"tier {prev or '-'}→{tier}", fg=_TIER_COLOURS.get(str(tier), "white"))
+        if tier != prev else f"tier {tier}  ",
+        f"score {change.get('score', 0):5.1f}",
+    ]
+    parts += [click.style(f"+{t}", fg="green") for t in change.get("added", [])]
+    parts += [click.style(f"-{t}", fg="red") for t in change.get("removed", [])]
+    reasons = change.get("reasons", {})
+    why = "; ".join(str(reasons[t]) for t in change.get("added", []) if t in reasons)
+    if why:
+        parts.append(click.style(f"({why})", dim=True))
+    return "  ".join(parts)
+
+
+def wanted(change: Mapping[str, Any], tags: Collection[str], tiers: Collection[str]) -> bool:
+    """Filter: a change touching one of ``tags`` or moving into/out of one of ``tiers``."""
+    if tags and not set(tags) & (set(change.get("added", [])) | set(change.get("removed", []))):
+        return False
+    if tiers and change.get("tier") not in tiers and change.get("previous_tier") not in tiers:
+        return False
+    return True
+
+
+async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (),
+                           tiers: Collection[str] = (), stop: asyncio.Event | None = None) -> None:
+    """Print every tag change (from the beginning of the topic) until stopped."""
+    consumer = AIOKafkaConsumer(settings.tag_changes_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+    await consumer.start()
+    try:
+        while stop is None or not stop.is_set():
+            batches = await consumer.getmany(timeout_ms=500)
+            for records in batches.values():
+                for record in records:
+                    change = orjson.loads(record.value or b"{}")
+                    if wanted(change, tags, tiers):
+                        click.echo(render_change(change))
+    finally:
+        await consumer.stop()

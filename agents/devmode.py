@@ -1,0 +1,79 @@
+"""``tagger dev``: broker, Redis, one worker and demo events on this machine, tag changes on screen.
+
+If ``KAFKA_BOOTSTRAP_SERVERS`` is set, that Kafka is used instead of the
+embedded broker, and likewise ``REDIS_URL`` for Redis.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import click
+
+from stream.demo import DemoConfig, run_demo
+from stream.embedded import RedisServer, TansuBroker, spawn, terminate
+from stream.settings import Settings
+from stream.topics import ensure_all_topics
+
+from .console import tail_tag_changes
+
+
+def _worker_env(bootstrap: str, redis_url: str, web_port: int, datadir: Path, embedded: bool) -> dict[str, str]:
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, REDIS_URL=redis_url,
+               TAGGER_WEB_PORT=str(web_port), TAGGER_DATADIR=str(datadir))
+    env.setdefault("TAGGER_SWEEP_INTERVAL", "10")
+    if embedded:  # Tansu: fast group joins and the highwater shim (see docs/BROKER.md)
+        env.update(TAGGER_TANSU_COMPAT="true", TAGGER_SESSION_TIMEOUT="6", TAGGER_HEARTBEAT_INTERVAL="1")
+    return env
+
+
+async def _run(settings: Settings, customers: int, rate: float, stop: asyncio.Event) -> None:
+    config = DemoConfig(customers=customers, rate=rate, currency=settings.currency)
+    demo = asyncio.create_task(run_demo(settings.kafka_bootstrap_servers, config, stop=stop))
+    try:
+        await tail_tag_changes(settings, stop=stop)
+    finally:
+        stop.set()
+        await demo
+
+
+def run_dev(*, customers: int, rate: float, web_port: int) -> int:
+    """Run until Ctrl-C; stop every child process; return an exit code."""
+    broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else TansuBroker()
+    redis = None if os.environ.get("REDIS_URL") else RedisServer()
+    workdir = Path(tempfile.mkdtemp(prefix="tagger-dev-"))
+    proc = None
+    try:
+        if broker:
+            broker.start()
+        if redis:
+            redis.start()
+        bootstrap = broker.bootstrap if broker else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
+        redis_url = redis.url if redis else os.environ["REDIS_URL"]
+        env = _worker_env(bootstrap, redis_url, web_port, workdir / "data", broker is not None)
+        log_path = workdir / "worker.log"
+        click.echo(click.style(f"broker {bootstrap}  redis {redis_url}  worker log {log_path}", dim=True))
+        click.echo(click.style(f"customer lookup: http://127.0.0.1:{web_port}/customers/cust-00001", dim=True))
+        settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)  # type: ignore[call-arg]
+        ensure_all_topics(settings)
+        proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=log_path)
+        stop = asyncio.Event()
+        loop = asyncio.new_event_loop()
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+        loop.add_signal_handler(signal.SIGTERM, stop.set)
+        with contextlib.closing(loop):
+            loop.run_until_complete(_run(settings, customers, rate, stop))
+        return 0
+    finally:
+        click.echo(click.style("stopping…", dim=True))
+        if proc is not None:
+            terminate(proc, grace=15.0)
+        for service in (redis, broker):
+            if service is not None:
+                service.stop()

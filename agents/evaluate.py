@@ -1,0 +1,142 @@
+"""Turn a customer's state into tags, tier, score and a tag-change message (pure).
+
+No Faust, no I/O: the agent hands in the state, the time, the latest global
+tier cut-offs and the trigger, and gets back the new view and, when the tag
+set or tier changed, the ``tag-changes`` message to publish.
+"""
+
+from __future__ import annotations
+
+import time
+from bisect import bisect_right
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
+from stream.events import format_ts
+from stream.state import AGGREGATE_FIELDS, CustomerState
+
+#: engagement normalisation: this many logins in 30 days scores 100
+ENGAGEMENT_FULL_LOGINS_30D = 20
+
+
+def facts_schema() -> dict[str, FieldType]:
+    """The rules engine's schema of the facts built from :data:`AGGREGATE_FIELDS`."""
+    return {name: FieldType(kind, nullable) for name, (kind, nullable) in AGGREGATE_FIELDS.items()}
+
+
+@dataclass(frozen=True)
+class Cutoffs:
+    """Global spend-rank snapshot: tier cut-offs and spend quantiles (ascending)."""
+
+    a_cut: float | None = None
+    b_cut: float | None = None
+    quantiles: tuple[float, ...] = ()
+    n: int = 0
+
+
+def spend_percentile(spend: float, quantiles: tuple[float, ...]) -> float:
+    """Share (0–100) of spending customers whose spend is at or below ``spend``."""
+    if spend <= 0 or not quantiles:
+        return 0.0
+    return 100.0 * bisect_right(quantiles, spend) / len(quantiles)
+
+
+def score_dimensions(facts: Mapping[str, Any], cutoffs: Cutoffs) -> dict[str, float]:
+    """Each score dimension normalised to 0–100 (documented in README)."""
+    s90, prev = facts["spend_90d"], facts["spend_prev_90d"]
+    growth = 0.0 if s90 <= 0 and prev <= 0 else 50.0 + 50.0 * (s90 - prev) / max(s90, prev)
+    return {
+        "spend": spend_percentile(facts["spend_365d"], cutoffs.quantiles),
+        "engagement": min(100.0, 100.0 * facts["logins_30d"] / ENGAGEMENT_FULL_LOGINS_30D),
+        "growth": growth,
+        "strategic": 0.0,
+    }
+
+
+def public_aggregates(facts: Mapping[str, Any]) -> dict[str, Any]:
+    """Facts as shown to people: epoch-ms timestamps as RFC 3339 text."""
+    return {
+        k: (format_ts(v) if k.endswith("_at") and v is not None else v)
+        for k, v in facts.items()
+        if k != "tags"
+    }
+
+
+class Evaluator:
+    """Evaluates customers against one ruleset."""
+
+    def __init__(self, ruleset: Ruleset) -> None:
+        self.ruleset = ruleset
+
+    def facts(self, state: CustomerState, now_ms: int) -> dict[str, Any]:
+        """The aggregates plus the customer's current tags."""
+        facts = state.aggregates(now_ms)
+        facts["tags"] = list(state.view["tags"]) if state.view else []
+        return facts
+
+    def evaluate(
+        self,
+        customer_id: str,
+        state: CustomerState,
+        now_ms: int,
+        cutoffs: Cutoffs,
+        trigger: dict[str, Any],
+        event_time: int | None = None,
+        errors: list[str] | None = None,
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Re-evaluate; update ``state.view``; return (facts, tag-change or None)."""
+        facts = self.facts(state, now_ms)
+        old = state.view or {}
+        reasons = evaluate_tags(self.ruleset, facts, facts["tags"], errors=errors)
+        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut)
+        score, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
+        tags = sorted(reasons)
+        state.view = {
+            "tags": tags,
+            "tier": tier,
+            "score": score,
+            "score_breakdown": breakdown,
+            "reasons": reasons,
+            "evaluated_at": now_ms,
+        }
+        old_tags = old.get("tags", [])
+        if tags == old_tags and tier == old.get("tier"):
+            return facts, None
+        change = {
+            "customer_id": customer_id,
+            "tags": tags,
+            "added": sorted(set(tags) - set(old_tags)),
+            "removed": sorted(set(old_tags) - set(tags)),
+            "tier": tier,
+            "previous_tier": old.get("tier"),
+            "score": score,
+            "reasons": reasons,
+            "trigger": trigger,
+            "event_time": format_ts(event_time if event_time is not None else now_ms),
+            "emitted_at": format_ts(int(time.time() * 1000)),
+            "ruleset_version": self.ruleset.version,
+        }
+        return facts, change
+
+    def view_document(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any]) -> dict[str, Any]:
+        """The customer view served by the API and stored in Redis."""
+        view = state.view or {}
+        return {
+            "customer_id": customer_id,
+            "tags": view.get("tags", []),
+            "tier": view.get("tier"),
+            "score": view.get("score"),
+            "score_breakdown": view.get("score_breakdown", {}),
+            "reasons": view.get("reasons", {}),
+            "aggregates": public_aggregates(facts),
+            "evaluated_at": format_ts(view["evaluated_at"]) if "evaluated_at" in view else None,
+            "ruleset_version": self.ruleset.version,
+        }
+
+    def view_json(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any]) -> bytes:
+        """:meth:`view_document` as JSON bytes."""
+        return orjson.dumps(self.view_document(customer_id, state, facts))

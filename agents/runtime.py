@@ -1,0 +1,216 @@
+"""Per-message handling for the tagger agent: decode, route, dedupe, apply, evaluate, emit.
+
+Every message ends in exactly one outcome, counted in :attr:`Runtime.outcomes`:
+``ok``, ``duplicate``, ``dead_letter``, ``rekeyed`` or ``command``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Collection, Iterator, MutableMapping
+from typing import Any, Protocol
+
+import orjson
+
+from stream.clock import Clock
+from stream.deadletter import dead_letter
+from stream.events import Event, event_from_dict, event_to_dict, parse_event
+from stream.exceptions import InvalidEvent
+from stream.kafka_admin import expected_partition
+from stream.redis_view import RedisView
+from stream.settings import Settings
+from stream.state import CustomerState
+
+from rules import tier_cutoffs
+
+from .evaluate import Cutoffs, Evaluator
+
+log = logging.getLogger(__name__)
+
+
+class Sender(Protocol):
+    """What the runtime needs of a topic: an async ``send``."""
+
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any: ...
+
+
+class Runtime:
+    """State and collaborators of one worker's tagger agent."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        table: MutableMapping[str, CustomerState],
+        evaluator: Evaluator,
+        view: RedisView,
+        clock: Clock,
+        senders: dict[str, Sender],
+    ) -> None:
+        self.settings = settings
+        self.table = table
+        self.evaluator = evaluator
+        self.view = view
+        self.clock = clock
+        self.senders = senders  # tag_changes, dead_letters, rekey
+        self.cutoffs = Cutoffs()
+        self.outcomes: Counter[str] = Counter()
+        self.rule_errors = 0
+        self._kinds = settings.input_topics
+        self._partition_of: dict[str, int] = {}
+
+    async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
+        """Handle one message; never raises for bad input."""
+        outcome = await self._route(topic, partition, offset, key, value)
+        self.outcomes[outcome] += 1
+        return outcome
+
+    async def _route(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
+        kind = self._kinds.get(topic)
+        try:
+            if kind is not None:
+                event = parse_event(kind, value or b"", currency=self.settings.currency,
+                                    max_bytes=self.settings.max_event_bytes)
+                cid = event.customer_id.encode()
+                if key != cid or partition != self.partition_of(event.customer_id):
+                    await self._rekey(kind, topic, partition, offset, event)
+                    return "rekeyed"
+                return await self.apply(kind, event, topic, f"{topic}:{partition}", offset)
+            if topic == self.settings.rekey_topic:
+                env = orjson.loads(value or b"")
+                event = event_from_dict(env["kind"], env["event"])
+                return await self.apply(env["kind"], event, env["topic"], f"rekey:{env['source']}", int(env["offset"]))
+            if topic == self.settings.commands_topic:
+                await self.command(partition, orjson.loads(value or b""))
+                return "command"
+            raise InvalidEvent(f"unexpected topic {topic!r}")
+        except InvalidEvent as exc:
+            await self.dead_letter(topic, partition, offset, key, value, exc.reason)
+            return "dead_letter"
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+            await self.dead_letter(topic, partition, offset, key, value, f"malformed internal message: {exc!r}")
+            return "dead_letter"
+
+    async def _rekey(self, kind: str, topic: str, partition: int, offset: int, event: Event) -> None:
+        envelope = {"kind": kind, "topic": topic, "source": f"{topic}:{partition}",
+                    "offset": offset, "event": event_to_dict(event)}
+        await self.senders["rekey"].send(key=event.customer_id.encode(), value=orjson.dumps(envelope))
+
+    async def apply(self, kind: str, event: Event, topic: str, source: str, offset: int) -> str:
+        """Apply one valid event to its customer exactly once, then re-evaluate."""
+        cid = event.customer_id
+        state = self.table.get(cid)
+        if state is None:
+            state = CustomerState()
+        dedupe_id = f"{kind}:{event.event_id}"
+        if state.is_duplicate(source, offset, dedupe_id):
+            return "duplicate"
+        self.clock.observe(event.ts)
+        state.apply(event, source, offset, dedupe_id)
+        trigger = {"kind": "event", "topic": topic, "event_id": event.event_id}
+        await self.reevaluate(cid, state, trigger, event.ts)
+        return "ok"
+
+    async def reevaluate(self, cid: str, state: CustomerState, trigger: dict[str, Any],
+                         event_time: int | None = None) -> None:
+        """Prune, evaluate, store, stage the Redis view and publish any tag change."""
+        now = self.clock.now()
+        state.prune(now)
+        errors: list[str] = []
+        facts, change = self.evaluator.evaluate(cid, state, now, self.cutoffs, trigger, event_time, errors)
+        if errors:
+            self.rule_errors += len(errors)
+            log.warning("rule errors for %s: %s", cid, errors)
+        self.table[cid] = state
+        self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+        if change is not None:
+            await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
+
+    async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
+                          value: bytes | None, reason: str) -> None:
+        """Publish a message that cannot be processed, with the reason."""
+        record = dead_letter(topic=topic, partition=partition, offset=offset, key=key, value=value,
+                             error=reason, max_value_bytes=self.settings.dead_letter_value_bytes)
+        await self.senders["dead_letters"].send(key=key or b"", value=record)
+
+    async def command(self, partition: int, cmd: dict[str, Any]) -> None:
+        """Run a command for this partition's customers; acknowledge it in Redis."""
+        name, request_id = cmd["cmd"], cmd.get("request_id")
+        if name == "sweep":
+            await self.sweep(partition, {"kind": "timer", "topic": None, "event_id": None})
+            return
+        if name == "rank":
+            self.stage_spend(partition)
+        elif name == "evaluate":
+            await self.refresh_cutoffs()
+            await self.sweep(partition, {"kind": "manual", "topic": None, "event_id": request_id})
+        else:
+            raise InvalidEvent(f"field 'cmd': unknown command {name!r}")
+        await self.view.flush()
+        if request_id:
+            await self.view.ack(str(request_id), name, partition)
+
+    async def refresh_cutoffs(self) -> Cutoffs:
+        """Read the global spend ranking from Redis: tier cut-offs and quantiles."""
+        tiers = self.evaluator.ruleset.tiers
+        n = (await self.view.spend_ranks([])).n
+        pa, pb = tier_cutoffs(n, tiers.a_top_fraction, tiers.b_top_fraction)
+        quantile_positions = [1 + round((n - 1) * (1 - k / 100)) for k in range(101)] if n else []
+        ranks = await self.view.spend_ranks([pa, pb, *quantile_positions])
+        a_cut, b_cut, *quantiles = ranks.values
+        self.cutoffs = Cutoffs(
+            a_cut=a_cut if pa else None,
+            b_cut=b_cut if pb else None,
+            quantiles=tuple(q for q in quantiles if q is not None),
+            n=ranks.n,
+        )
+        return self.cutoffs
+
+    def partition_of(self, customer_id: str) -> int:
+        """The partition that owns a customer (memoised murmur2)."""
+        p = self._partition_of.get(customer_id)
+        if p is None:
+            p = self._partition_of[customer_id] = expected_partition(customer_id.encode(), self.settings.partitions)
+        return p
+
+    def customers_in(self, partition: int) -> Iterator[str]:
+        """Customers held in the local table that belong to ``partition``."""
+        return (cid for cid in list(self.table.keys()) if self.partition_of(cid) == partition)
+
+    async def sweep(self, partition: int, trigger: dict[str, Any]) -> int:
+        """Re-evaluate every local customer of ``partition`` at the current time."""
+        count = 0
+        for cid in self.customers_in(partition):
+            state = self.table.get(cid)
+            if state is not None:
+                await self.reevaluate(cid, state, trigger)
+                count += 1
+        return count
+
+    def stage_spend(self, partition: int) -> int:
+        """Stage every local customer's current spend_365d (first phase of re-evaluate)."""
+        now = self.clock.now()
+        count = 0
+        for cid in self.customers_in(partition):
+            state = self.table.get(cid)
+            if state is not None:
+                facts = self.evaluator.facts(state, now)
+                self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+                count += 1
+        return count
+
+    def restore_clock(self) -> None:
+        """Raise the clock to the latest event time held in the (recovered) table."""
+        for state in list(self.table.values()):
+            if state.last_event_ts is not None:
+                self.clock.observe(state.last_event_ts)
+
+    def stage_all_views(self, partitions: Collection[int]) -> int:
+        """Stage the view of every local customer of ``partitions`` (Redis rebuild)."""
+        now = self.clock.now()
+        for cid, state in list(self.table.items()):
+            if self.partition_of(cid) not in partitions:
+                continue  # left over from a partition this worker no longer owns
+            facts = self.evaluator.facts(state, now)
+            self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+        return self.view.pending

@@ -1,0 +1,120 @@
+"""The Faust wiring: one agent, its timers and the customer lookup page.
+
+The agent body only hands each message to :class:`Runtime`; nothing escapes
+the loop, so one bad message can never stop the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+import redis.asyncio as aioredis
+from faust.web import Request, Response, View
+
+from rules import default_rules_dir, load_ruleset
+from stream.app import create_app, customers_table
+from stream.clock import Clock
+from stream.redis_view import RedisView
+from stream.settings import Settings
+from stream.topics import declare_topics
+
+from .evaluate import Evaluator, facts_schema
+from .runtime import Runtime
+
+log = logging.getLogger(__name__)
+
+
+class _TopicSender:
+    """Adapts a Faust topic to :class:`~agents.runtime.Sender`."""
+
+    def __init__(self, topic: faust.TopicT) -> None:
+        self.topic = topic
+
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        return await self.topic.send(key=key, value=value, partition=partition)
+
+
+def build(settings: Settings) -> tuple[faust.App, Runtime]:
+    """Create the app with its agent, timers and web views. Fails fast on a bad ruleset."""
+    ruleset = load_ruleset(settings.rules_dir or default_rules_dir(), facts_schema())
+    app = create_app(settings)
+    topics = declare_topics(app, settings)
+    table = customers_table(app, settings)
+    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey}
+    runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
+                      Clock(settings.clock), {k: _TopicSender(t) for k, t in senders.items()})
+    epoch = {"seen": None, "rebuild": True}
+    log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
+
+    @app.agent(topics.source)
+    async def tagger(stream: faust.StreamT) -> None:
+        async for event in stream.events():
+            msg = event.message
+            try:
+                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+            except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
+                log.exception("failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+                runtime.outcomes["dead_letter"] += 1
+                await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                          f"internal error: {exc!r}")
+
+    @table.on_recover
+    async def _recovered() -> None:
+        runtime.restore_clock()  # the stream clock is durable through the changelog
+        epoch["rebuild"] = True
+
+    @app.timer(settings.redis_flush_interval)
+    async def flush_view() -> None:
+        try:
+            await runtime.view.flush()
+            if settings.clock == "stream":
+                runtime.clock.merge_global(await runtime.view.advance_clock(runtime.clock.local_max))
+        except Exception as exc:  # noqa: BLE001 - Redis is a projection; keep staging, retry
+            runtime.view.errors += 1
+            log.warning("redis flush failed (%d pending, will retry): %r", runtime.view.pending, exc)
+
+    @app.timer(settings.cutoff_refresh_interval)
+    async def refresh_cutoffs() -> None:
+        try:
+            await runtime.refresh_cutoffs()
+            await runtime.view.ensure_epoch()
+            token = await runtime.view.client.get(f"{settings.redis_prefix}:epoch")
+            if token != epoch["seen"] or epoch["rebuild"]:
+                epoch["seen"], epoch["rebuild"] = token, False
+                owned = {tp.partition for tp in app.assignor.assigned_actives()
+                         if tp.topic == settings.commands_topic}
+                log.info("rebuilding the Redis view: %d customers staged", runtime.stage_all_views(owned))
+        except Exception as exc:  # noqa: BLE001 - keep the last good cut-offs
+            runtime.view.errors += 1
+            log.warning("redis read failed: %r", exc)
+
+    @app.timer(settings.sweep_interval)
+    async def sweep() -> None:
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == settings.commands_topic:
+                await topics.commands.send(key=b"sweep", value=b'{"cmd":"sweep"}', partition=tp.partition)
+
+    @app.page("/customers/{customer_id}")
+    class CustomerView(View):
+        @app.table_route(table=table, match_info="customer_id")
+        async def get(self, request: Request, customer_id: str) -> Response:
+            state = table.get(customer_id)
+            if state is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
+            facts = runtime.evaluator.facts(state, runtime.clock.now())
+            return self.json(runtime.evaluator.view_document(customer_id, state, facts))
+
+    @app.page("/healthz")
+    async def healthz(web: View, request: Request) -> Response:
+        return web.json({"status": "alive"})
+
+    @app.page("/stats")
+    async def stats(web: View, request: Request) -> Response:
+        return web.json({"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
+                         "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
+                         "ruleset_version": ruleset.version, "now": runtime.clock.now()})
+
+    return app, runtime

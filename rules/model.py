@@ -1,0 +1,129 @@
+"""The immutable ruleset objects produced by the loader.
+
+Each dataclass compiles its CEL source when it is built, so a value of these
+types always carries a ready program; checking against the facts schema is the
+loader's job (:func:`rules.loader.load_ruleset`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rules.exceptions import RulesetError
+from rules.expr import CompiledExpr, compile_expr
+
+Visibility = Literal["public", "team", "restricted"]
+VISIBILITIES: tuple[Visibility, ...] = ("public", "team", "restricted")
+TAG_PATTERN = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+
+DEFAULT_C_WHEN = (
+    "orders_90d > 0 && (spend_90d > spend_prev_90d"
+    " || days_since_first_order != null && days_since_first_order <= 90.0)"
+)
+"""Tier C ("growing"): paid orders in the last 90 days, and either spend grew
+versus the previous 90 days or the first order is at most 90 days old."""
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One tag rule: the tag is held while ``when`` is true.
+
+    With ``exit`` set, a held tag is kept until ``exit`` becomes true
+    (hysteresis), so a value hovering around the threshold does not flap.
+    """
+
+    tag: str
+    description: str
+    owner: str
+    visibility: Visibility
+    when: str
+    exit: str | None = None
+    _when_expr: CompiledExpr = field(init=False, repr=False, compare=False)
+    _exit_expr: CompiledExpr | None = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not TAG_PATTERN.match(self.tag):
+            raise RulesetError(
+                f"invalid tag name '{self.tag}'",
+                hint="use lower case letters, digits and _, starting with a letter "
+                "(at most 64 characters), e.g. big_spender",
+            )
+        if self.visibility not in VISIBILITIES:
+            raise RulesetError(
+                f"invalid visibility '{self.visibility}'",
+                hint="use one of: " + ", ".join(VISIBILITIES),
+            )
+        exit_expr = None if self.exit is None else compile_expr(self.exit)
+        object.__setattr__(self, "_when_expr", compile_expr(self.when))
+        object.__setattr__(self, "_exit_expr", exit_expr)
+
+
+@dataclass(frozen=True)
+class TierPolicy:
+    """How customers map to tiers A–D; see :mod:`rules.tiers` for the definition."""
+
+    a_top_fraction: float = 0.05
+    b_top_fraction: float = 0.20
+    c_when: str = DEFAULT_C_WHEN
+    _c_expr: CompiledExpr = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        for name in ("a_top_fraction", "b_top_fraction"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RulesetError(f"{name} must be a number, got {value!r}")
+            if not 0.0 <= value <= 1.0:
+                raise RulesetError(f"{name} must be between 0 and 1, got {value}")
+        if self.a_top_fraction > self.b_top_fraction:
+            raise RulesetError(
+                "a_top_fraction is larger than b_top_fraction",
+                hint="tier A is the top slice of tier B's range, e.g. 0.05 and 0.20",
+            )
+        object.__setattr__(self, "_c_expr", compile_expr(self.c_when))
+
+
+@dataclass(frozen=True)
+class ScoreWeights:
+    """Weights of the 0..100 score dimensions; non-negative and summing to 1."""
+
+    spend: float = 0.4
+    engagement: float = 0.3
+    growth: float = 0.2
+    strategic: float = 0.1
+
+    def __post_init__(self) -> None:
+        values = self.as_dict()
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                raise RulesetError(f"weight '{name}' must be a number, got {value!r}")
+            if value < 0 or not math.isfinite(value):
+                raise RulesetError(f"weight '{name}' must be non-negative, got {value}")
+        total = math.fsum(values.values())
+        if abs(total - 1.0) > 1e-9:
+            raise RulesetError(
+                f"score weights sum to {total:g}, not 1",
+                hint="adjust them so spend + engagement + growth + strategic = 1",
+            )
+
+    def as_dict(self) -> dict[str, float]:
+        """Dimension name -> weight."""
+        return {
+            "spend": self.spend,
+            "engagement": self.engagement,
+            "growth": self.growth,
+            "strategic": self.strategic,
+        }
+
+
+@dataclass(frozen=True)
+class Ruleset:
+    """Everything loaded from a rules directory, checked and compiled."""
+
+    version: str
+    rules: tuple[Rule, ...]
+    tiers: TierPolicy
+    weights: ScoreWeights
+    source_files: tuple[str, ...]

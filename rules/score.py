@@ -1,0 +1,30 @@
+"""The weighted 0..100 customer score."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+
+from rules.model import ScoreWeights
+
+
+def _clamp(value: float) -> float:
+    if not isinstance(value, int | float) or math.isnan(value):
+        return 0.0
+    return min(100.0, max(0.0, float(value)))
+
+
+def weighted_score(
+    weights: ScoreWeights, dims: Mapping[str, float]
+) -> tuple[float, dict[str, float]]:
+    """Combine 0..100 dimension values into one 0..100 score.
+
+    Missing dimensions count as 0, values are clamped to 0..100, unknown
+    dimensions are ignored. Returns the score rounded to 2 decimals and the
+    per-dimension weighted contribution (also rounded to 2 decimals).
+    """
+    contributions = {
+        name: weight * _clamp(dims.get(name, 0.0)) for name, weight in weights.as_dict().items()
+    }
+    score = min(100.0, max(0.0, round(math.fsum(contributions.values()), 2)))
+    return score, {name: round(value, 2) for name, value in contributions.items()}

@@ -1,0 +1,69 @@
+"""Customer tiers A–D.
+
+Definition (also in ``rules/README.md``): let *n* be the number of customers
+with ``spend_365d > 0``, ranked by ``spend_365d`` descending (rank 1 = highest).
+With the policy fractions *a* and *b*, the cut-off ranks are
+``pA = ceil(a * n)`` and ``pB = ceil(b * n)`` (exact arithmetic). The caller
+reads the spend at those ranks (``a_cut``, ``b_cut``) from the global ranking.
+A customer is
+
+* **A** if ``spend_365d > 0`` and ``spend_365d >= a_cut``;
+* else **B** if ``spend_365d > 0`` and ``spend_365d >= b_cut``;
+* else **C** if the policy's ``c_when`` expression is true ("growing");
+* else **D**.
+
+A cut of ``None`` means nobody qualifies for that tier (e.g. ``n == 0``).
+Ties at a cut-off all get the better tier.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from fractions import Fraction
+from typing import Any
+
+from rules.model import Ruleset
+
+
+def _exact(fraction: float) -> Fraction:
+    # Fraction(str(x)) reads 0.05 as exactly 1/20; Fraction(0.05) would be a hair
+    # above it and ceil(0.05 * 20) would give 2 instead of 1.
+    return Fraction(str(fraction))
+
+
+def tier_cutoffs(n: int, a_fraction: float, b_fraction: float) -> tuple[int, int]:
+    """1-based ranks ``(ceil(a*n), ceil(b*n))`` of the A and B cut-offs; (0, 0) if n == 0.
+
+    A rank of 0 means the tier is empty (pass ``None`` as its cut).
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not (0 <= a_fraction <= 1 and 0 <= b_fraction <= 1):
+        raise ValueError(f"fractions must be within 0..1, got {a_fraction}, {b_fraction}")
+    if n == 0:
+        return (0, 0)
+    return (math.ceil(_exact(a_fraction) * n), math.ceil(_exact(b_fraction) * n))
+
+
+def assign_tier(
+    ruleset: Ruleset,
+    facts: Mapping[str, Any],
+    a_cut: float | None,
+    b_cut: float | None,
+    errors: list[str] | None = None,
+) -> str:
+    """Return "A", "B", "C" or "D" for one customer; see the module docstring."""
+    spend = facts["spend_365d"]
+    if spend is not None and spend > 0:
+        if a_cut is not None and spend >= a_cut:
+            return "A"
+        if b_cut is not None and spend >= b_cut:
+            return "B"
+    try:
+        growing = ruleset.tiers._c_expr.run(facts) is True
+    except Exception as exc:  # a broken c_when must not break the stream
+        if errors is not None:
+            errors.append(f"tiers.c_when: {type(exc).__name__}: {exc}")
+        growing = False
+    return "C" if growing else "D"

@@ -1,0 +1,1 @@
+"""Pure event parsing, rolling customer state and the streaming plumbing around them."""

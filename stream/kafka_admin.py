@@ -1,0 +1,233 @@
+"""Small Kafka admin and client helpers on confluent-kafka (works with Tansu and Kafka).
+
+Partitioning contract: every input topic is keyed by ``customer_id`` and all of
+them must have the same partition count (co-partitioning), and producers must
+use Kafka's murmur2 partitioner, the Java client's default (librdkafka:
+``partitioner=murmur2_random``; librdkafka's own default, ``consistent_random``,
+is CRC32 and puts keys elsewhere). An event that lands on another partition than
+``expected_partition`` says is re-keyed by the tagger, which costs a round trip.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Collection, Mapping
+from typing import Any
+
+import orjson
+from aiokafka.partitioner import murmur2
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+
+from stream.exceptions import TaggerError
+
+Record = dict[str, Any]
+
+
+class KafkaAdminError(TaggerError, RuntimeError):
+    """A Kafka admin operation failed; the message names the topic and the cause."""
+
+
+class PartitionMismatchError(KafkaAdminError):
+    """An existing topic has another partition count than required.
+
+    Input topics must be co-partitioned. Recreate the topic with the count named
+    in the message (this deletes its data), or configure that count everywhere.
+    """
+
+
+def _admin(bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": bootstrap})
+
+
+def _counts_now(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str, int]:
+    try:
+        return _counts(admin.list_topics(timeout=max(timeout, 0.1)))
+    except KafkaException as exc:
+        raise KafkaAdminError(f"no metadata from {bootstrap!r}: {exc.args[0]}") from exc
+
+
+def _counts(metadata: ClusterMetadata) -> dict[str, int]:
+    """Partition count per topic that the broker reports without error."""
+    return {
+        name: len(topic.partitions)
+        for name, topic in metadata.topics.items()
+        if topic.error is None and topic.partitions
+    }
+
+
+def partition_count(bootstrap: str, topic: str, *, timeout: float = 10.0) -> int | None:
+    """The topic's partition count, or None if the topic does not exist.
+
+    Raises KafkaAdminError when the broker gives no metadata within ``timeout``.
+    """
+    return _counts_now(_admin(bootstrap), bootstrap, timeout).get(topic)
+
+
+def _check_counts(existing: Mapping[str, int], wanted: Mapping[str, int]) -> None:
+    wrong = {t: (existing[t], n) for t, n in wanted.items() if existing.get(t, n) != n}
+    if wrong:
+        detail = "; ".join(f"{t!r} has {have} partitions, {want} required"
+                           for t, (have, want) in wrong.items())
+        raise PartitionMismatchError(f"partition count mismatch (co-partitioning): {detail}")
+
+
+def ensure_topics(
+    bootstrap: str,
+    topics: Mapping[str, int],
+    *,
+    compacted: Collection[str] = (),
+    timeout: float = 30,
+) -> None:
+    """Create missing topics with the given partition counts and wait until they are visible.
+
+    Topics in ``compacted`` get ``cleanup.policy=compact``. Raises
+    PartitionMismatchError (before creating anything) when an existing topic has
+    another partition count, and KafkaAdminError when the broker is unreachable, a
+    creation fails or the topics do not show up within ``timeout`` seconds.
+    """
+    if bad := [t for t, n in topics.items() if n < 1]:
+        raise ValueError(f"partition counts must be >= 1: {bad}")
+    deadline = time.monotonic() + timeout
+    admin = _admin(bootstrap)
+    existing = _counts_now(admin, bootstrap, timeout)
+    _check_counts(existing, topics)
+    missing = [
+        NewTopic(t, num_partitions=n, replication_factor=-1,
+                 config={"cleanup.policy": "compact"} if t in compacted else {})
+        for t, n in topics.items() if t not in existing
+    ]
+    if missing:
+        _create(admin, missing, max(deadline - time.monotonic(), 0.1))
+    _wait_visible(admin, bootstrap, topics, deadline)
+
+
+def _create(admin: AdminClient, topics: list[NewTopic], timeout: float) -> None:
+    futures = admin.create_topics(topics, operation_timeout=timeout, request_timeout=timeout)
+    for name, future in futures.items():
+        try:
+            future.result()
+        except KafkaException as exc:
+            error = exc.args[0]
+            if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:  # a concurrent creator won
+                raise KafkaAdminError(f"creating topic {name!r} failed: {error}") from exc
+
+
+def _wait_visible(
+    admin: AdminClient, bootstrap: str, topics: Mapping[str, int], deadline: float
+) -> None:
+    while True:
+        counts = _counts_now(admin, bootstrap, deadline - time.monotonic())
+        _check_counts({t: c for t, c in counts.items() if t in topics}, topics)
+        absent = sorted(set(topics) - set(counts))
+        if not absent:
+            return
+        if time.monotonic() >= deadline:
+            raise KafkaAdminError(f"topics not visible in metadata in time: {absent}")
+        time.sleep(0.05)
+
+
+def expected_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (murmur2) partitioner gives ``key``."""
+    if partitions < 1:
+        raise ValueError("partitions must be >= 1")
+    return (murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+PRODUCER_DEFAULTS: dict[str, Any] = {
+    "partitioner": "murmur2_random",  # Java-compatible; see the module docstring
+    "linger.ms": 5,
+    "batch.size": 1_000_000,
+    "message.max.bytes": 16 << 20,
+    "compression.type": "none",
+}
+
+
+def make_producer(bootstrap: str, **overrides: Any) -> Producer:
+    """A Producer with murmur2 partitioning and batching defaults.
+
+    Overrides are config keys, verbatim: librdkafka names such as
+    ``**{"linger.ms": 0}`` or the Python client's ``on_delivery=callback``.
+    """
+    return Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **overrides})
+
+
+def decode_value(raw: bytes | None) -> Any:
+    """JSON if it parses, else the text (invalid UTF-8 replaced); None stays None."""
+    if raw is None:
+        return None
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw.decode("utf-8", errors="replace")
+
+
+def _record(msg: Message) -> Record:
+    key = msg.key()
+    return {
+        "key": key.decode("utf-8", errors="replace") if key is not None else None,
+        "value": decode_value(msg.value()),
+        "partition": msg.partition(),
+        "offset": msg.offset(),
+    }
+
+
+def _wait_partitions(bootstrap: str, topic: str, deadline: float) -> int | None:
+    while (count := partition_count(bootstrap, topic, timeout=5.0)) is None:
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(0.05)
+    return count
+
+
+def consume_all(
+    bootstrap: str,
+    topic: str,
+    *,
+    timeout: float,
+    until: Callable[[list[Record]], bool] | None = None,
+) -> list[Record]:
+    """Read ``topic`` from the beginning; records are ``{key, value, partition, offset}``.
+
+    Partitions are assigned directly (no group join, which Tansu makes slow).
+    With ``until``, reads until ``until(records)`` is true or ``timeout`` passes;
+    without it, until every partition is at its end (or the time-out). Returns
+    what was read either way; a missing topic is waited for up to the time-out.
+    """
+    deadline = time.monotonic() + timeout
+    count = _wait_partitions(bootstrap, topic, deadline)
+    if count is None:
+        return []
+    consumer = Consumer({
+        "bootstrap.servers": bootstrap, "group.id": f"consume-all-{uuid.uuid4().hex}",
+        "enable.auto.commit": False, "enable.partition.eof": until is None,
+        "fetch.wait.max.ms": 50,  # a short long-poll: this reads to the end, then stops
+    })
+    records: list[Record] = []
+    at_end: set[int] = set()
+    try:
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(count)])
+        while (left := deadline - time.monotonic()) > 0:
+            for msg in consumer.consume(1000, timeout=min(0.2, left)):
+                error, partition = msg.error(), msg.partition() or 0
+                if error is None:
+                    records.append(_record(msg))
+                    at_end.discard(partition)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    at_end.add(partition)
+                else:
+                    raise KafkaAdminError(f"consuming {topic!r} failed: {error}")
+            if until(records) if until is not None else len(at_end) == count:
+                break
+    finally:
+        consumer.close()
+    return records

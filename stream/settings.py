@@ -1,0 +1,92 @@
+"""Settings: the one place configuration is read.
+
+Values come from environment variables: ``KAFKA_BOOTSTRAP_SERVERS`` and
+``REDIS_URL`` without a prefix, everything else as ``TAGGER_<FIELD>``.
+Faust is given every value explicitly and reads no environment of its own.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Tagger configuration (frozen; print it safely: secrets are masked)."""
+
+    model_config = SettingsConfigDict(env_prefix="TAGGER_", frozen=True, extra="ignore", populate_by_name=True)
+
+    kafka_bootstrap_servers: str = Field(
+        "127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "TAGGER_KAFKA_BOOTSTRAP_SERVERS"),
+        description="Comma-separated Kafka bootstrap servers (host:port).",
+    )
+    redis_url: SecretStr = Field(
+        SecretStr("redis://127.0.0.1:6379/0"),
+        validation_alias=AliasChoices("REDIS_URL", "TAGGER_REDIS_URL"),
+        description="Redis URL for the customer view projection and global state.",
+    )
+
+    app_id: str = Field("customer-tagger", description="Consumer group and internal-topic prefix.")
+    redis_prefix: str = Field("tagger", description="Prefix of every Redis key this app writes.")
+    web_host: str = Field("127.0.0.1", description="Host other workers use to reach this one.")
+    web_bind: str = Field("127.0.0.1", description="Address the web server binds to.")
+    web_port: int = Field(6066, description="Port of the worker's HTTP API.")
+    clock: Literal["wall", "stream"] = Field(
+        "wall",
+        description="'wall': now is the system clock. 'stream': now is the largest event "
+        "time seen on any input, held globally in Redis.",
+    )
+    currency: str = Field("USD", description="The one currency amounts are counted in.")
+    max_event_bytes: int = Field(1 << 20, description="Larger input messages are dead-lettered.")
+    dead_letter_value_bytes: int = Field(
+        256 << 10,
+        description="A dead letter carries at most this many bytes of the original value "
+        "(flagged 'value_truncated'); the original stays at its topic/partition/offset.",
+    )
+    partitions: int = Field(8, description="Partition count of every input and internal topic.")
+
+    orders_topic: str = "orders"
+    logins_topic: str = "logins"
+    tickets_topic: str = "support-tickets"
+    tag_changes_topic: str = "tag-changes"
+    dead_letters_topic: str = "dead-letters"
+
+    rules_dir: Path | None = Field(None, description="Ruleset directory (default: shipped rules).")
+    store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
+    datadir: Path = Field(Path(".tagger-data"), description="Faust data directory.")
+    sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
+    redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes.")
+    cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
+    session_timeout: float = Field(60.0, description="Kafka consumer group session timeout (s).")
+    heartbeat_interval: float = Field(3.0, description="Kafka consumer heartbeat interval (s).")
+    tansu_compat: bool = Field(
+        False,
+        description="Enable the changelog-highwater shim for the Tansu development broker, "
+        "whose ListOffsets(LATEST) is wrong (see docs). Exact on real Kafka too, but slower.",
+    )
+    log_level: str = Field("info", description="Worker log level.")
+
+    @property
+    def broker_url(self) -> str:
+        """Faust broker URL: ``kafka://h1:p1;h2:p2``."""
+        hosts = [h.strip() for h in self.kafka_bootstrap_servers.split(",") if h.strip()]
+        return ";".join(f"kafka://{h}" for h in hosts)
+
+    @property
+    def input_topics(self) -> dict[str, str]:
+        """Input topic name → event kind."""
+        return {self.orders_topic: "order", self.logins_topic: "login", self.tickets_topic: "ticket"}
+
+    @property
+    def rekey_topic(self) -> str:
+        """Internal topic that carries mis-keyed events to their customer's partition."""
+        return f"{self.app_id}-rekey"
+
+    @property
+    def commands_topic(self) -> str:
+        """Internal topic of per-partition commands (sweep, re-evaluate)."""
+        return f"{self.app_id}-commands"

@@ -1,0 +1,323 @@
+"""Per-customer rolling state: bounded day buckets, lifetime facts, tickets and dedupe marks.
+
+One :class:`CustomerState` is the value of the Faust ``customers`` table, keyed by
+customer_id, and is written to the changelog after every change, so it is small
+and serialises to compact orjson bytes (``to_bytes`` / ``from_bytes``, exact).
+
+Windows are exact to the UTC day. With ``day(t) = t // 86_400_000`` and
+``today = day(now)``, a window of N days holds the events whose day bucket d
+satisfies ``today - N < d <= today``: an event exactly N days old (by bucket) is
+out, N - 1 days old is in. ``spend_prev_90d`` covers ``today - 180 < d <= today - 90``.
+Events on a day after today are in no window but do count in lifetime fields;
+an event later today (ts > now, same UTC day) is in today's bucket, so it counts.
+Spend is net: paid amounts minus refunded amounts, each in its own event's day,
+so a window can be negative when it holds a refund but not the original order.
+
+``prune(now)`` drops buckets with ``d <= today - 366`` (no window at any time
+>= now can see them) and closed tickets idle for more than 90 days; it never
+changes any aggregate at any time >= now. Events at or before the pruning
+horizon later update lifetime fields only. ``open_tickets`` and
+``open_complaints`` reflect every applied ticket event, whatever ``now`` is. A ticket
+event that arrives after its ticket was pruned (or evicted by the 200-ticket bound)
+re-creates the ticket from that event alone.
+
+Exactly-once counting: ``offsets`` holds, per source ("topic:partition" or
+"rekey:topic:partition"), the last applied offset; ``recent_ids`` holds the
+last 64 dedupe ids. ``is_duplicate`` checks both; ``apply`` records both.
+A negative offset means "unknown": only the id is checked and recorded.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from stream.events import AMOUNT_SCALE, Event, LoginEvent, OrderEvent, TicketEvent
+from stream.exceptions import StateDecodeError
+
+__all__ = ["AGGREGATE_FIELDS", "DAY_MS", "CustomerState"]
+
+DAY_MS = 86_400_000
+HORIZON_DAYS = 366  # prune buckets with d <= today - HORIZON_DAYS
+TICKET_IDLE_MS = 90 * DAY_MS  # closed tickets idle longer than this are dropped
+MAX_TICKETS = 200
+RECENT_IDS = 64
+FORMAT_VERSION = 1
+_SPEND, _ORDERS, _LOGINS, _COMPLAINTS, _ESCALATIONS = range(5)
+_OPEN_ACTIONS = frozenset(("opened", "escalated", "reopened"))
+_LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "last_login_at",
+             "first_seen_at", "last_activity_at", "last_event_ts")
+
+_PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", *_LIFETIME)
+# window sums, in this order, cached per UTC day (see CustomerState._sums)
+_S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90 = range(11)
+
+_INT, _FLOAT = "int", "float"
+AGGREGATE_FIELDS: dict[str, tuple[str, bool]] = {
+    **{k: (_INT, False) for k in ("orders_30d", "orders_90d", "orders_365d", "orders_total",
+                                  "logins_7d", "logins_30d", "open_tickets", "open_complaints",
+                                  "complaints_90d", "escalations_90d")},
+    **{k: (_FLOAT, False) for k in ("spend_30d", "spend_90d", "spend_365d", "spend_prev_90d",
+                                    "max_order", "days_since_first_seen")},
+    **{k: (_FLOAT, True) for k in ("mean_order_gap_days", "days_since_first_order",
+                                   "days_since_last_order", "days_since_last_login",
+                                   "days_since_last_activity")},
+    **{k: (_INT, True) for k in ("first_order_at", "last_order_at", "last_login_at",
+                                 "first_seen_at", "last_activity_at")},
+}
+
+
+def _min(a: int | None, b: int) -> int:
+    return b if a is None or b < a else a
+
+
+def _max(a: int | None, b: int) -> int:
+    return b if a is None or b > a else a
+
+
+def _fold(sums: list[int], age: int, b: list[int]) -> None:
+    """Add the counters ``b`` of a bucket ``age`` days old into the window sums."""
+    if age < 0 or age >= 365:
+        return
+    spend, orders = b[_SPEND], b[_ORDERS]
+    sums[_S365] += spend
+    sums[_O365] += orders
+    if age < 90:
+        sums[_S90] += spend
+        sums[_O90] += orders
+        sums[_C90] += b[_COMPLAINTS]
+        sums[_E90] += b[_ESCALATIONS]
+        if age < 30:
+            sums[_S30] += spend
+            sums[_O30] += orders
+            sums[_L30] += b[_LOGINS]
+            if age < 7:
+                sums[_L7] += b[_LOGINS]
+    elif age < 180:
+        sums[_SP90] += spend
+
+
+def _days_since(now: int, t: int | None) -> float | None:
+    return None if t is None else max(0.0, (now - t) / DAY_MS)
+
+
+class CustomerState:
+    """Rolling aggregates of one customer. Mutable; not thread-safe (one agent owns it)."""
+
+    __slots__ = (*_PERSISTED, "_sums", "_sums_day")
+
+    def __init__(self) -> None:
+        # day -> [net spend units, paid orders, logins, complaints opened, escalations]
+        self.days: dict[int, list[int]] = {}
+        # ticket_id -> [last action ts, flags (1: open, 2: complaint), category age]. The
+        # category age is how long before the last action the event that set the complaint
+        # flag happened (-1: no category seen): the latest event carrying a category decides.
+        self.tickets: dict[str, list[int]] = {}
+        self.offsets: dict[str, int] = {}
+        self.recent_ids: list[str] = []
+        self.horizon_day = -1  # buckets d <= horizon_day were pruned and are never re-created
+        self.view: dict[str, Any] | None = None  # the agent's published view, carried opaquely
+        self.orders_total = 0
+        self.max_order = 0
+        self.first_order_at: int | None = None
+        self.last_order_at: int | None = None
+        self.last_login_at: int | None = None
+        self.first_seen_at: int | None = None
+        self.last_activity_at: int | None = None
+        self.last_event_ts: int | None = None
+        # Derived, not persisted: the window sums as of UTC day _sums_day (-1: not computed).
+        # apply() keeps them current, so aggregates() only rescans buckets once per day.
+        self._sums: list[int] = []
+        self._sums_day = -1
+
+    # -- dedupe -------------------------------------------------------------------------
+    def is_duplicate(self, source: str, offset: int, dedupe_id: str) -> bool:
+        """True if this message was applied already (redelivery or producer retry)."""
+        if 0 <= offset <= self.offsets.get(source, -1):
+            return True
+        return dedupe_id in self.recent_ids
+
+    def _mark(self, source: str, offset: int, dedupe_id: str) -> None:
+        if offset > self.offsets.get(source, -1):
+            self.offsets[source] = offset
+        ids = self.recent_ids
+        ids.append(dedupe_id)
+        if len(ids) > RECENT_IDS:
+            del ids[0]
+
+    # -- apply --------------------------------------------------------------------------
+    def apply(self, event: Event, source: str, offset: int, dedupe_id: str) -> None:
+        """Fold one event in. The caller has checked :meth:`is_duplicate`."""
+        self._mark(source, offset, dedupe_id)
+        ts = event.ts
+        self.first_seen_at = _min(self.first_seen_at, ts)
+        self.last_event_ts = _max(self.last_event_ts, ts)
+        if type(event) is OrderEvent:
+            self._order(event, ts)
+        elif type(event) is LoginEvent:
+            self.last_login_at = _max(self.last_login_at, ts)
+            self.last_activity_at = _max(self.last_activity_at, ts)
+            self._bump(ts, _LOGINS, 1)
+        elif type(event) is TicketEvent:
+            self._ticket(event.ticket_id, event.action, event.category, ts)
+        else:
+            raise TypeError(f"not an event: {event!r}")
+
+    def _bump(self, ts: int, index: int, value: int) -> None:
+        day = ts // DAY_MS
+        if day > self.horizon_day:
+            bucket = self.days.get(day)
+            if bucket is None:
+                bucket = self.days[day] = [0, 0, 0, 0, 0]
+            bucket[index] += value
+            if self._sums_day >= 0:
+                delta = [0, 0, 0, 0, 0]
+                delta[index] = value
+                _fold(self._sums, self._sums_day - day, delta)
+
+    def _order(self, event: OrderEvent, ts: int) -> None:
+        if event.status == "paid":
+            self.orders_total += 1
+            self.first_order_at = _min(self.first_order_at, ts)
+            self.last_order_at = _max(self.last_order_at, ts)
+            self.last_activity_at = _max(self.last_activity_at, ts)
+            if event.amount > self.max_order:
+                self.max_order = event.amount
+            self._bump(ts, _ORDERS, 1)
+            if event.amount:
+                self._bump(ts, _SPEND, event.amount)
+        elif event.status == "refunded" and event.amount:
+            self._bump(ts, _SPEND, -event.amount)
+
+    def _ticket(self, ticket_id: str, action: str, category: str, ts: int) -> None:
+        complaint = category.lower() == "complaint"
+        if action == "opened" and complaint:
+            self._bump(ts, _COMPLAINTS, 1)
+        elif action == "escalated":
+            self._bump(ts, _ESCALATIONS, 1)
+        t = self.tickets.get(ticket_id)
+        if t is None:
+            if len(self.tickets) >= MAX_TICKETS:
+                self._evict_ticket()
+            t = self.tickets[ticket_id] = [ts, 0, -1]
+        if ts >= t[0]:
+            if t[2] >= 0:
+                t[2] += ts - t[0]
+            t[0] = ts
+            t[1] = (t[1] & 2) | (1 if action in _OPEN_ACTIONS else 0)
+        if category and (t[2] < 0 or ts >= t[0] - t[2]):
+            t[1] = (t[1] & 1) | (2 if complaint else 0)
+            t[2] = t[0] - ts
+
+    def _evict_ticket(self) -> None:
+        """Drop one ticket to stay at MAX_TICKETS: the oldest closed one, else the oldest."""
+        closed = [(t[0], tid) for tid, t in self.tickets.items() if not t[1] & 1]
+        pool = closed or [(t[0], tid) for tid, t in self.tickets.items()]
+        del self.tickets[min(pool)[1]]
+
+    # -- prune --------------------------------------------------------------------------
+    def prune(self, now_ms: int) -> None:
+        """Drop what no window at any time >= now can see. Cheap when already done today."""
+        cutoff = now_ms // DAY_MS - HORIZON_DAYS
+        if cutoff <= self.horizon_day:
+            return
+        self.horizon_day = cutoff
+        days = self.days
+        for d in [d for d in days if d <= cutoff]:
+            del days[d]
+            self._sums_day = -1
+        stale = now_ms - TICKET_IDLE_MS
+        for tid in [tid for tid, t in self.tickets.items() if not t[1] & 1 and t[0] < stale]:
+            del self.tickets[tid]
+
+    # -- read ---------------------------------------------------------------------------
+    def aggregates(self, now_ms: int) -> dict[str, Any]:
+        """The facts at ``now_ms`` (keys and types as in :data:`AGGREGATE_FIELDS`)."""
+        today = now_ms // DAY_MS
+        if today != self._sums_day:
+            self._sums = sums = [0] * 11
+            for d, b in self.days.items():
+                _fold(sums, today - d, b)
+            self._sums_day = today
+        s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90 = self._sums
+        open_tickets = open_complaints = 0
+        for t in self.tickets.values():
+            flags = t[1]
+            if flags & 1:
+                open_tickets += 1
+                if flags == 3:
+                    open_complaints += 1
+        total, first, last = self.orders_total, self.first_order_at, self.last_order_at
+        gap = None
+        if total >= 2 and first is not None and last is not None:
+            gap = (last - first) / (total - 1) / DAY_MS
+        return {
+            "orders_30d": o30, "orders_90d": o90, "orders_365d": o365, "orders_total": total,
+            "logins_7d": l7, "logins_30d": l30, "open_tickets": open_tickets,
+            "open_complaints": open_complaints, "complaints_90d": c90, "escalations_90d": e90,
+            "spend_30d": s30 / AMOUNT_SCALE, "spend_90d": s90 / AMOUNT_SCALE,
+            "spend_365d": s365 / AMOUNT_SCALE, "spend_prev_90d": sp90 / AMOUNT_SCALE,
+            "max_order": self.max_order / AMOUNT_SCALE,
+            "days_since_first_seen": _days_since(now_ms, self.first_seen_at) or 0.0,
+            "mean_order_gap_days": gap,
+            "days_since_first_order": _days_since(now_ms, first),
+            "days_since_last_order": _days_since(now_ms, last),
+            "days_since_last_login": _days_since(now_ms, self.last_login_at),
+            "days_since_last_activity": _days_since(now_ms, self.last_activity_at),
+            "first_order_at": first, "last_order_at": last, "last_login_at": self.last_login_at,
+            "first_seen_at": self.first_seen_at, "last_activity_at": self.last_activity_at,
+        }
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_bytes(self) -> bytes:
+        """Compact orjson; empty parts are left out."""
+        doc: dict[str, Any] = {"v": FORMAT_VERSION, "l": [getattr(self, k) for k in _LIFETIME],
+                               "h": self.horizon_day}
+        if self.days:  # two parallel lists: smaller than a dict with string keys, faster to load
+            doc["d"], doc["c"] = list(self.days), list(self.days.values())
+        for key, value in (("t", self.tickets), ("o", self.offsets), ("i", self.recent_ids)):
+            if value:
+                doc[key] = value
+        if self.view is not None:
+            doc["w"] = self.view
+        return orjson.dumps(doc)
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> CustomerState:
+        """Inverse of :meth:`to_bytes`; raises StateDecodeError on foreign or corrupt bytes.
+
+        The bytes are ours (the changelog), so only the shape is checked, not every value."""
+        try:
+            doc = orjson.loads(data)
+            if doc.get("v") != FORMAT_VERSION:
+                raise StateDecodeError(f"customer state format {doc.get('v')!r} is not "
+                                       f"{FORMAT_VERSION}; was it written by a newer tagger?")
+            state = cls()
+            for key, value in zip(_LIFETIME, doc["l"], strict=True):
+                setattr(state, key, value)
+            state.horizon_day = int(doc["h"])
+            state.days = dict(zip(doc.get("d", ()), doc.get("c", ()), strict=True))
+            state.tickets = doc.get("t", {})
+            state.offsets = doc.get("o", {})
+            state.recent_ids = doc.get("i", [])
+            state.view = doc.get("w")
+            if not (isinstance(state.tickets, dict) and isinstance(state.offsets, dict)
+                    and isinstance(state.recent_ids, list)):
+                raise TypeError("tickets, offsets or recent ids have the wrong JSON type")
+        except StateDecodeError:
+            raise
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
+            raise StateDecodeError(f"customer state is not decodable: {exc!r}") from None
+        return state
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, CustomerState):
+            return NotImplemented
+        return all(getattr(self, k) == getattr(other, k) for k in _PERSISTED)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return (f"CustomerState(days={len(self.days)}, tickets={len(self.tickets)}, "
+                f"orders_total={self.orders_total}, last_event_ts={self.last_event_ts})")

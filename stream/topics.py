@@ -1,0 +1,53 @@
+"""Every topic the tagger reads or writes, declared once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import faust
+
+from .settings import Settings
+
+
+@dataclass(frozen=True)
+class Topics:
+    """The tagger's topics on one Faust app."""
+
+    source: faust.TopicT  # inputs + rekey + commands: one co-partitioned stream
+    tag_changes: faust.TopicT
+    dead_letters: faust.TopicT
+    rekey: faust.TopicT
+    commands: faust.TopicT
+
+
+def declare_topics(app: faust.App, settings: Settings) -> Topics:
+    """Declare the topics on ``app``. Values and keys are raw bytes; we decode."""
+    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    n = settings.partitions
+    internal = {"partitions": n, "internal": True, **raw}
+    names = [*settings.input_topics, settings.rekey_topic, settings.commands_topic]
+    return Topics(
+        source=app.topic(*names, **raw),
+        tag_changes=app.topic(settings.tag_changes_topic, partitions=n, **raw),
+        dead_letters=app.topic(settings.dead_letters_topic, partitions=n, **raw),
+        rekey=app.topic(settings.rekey_topic, **internal),
+        commands=app.topic(settings.commands_topic, **internal),
+    )
+
+
+def all_topic_names(settings: Settings) -> list[str]:
+    """Names of every topic the worker needs, for creation and checks."""
+    return [
+        *settings.input_topics,
+        settings.rekey_topic,
+        settings.commands_topic,
+        settings.tag_changes_topic,
+        settings.dead_letters_topic,
+    ]
+
+
+def ensure_all_topics(settings: Settings) -> None:
+    """Create the tagger's topics if missing; refuse mismatched partition counts."""
+    from .kafka_admin import ensure_topics
+
+    ensure_topics(settings.kafka_bootstrap_servers, {t: settings.partitions for t in all_topic_names(settings)})

@@ -1,0 +1,169 @@
+"""Fixtures that run the real thing: Tansu, redis-server and tagger worker processes.
+
+Every test gets its own topic names, consumer group and Redis key prefix, so
+tests sharing the session's broker and Redis never see each other's data.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis
+
+from stream.embedded import ServiceGroup, free_port, spawn, terminate
+from stream.kafka_admin import consume_all, make_producer
+from stream.settings import Settings
+from stream.topics import ensure_all_topics
+
+PARTITIONS = 4
+
+
+def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        result = check()
+        if result:
+            return result
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {result!r}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[ServiceGroup]:
+    with ServiceGroup() as group:
+        yield group
+
+
+@dataclass
+class Worker:
+    """One ``tagger worker`` process."""
+
+    env: dict[str, str]
+    log_path: Path
+    web_port: int
+    proc: Any = None
+
+    def start(self) -> Worker:
+        self.proc = spawn([sys.executable, "-m", "agents", "worker"], env=self.env, log_path=self.log_path)
+        wait_for(lambda: self.alive_and_serving(), 60, f"worker on port {self.web_port} to serve")
+        return self
+
+    def alive_and_serving(self) -> bool:
+        if self.proc.poll() is not None:
+            raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
+        return self.get("/healthz")[0] == 200
+
+    def get(self, path: str) -> tuple[int, Any]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as resp:  # noqa: S310
+                return resp.status, json.loads(resp.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read() or b"null")
+        except (urllib.error.URLError, ConnectionError, TimeoutError):
+            return 0, None
+
+    def signal(self, sig: signal.Signals) -> None:
+        self.proc.send_signal(sig)
+        self.proc.wait(timeout=60)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            terminate(self.proc, grace=20.0)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-6000:]
+
+
+@dataclass
+class Namespace:
+    """An isolated tagger deployment on the shared broker and Redis."""
+
+    services: ServiceGroup
+    tmp: Path
+    env: dict[str, str]
+    settings: Settings
+    workers: list[Worker] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.producer = make_producer(self.services.bootstrap)
+        self.redis = redis.Redis.from_url(self.services.redis_url)
+
+    def worker(self) -> Worker:
+        port = free_port()
+        env = dict(self.env, TAGGER_WEB_PORT=str(port),
+                   TAGGER_DATADIR=str(self.tmp / f"data-{len(self.workers)}"))
+        worker = Worker(env, self.tmp / f"worker-{len(self.workers)}.log", port)
+        self.workers.append(worker)
+        return worker.start()
+
+    def topic(self, kind: str) -> str:
+        return {"order": self.settings.orders_topic, "login": self.settings.logins_topic,
+                "ticket": self.settings.tickets_topic}[kind]
+
+    def produce(self, kind: str, event: dict[str, Any] | bytes, key: bytes | str | None = "auto",
+                partition: int | None = None) -> None:
+        value = event if isinstance(event, bytes) else orjson.dumps(event)
+        if key == "auto":
+            key = event["customer_id"] if isinstance(event, dict) else None
+        kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
+        self.producer.produce(self.topic(kind), key=key, value=value, **kwargs)
+        self.producer.flush(30)
+
+    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60) -> list[dict[str, Any]]:
+        records = consume_all(self.services.bootstrap, topic, timeout=timeout, until=until)
+        assert until(records), f"{topic}: condition not met within {timeout}s; got {records[-5:]}"
+        return records
+
+    def changes(self, customer_id: str, until: Callable[[list[dict[str, Any]]], bool]) -> list[dict[str, Any]]:
+        def mine(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [r["value"] for r in records if r["key"] == customer_id]
+        return mine(self.read(self.settings.tag_changes_topic, lambda rs: until(mine(rs))))
+
+    def view(self, customer_id: str) -> dict[str, Any] | None:
+        raw = self.redis.get(f"{self.settings.redis_prefix}:c:{customer_id}")
+        return orjson.loads(raw) if raw else None
+
+    def reevaluate(self) -> str:
+        import subprocess
+
+        out = subprocess.run([sys.executable, "-m", "agents", "reevaluate", "--timeout", "60"],
+                             env=self.env, capture_output=True, text=True, timeout=120, check=False)
+        assert out.returncode == 0, out.stderr + out.stdout
+        return out.stdout
+
+
+@pytest.fixture
+def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
+    uid = uuid.uuid4().hex[:8]
+    fields: dict[str, Any] = dict(
+        app_id=f"tagger-{uid}", redis_prefix=f"t{uid}", partitions=PARTITIONS,
+        orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
+        tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
+        clock="stream", tansu_compat="true", session_timeout=6, heartbeat_interval=1,
+        sweep_interval=3600, log_level="info",
+    )
+    settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url, **fields)
+    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=services.bootstrap, REDIS_URL=services.redis_url,
+               **{f"TAGGER_{k.upper()}": str(v) for k, v in fields.items()})
+    ensure_all_topics(settings)
+    ns = Namespace(services, tmp_path, env, settings)
+    try:
+        yield ns
+    finally:
+        for worker in ns.workers:
+            worker.stop()
