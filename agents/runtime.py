@@ -17,6 +17,7 @@ from stream.clock import Clock
 from stream.deadletter import dead_letter
 from stream.events import Event, event_from_dict, event_to_dict, parse_event
 from stream.exceptions import InvalidEvent
+from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
 from stream.redis_view import RedisView
 from stream.settings import Settings
@@ -58,12 +59,26 @@ class Runtime:
         self.rule_errors = 0
         self._kinds = settings.input_topics
         self._partition_of: dict[str, int] = {}
+        self._last_offset: dict[tuple[str, int], int] = {}
+        self.gaps: GapFiller | None = None
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
         """Handle one message; never raises for bad input."""
+        last = self._last_offset.get((topic, partition))
+        if last is not None and offset > last + 1 and self.gaps is not None:
+            missed = await self.gaps.fetch(topic, partition, last + 1, offset)
+            log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
+                        topic, partition, last + 1, offset - 1, len(missed))
+            for record in missed:
+                self.outcomes[await self._route(topic, partition, record.offset, record.key, record.value)] += 1
+        self._last_offset[(topic, partition)] = offset
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
         return outcome
+
+    def forget_offsets(self) -> None:
+        """After a rebalance partitions restart from their committed offsets: no gap to see."""
+        self._last_offset.clear()
 
     async def _route(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
         kind = self._kinds.get(topic)

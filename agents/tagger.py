@@ -16,6 +16,7 @@ from faust.web import Request, Response, View
 from rules import default_rules_dir, load_ruleset
 from stream.app import create_app, customers_table
 from stream.clock import Clock
+from stream.guards import GapFiller
 from stream.redis_view import RedisView
 from stream.settings import Settings
 from stream.topics import declare_topics
@@ -60,6 +61,12 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                 runtime.outcomes["dead_letter"] += 1
                 await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                           f"internal error: {exc!r}")
+
+    runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
+
+    @app.on_partitions_assigned.connect
+    async def _assigned(sender: faust.App, assigned: object, **kwargs: object) -> None:
+        runtime.forget_offsets()
 
     @table.on_recover
     async def _recovered() -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import faust
 from faust.serializers import codecs
 
-from . import compat
+from . import compat, guards
 from .settings import Settings
 from .state import CustomerState
 
@@ -29,6 +29,7 @@ class CustomerStateCodec(codecs.Codec):
 def create_app(settings: Settings) -> faust.App:
     """Build the Faust app. Faust reads no environment variables of its own."""
     codecs.register("customer_state", CustomerStateCodec())
+    guards.install_ack_guard()
     if settings.tansu_compat:
         compat.install(settings.kafka_bootstrap_servers)
     for name in ("aiokafka", "faust", "mode"):  # debug records cost ~11% CPU when built
