@@ -126,3 +126,16 @@ def dev(customers: int, rate: float, web_port: int) -> None:
     from .devmode import run_dev
 
     sys.exit(run_dev(customers=customers, rate=rate, web_port=web_port))
+
+
+@main.command()
+@click.option("--events", default=50_000, show_default=True)
+@click.option("--customers", default=5_000, show_default=True)
+@click.option("--partitions", default=8, show_default=True)
+def bench(events: int, customers: int, partitions: int) -> None:
+    """Measure one worker's sustained events/s on the embedded broker and Redis."""
+    import json
+
+    from .bench import run_bench
+
+    click.echo(json.dumps(run_bench(events, customers, partitions), indent=2))

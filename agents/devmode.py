@@ -24,7 +24,8 @@ from stream.topics import ensure_all_topics
 from .console import tail_tag_changes
 
 
-def _worker_env(bootstrap: str, redis_url: str, web_port: int, datadir: Path, embedded: bool) -> dict[str, str]:
+def worker_env(bootstrap: str, redis_url: str, web_port: int, datadir: Path, embedded: bool) -> dict[str, str]:
+    """Environment of a worker process started by dev mode or the benchmark."""
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, REDIS_URL=redis_url,
                TAGGER_WEB_PORT=str(web_port), TAGGER_DATADIR=str(datadir))
     env.setdefault("TAGGER_SWEEP_INTERVAL", "10")
@@ -56,7 +57,7 @@ def run_dev(*, customers: int, rate: float, web_port: int) -> int:
             redis.start()
         bootstrap = broker.bootstrap if broker else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
         redis_url = redis.url if redis else os.environ["REDIS_URL"]
-        env = _worker_env(bootstrap, redis_url, web_port, workdir / "data", broker is not None)
+        env = worker_env(bootstrap, redis_url, web_port, workdir / "data", broker is not None)
         log_path = workdir / "worker.log"
         click.echo(click.style(f"broker {bootstrap}  redis {redis_url}  worker log {log_path}", dim=True))
         click.echo(click.style(f"customer lookup: http://127.0.0.1:{web_port}/customers/cust-00001", dim=True))

@@ -11,7 +11,7 @@ import time
 from bisect import bisect_right
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal, cast
 
 import orjson
 
@@ -19,13 +19,15 @@ from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
 from stream.events import format_ts
 from stream.state import AGGREGATE_FIELDS, CustomerState
 
+Kind = Literal["int", "float", "bool", "string", "list", "map"]
+
 #: engagement normalisation: this many logins in 30 days scores 100
 ENGAGEMENT_FULL_LOGINS_30D = 20
 
 
 def facts_schema() -> dict[str, FieldType]:
     """The rules engine's schema of the facts built from :data:`AGGREGATE_FIELDS`."""
-    return {name: FieldType(kind, nullable) for name, (kind, nullable) in AGGREGATE_FIELDS.items()}
+    return {name: FieldType(cast(Kind, kind), nullable) for name, (kind, nullable) in AGGREGATE_FIELDS.items()}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any, Protocol
 
 import orjson
 
+from rules import tier_cutoffs
 from stream.clock import Clock
 from stream.deadletter import dead_letter
 from stream.events import Event, event_from_dict, event_to_dict, parse_event
@@ -22,8 +23,6 @@ from stream.kafka_admin import expected_partition
 from stream.redis_view import RedisView
 from stream.settings import Settings
 from stream.state import CustomerState
-
-from rules import tier_cutoffs
 
 from .evaluate import Cutoffs, Evaluator
 

@@ -47,7 +47,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey}
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
                       Clock(settings.clock), {k: _TopicSender(t) for k, t in senders.items()})
-    epoch = {"seen": None, "rebuild": True}
+    epoch: dict[str, Any] = {"seen": None, "rebuild": True}
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
     @app.agent(topics.source)
@@ -64,8 +64,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
 
-    @app.on_partitions_assigned.connect
-    async def _assigned(sender: faust.App, assigned: object, **kwargs: object) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.forget_offsets()
 
     @table.on_recover
@@ -106,7 +106,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.page("/customers/{customer_id}")
     class CustomerView(View):
-        @app.table_route(table=table, match_info="customer_id")
+        @app.table_route(table=table, match_info="customer_id")  # type: ignore[arg-type]
         async def get(self, request: Request, customer_id: str) -> Response:
             state = table.get(customer_id)
             if state is None:

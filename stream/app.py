@@ -119,4 +119,5 @@ def customers_table(app: faust.App, settings: Settings) -> faust.Table:
         await table.wait_acked()
 
     producer.flush = flush_then_wait  # type: ignore[method-assign]
-    return app.tables.add(table)
+    app.tables.add(table)
+    return table

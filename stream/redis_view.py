@@ -114,4 +114,6 @@ class RedisView:
     async def get_view(self, customer_id: str) -> bytes | None:
         """A customer's view as stored in Redis."""
         value = await self.client.get(self.key(customer_id))
-        return bytes(value) if value is not None else None
+        if value is None:
+            return None
+        return value if isinstance(value, bytes) else str(value).encode()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import faust
 
@@ -22,9 +23,9 @@ class Topics:
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
     """Declare the topics on ``app``. Values and keys are raw bytes; we decode."""
-    raw = {"key_serializer": "raw", "value_serializer": "raw"}
+    raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     n = settings.partitions
-    internal = {"partitions": n, "internal": True, **raw}
+    internal: dict[str, Any] = {"partitions": n, "internal": True, **raw}
     names = [*settings.input_topics, settings.rekey_topic, settings.commands_topic]
     return Topics(
         source=app.topic(*names, **raw),

@@ -124,7 +124,8 @@ class Namespace:
         self.producer.produce(self.topic(kind), key=key, value=value, **kwargs)
         self.producer.flush(30)
 
-    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool], timeout: float = 60) -> list[dict[str, Any]]:
+    def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool],
+             timeout: float = 60) -> list[dict[str, Any]]:
         records = consume_all(self.services.bootstrap, topic, timeout=timeout, until=until)
         assert until(records), f"{topic}: condition not met within {timeout}s; got {records[-5:]}"
         return records
