@@ -9,7 +9,7 @@ path for a type reason the samples can reach.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rules.exceptions import RulesetError
@@ -32,25 +32,18 @@ def suggest(name: str, choices: Mapping[str, Any] | frozenset[str]) -> str | Non
     return matches[0] if matches else None
 
 
+def _require_known(what: str, names: Iterable[str], known: Mapping[str, Any] | frozenset[str],
+                   listing: str) -> None:
+    for name in names:
+        if name not in known:
+            close = suggest(name, known)
+            hint = f"did you mean '{close}'?" if close else f"{listing}: " + ", ".join(sorted(known))
+            raise RulesetError(f"unknown {what} '{name}'", hint=hint)
+
+
 def _check_names(expr: CompiledExpr, schema: Mapping[str, FieldType]) -> None:
-    for name in expr.names:
-        if name not in schema:
-            close = suggest(name, schema)
-            hint = (
-                f"did you mean '{close}'?"
-                if close
-                else "known fields: " + ", ".join(sorted(schema))
-            )
-            raise RulesetError(f"unknown field '{name}'", hint=hint)
-    for func in expr.functions:
-        if func not in KNOWN_FUNCTIONS:
-            close = suggest(func, KNOWN_FUNCTIONS)
-            hint = (
-                f"did you mean '{close}'?"
-                if close
-                else "available functions: " + ", ".join(sorted(KNOWN_FUNCTIONS))
-            )
-            raise RulesetError(f"unknown function '{func}'", hint=hint)
+    _require_known("field", expr.names, schema, "known fields")
+    _require_known("function", expr.functions, KNOWN_FUNCTIONS, "available functions")
 
 
 def _samples(names: tuple[str, ...], schema: Mapping[str, FieldType]) -> Iterator[_Sample]:

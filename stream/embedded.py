@@ -186,7 +186,26 @@ def pid_alive(pid: int) -> bool:
     return not Path("/proc").is_dir()
 
 
-class _Service:
+class _Managed:
+    """``with`` support: start on entry, stop on exit."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class _Service(_Managed):
     """One child process with a temp directory, a log file and a readiness probe."""
 
     name = "service"
@@ -307,14 +326,6 @@ class _Service:
         if proc is not None:
             terminate(proc, grace=self.stop_grace)
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
 
 class TansuBroker(_Service):
@@ -390,7 +401,7 @@ class RedisServer(_Service):
         return reply.startswith(b"+PONG") and f"process_id:{self.pid}\r".encode() in reply
 
 
-class ServiceGroup:
+class ServiceGroup(_Managed):
     """A broker and a redis started together and stopped in reverse order."""
 
     def __init__(
@@ -426,11 +437,3 @@ class ServiceGroup:
         finally:
             self.broker.stop()
 
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()

@@ -101,6 +101,13 @@ def test_tags_duplicates_order_rekey_and_bad_input(namespace: Namespace) -> None
     view_of(ns, "c-after", lambda v: v["aggregates"]["logins_30d"] == 1)
     assert worker.proc.poll() is None
 
+    # Redis is a projection: flushed, it is rebuilt from the table
+    before = ns.view("c-big")
+    ns.redis.flushdb()
+    after = view_of(ns, "c-big", lambda v: True, timeout=30)
+    assert after["tags"] == before["tags"] and after["aggregates"] == before["aggregates"]
+    assert ns.redis.zscore(f"{ns.settings.redis_prefix}:spend365", "c-big") == 11000.5
+
 
 def test_tier_changes_because_of_other_customers_spend(namespace: Namespace) -> None:
     ns = namespace
