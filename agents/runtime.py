@@ -127,7 +127,12 @@ class Runtime:
 
     async def reevaluate(self, cid: str, state: CustomerState, trigger: dict[str, Any],
                          event_time: int | None = None) -> None:
-        """Prune, evaluate, store, stage the Redis view and publish any tag change."""
+        """Prune, evaluate, store, stage the Redis view and publish any tag change.
+
+        The table (and so the changelog) is written when an event was applied
+        (``event_time`` given) or the tags or tier changed; a sweep that changes
+        nothing a subscriber sees costs no changelog write.
+        """
         now = self.clock.now()
         state.prune(now)
         errors: list[str] = []
@@ -135,7 +140,8 @@ class Runtime:
         if errors:
             self.rule_errors += len(errors)
             log.warning("rule errors for %s: %s", cid, errors)
-        self.table[cid] = state
+        if event_time is not None or change is not None:
+            self.table[cid] = state
         self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
