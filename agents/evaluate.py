@@ -17,6 +17,8 @@ import orjson
 
 from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
 from stream.events import format_ts
+from stream.manual import adjusted_score, expire, manual_reason
+from stream.profiles import PROFILE_FIELDS, profile_facts
 from stream.state import AGGREGATE_FIELDS, CustomerState
 
 Kind = Literal["int", "float", "bool", "string", "list", "map"]
@@ -26,8 +28,9 @@ ENGAGEMENT_FULL_LOGINS_30D = 20
 
 
 def facts_schema() -> dict[str, FieldType]:
-    """The rules engine's schema of the facts built from :data:`AGGREGATE_FIELDS`."""
-    return {name: FieldType(cast(Kind, kind), nullable) for name, (kind, nullable) in AGGREGATE_FIELDS.items()}
+    """The rules engine's schema of the facts: aggregates and profile attributes."""
+    fields = {**AGGREGATE_FIELDS, **PROFILE_FIELDS}
+    return {name: FieldType(cast(Kind, kind), nullable) for name, (kind, nullable) in fields.items()}
 
 
 @dataclass(frozen=True)
@@ -55,7 +58,22 @@ def score_dimensions(facts: Mapping[str, Any], cutoffs: Cutoffs) -> dict[str, fl
         "spend": spend_percentile(facts["spend_365d"], cutoffs.quantiles),
         "engagement": min(100.0, 100.0 * facts["logins_30d"] / ENGAGEMENT_FULL_LOGINS_30D),
         "growth": growth,
-        "strategic": 0.0,
+        "strategic": 100.0 if facts["strategic_account"] else 0.0,
+    }
+
+
+def _manual_document(manual: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Manual tags (author, note, expiry) and score adjustment, for people."""
+    def when(ms: int | None) -> str | None:
+        return format_ts(ms) if ms is not None else None
+
+    m = manual or {}
+    adjust = m.get("adjust")
+    return {
+        "tags": {t: {"author": e["author"], "note": e["note"], "added_at": when(e["at"]),
+                     "expires_at": when(e.get("expires_at"))} for t, e in m.get("tags", {}).items()},
+        "score_adjustment": None if adjust is None else {
+            "pct": adjust["pct"], "author": adjust["author"], "note": adjust["note"], "at": when(adjust["at"])},
     }
 
 
@@ -64,7 +82,7 @@ def public_aggregates(facts: Mapping[str, Any]) -> dict[str, Any]:
     return {
         k: (format_ts(v) if k.endswith("_at") and v is not None else v)
         for k, v in facts.items()
-        if k != "tags"
+        if k in AGGREGATE_FIELDS
     }
 
 
@@ -77,6 +95,7 @@ class Evaluator:
     def facts(self, state: CustomerState, now_ms: int) -> dict[str, Any]:
         """The aggregates plus the customer's current tags."""
         facts = state.aggregates(now_ms)
+        facts.update(profile_facts(state.profile, now_ms))
         facts["tags"] = list(state.view["tags"]) if state.view else []
         return facts
 
@@ -93,12 +112,18 @@ class Evaluator:
         """Re-evaluate; update ``state.view``; return (facts, tag-change or None)."""
         facts = self.facts(state, now_ms)
         old = state.view or {}
+        state.manual = expire(state.manual, now_ms)
+        manual_tags = (state.manual or {}).get("tags", {})
         reasons = evaluate_tags(self.ruleset, facts, facts["tags"], errors=errors)
-        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut)
-        score, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
+        for tag, entry in manual_tags.items():
+            reasons.setdefault(tag, manual_reason(entry))
+        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors)
+        base, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
+        score = adjusted_score(base, state.manual)
         tags = sorted(reasons)
         state.view = {
             "tags": tags,
+            "manual_tags": sorted(manual_tags),
             "tier": tier,
             "score": score,
             "score_breakdown": breakdown,
@@ -111,6 +136,7 @@ class Evaluator:
         change = {
             "customer_id": customer_id,
             "tags": tags,
+            "manual_tags": sorted(manual_tags),
             "added": sorted(set(tags) - set(old_tags)),
             "removed": sorted(set(old_tags) - set(tags)),
             "tier": tier,
@@ -133,6 +159,8 @@ class Evaluator:
             "tier": view.get("tier"),
             "score": view.get("score"),
             "score_breakdown": view.get("score_breakdown", {}),
+            "manual": _manual_document(state.manual),
+            "profile": {k: v for k, v in (state.profile or {}).items() if k != "customer_id"},
             "reasons": view.get("reasons", {}),
             "aggregates": public_aggregates(facts),
             "evaluated_at": format_ts(view["evaluated_at"]) if "evaluated_at" in view else None,

@@ -16,10 +16,12 @@ import orjson
 from rules import tier_cutoffs
 from stream.clock import Clock
 from stream.deadletter import dead_letter
-from stream.events import Event, event_from_dict, event_to_dict, parse_event
+from stream.events import Event, parse_event
 from stream.exceptions import InvalidEvent
 from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
+from stream.manual import apply_command, parse_command
+from stream.profiles import parse_profile
 from stream.redis_view import RedisView
 from stream.settings import Settings
 from stream.state import CustomerState
@@ -33,6 +35,10 @@ class Sender(Protocol):
     """What the runtime needs of a topic: an async ``send``."""
 
     async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any: ...
+
+
+def _customer_of(item: Event | dict[str, Any]) -> str:
+    return str(item["customer_id"]) if isinstance(item, dict) else item.customer_id
 
 
 class Runtime:
@@ -56,7 +62,8 @@ class Runtime:
         self.cutoffs = Cutoffs()
         self.outcomes: Counter[str] = Counter()
         self.rule_errors = 0
-        self._kinds = settings.input_topics
+        self.reload_errors = 0
+        self._kinds = settings.keyed_topics
         self._partition_of: dict[str, int] = {}
         self._last_offset: dict[tuple[str, int], int] = {}
         self.gaps: GapFiller | None = None
@@ -83,17 +90,19 @@ class Runtime:
         kind = self._kinds.get(topic)
         try:
             if kind is not None:
-                event = parse_event(kind, value or b"", currency=self.settings.currency,
-                                    max_bytes=self.settings.max_event_bytes)
-                cid = event.customer_id.encode()
-                if key != cid or partition != self.partition_of(event.customer_id):
-                    await self._rekey(kind, topic, partition, offset, event)
+                item = self._parse(kind, key, value)
+                cid = _customer_of(item)
+                if key != cid.encode() or partition != self.partition_of(cid):
+                    envelope = {"kind": kind, "topic": topic, "source": f"{topic}:{partition}",
+                                "offset": offset, "raw": None if value is None else value.decode()}
+                    await self.senders["rekey"].send(key=cid.encode(), value=orjson.dumps(envelope))
                     return "rekeyed"
-                return await self.apply(kind, event, topic, f"{topic}:{partition}", offset)
+                return await self.apply(kind, item, topic, f"{topic}:{partition}", offset)
             if topic == self.settings.rekey_topic:
                 env = orjson.loads(value or b"")
-                event = event_from_dict(env["kind"], env["event"])
-                return await self.apply(env["kind"], event, env["topic"], f"rekey:{env['source']}", int(env["offset"]))
+                raw = None if env["raw"] is None else env["raw"].encode()
+                item = self._parse(env["kind"], key, raw)
+                return await self.apply(env["kind"], item, env["topic"], f"rekey:{env['source']}", int(env["offset"]))
             if topic == self.settings.commands_topic:
                 await self.command(partition, orjson.loads(value or b""))
                 return "command"
@@ -101,37 +110,56 @@ class Runtime:
         except InvalidEvent as exc:
             await self.dead_letter(topic, partition, offset, key, value, exc.reason)
             return "dead_letter"
-        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:
+        except (orjson.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
             await self.dead_letter(topic, partition, offset, key, value, f"malformed internal message: {exc!r}")
             return "dead_letter"
 
-    async def _rekey(self, kind: str, topic: str, partition: int, offset: int, event: Event) -> None:
-        envelope = {"kind": kind, "topic": topic, "source": f"{topic}:{partition}",
-                    "offset": offset, "event": event_to_dict(event)}
-        await self.senders["rekey"].send(key=event.customer_id.encode(), value=orjson.dumps(envelope))
+    def _parse(self, kind: str, key: bytes | None, value: bytes | None) -> Event | dict[str, Any]:
+        max_bytes = self.settings.max_event_bytes
+        if kind == "profile":
+            if value is None and key:  # a tombstone on the compacted topic deletes the profile
+                return {"customer_id": key.decode(errors="replace"), "deleted": True}
+            return parse_profile(value or b"", max_bytes=max_bytes)
+        if kind == "manual":
+            return parse_command(value or b"", max_bytes=max_bytes, now_ms=self.clock.now())
+        return parse_event(kind, value or b"", currency=self.settings.currency, max_bytes=max_bytes)
 
-    async def apply(self, kind: str, event: Event, topic: str, source: str, offset: int) -> str:
-        """Apply one valid event to its customer exactly once, then re-evaluate."""
-        cid = event.customer_id
+    async def apply(self, kind: str, item: Event | dict[str, Any], topic: str, source: str, offset: int) -> str:
+        """Apply one valid message to its customer exactly once, then re-evaluate."""
+        cid = _customer_of(item)
         state = self.table.get(cid)
         if state is None:
             state = CustomerState()
-        dedupe_id = f"{kind}:{event.event_id}"
+        if isinstance(item, dict):
+            msg_id = item.get("command_id") or f"{source}@{offset}"
+            dedupe_id = f"{kind}:{msg_id}"
+            if state.is_duplicate(source, offset, dedupe_id):
+                return "duplicate"
+            state.mark(source, offset, dedupe_id)
+            if kind == "profile":
+                state.profile = None if item.get("deleted") else item
+                trigger = {"kind": "event", "topic": topic, "event_id": None}
+            else:
+                state.manual = apply_command(state.manual, item, self.clock.now())
+                trigger = {"kind": "manual", "topic": topic, "event_id": msg_id}
+            await self.reevaluate(cid, state, trigger, changed=True)
+            return "ok"
+        dedupe_id = f"{kind}:{item.event_id}"
         if state.is_duplicate(source, offset, dedupe_id):
             return "duplicate"
-        self.clock.observe(event.ts)
-        state.apply(event, source, offset, dedupe_id)
-        trigger = {"kind": "event", "topic": topic, "event_id": event.event_id}
-        await self.reevaluate(cid, state, trigger, event.ts)
+        self.clock.observe(item.ts)
+        state.apply(item, source, offset, dedupe_id)
+        trigger = {"kind": "event", "topic": topic, "event_id": item.event_id}
+        await self.reevaluate(cid, state, trigger, item.ts, changed=True)
         return "ok"
 
     async def reevaluate(self, cid: str, state: CustomerState, trigger: dict[str, Any],
-                         event_time: int | None = None) -> None:
+                         event_time: int | None = None, changed: bool = False) -> None:
         """Prune, evaluate, store, stage the Redis view and publish any tag change.
 
-        The table (and so the changelog) is written when an event was applied
-        (``event_time`` given) or the tags or tier changed; a sweep that changes
-        nothing a subscriber sees costs no changelog write.
+        The table (and so the changelog) is written when a message was applied
+        (``changed``) or the tags or tier changed; a sweep that changes nothing a
+        subscriber sees costs no changelog write.
         """
         now = self.clock.now()
         state.prune(now)
@@ -140,7 +168,7 @@ class Runtime:
         if errors:
             self.rule_errors += len(errors)
             log.warning("rule errors for %s: %s", cid, errors)
-        if event_time is not None or change is not None:
+        if changed or change is not None:
             self.table[cid] = state
         self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
         if change is not None:
@@ -156,8 +184,9 @@ class Runtime:
     async def command(self, partition: int, cmd: dict[str, Any]) -> None:
         """Run a command for this partition's customers; acknowledge it in Redis."""
         name, request_id = cmd["cmd"], cmd.get("request_id")
-        if name == "sweep":
-            await self.sweep(partition, {"kind": "timer", "topic": None, "event_id": None})
+        if name in ("sweep", "rules"):  # time passed, or the ruleset was reloaded
+            kind = "timer" if name == "sweep" else "rules"
+            await self.sweep(partition, {"kind": kind, "topic": None, "event_id": cmd.get("version")})
             return
         if name == "rank":
             self.stage_spend(partition)

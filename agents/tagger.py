@@ -7,13 +7,15 @@ the loop, so one bad message can never stop the worker.
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 import faust
+import orjson
 import redis.asyncio as aioredis
 from faust.web import Request, Response, View
 
-from rules import default_rules_dir, load_ruleset
+from rules import RulesetError, default_rules_dir, load_ruleset
 from stream.app import create_app, customers_table
 from stream.clock import Clock
 from stream.guards import GapFiller
@@ -25,6 +27,15 @@ from .evaluate import Evaluator, facts_schema
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
+
+
+def rules_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
+    """Cheap change detector for a rules directory: names, sizes and mtimes of its YAML files."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
+    except OSError:
+        return ()
 
 
 class _TopicSender:
@@ -39,7 +50,8 @@ class _TopicSender:
 
 def build(settings: Settings) -> tuple[faust.App, Runtime]:
     """Create the app with its agent, timers and web views. Fails fast on a bad ruleset."""
-    ruleset = load_ruleset(settings.rules_dir or default_rules_dir(), facts_schema())
+    rules_dir = settings.rules_dir or default_rules_dir()
+    ruleset = load_ruleset(rules_dir, facts_schema())
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = customers_table(app, settings)
@@ -62,7 +74,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                 await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
                                           f"internal error: {exc!r}")
 
-    runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
+    gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -98,11 +110,34 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             runtime.view.errors += 1
             log.warning("redis read failed: %r", exc)
 
-    @app.timer(settings.sweep_interval)
-    async def sweep() -> None:
+    async def command_own_partitions(cmd: dict[str, Any]) -> None:
+        value = orjson.dumps(cmd)
         for tp in app.assignor.assigned_actives():
             if tp.topic == settings.commands_topic:
-                await topics.commands.send(key=b"sweep", value=b'{"cmd":"sweep"}', partition=tp.partition)
+                await topics.commands.send(key=cmd["cmd"].encode(), value=value, partition=tp.partition)
+
+    @app.timer(settings.sweep_interval)
+    async def sweep() -> None:
+        await command_own_partitions({"cmd": "sweep"})
+
+    watched = {"fingerprint": rules_fingerprint(rules_dir)}
+
+    @app.timer(settings.rules_reload_interval)
+    async def reload_rules() -> None:
+        fingerprint = rules_fingerprint(rules_dir)
+        if fingerprint == watched["fingerprint"]:
+            return
+        watched["fingerprint"] = fingerprint
+        try:
+            candidate = load_ruleset(rules_dir, facts_schema())
+        except RulesetError as exc:
+            runtime.reload_errors += 1
+            log.error("rules changed but are invalid; keeping version %s: %s", runtime.evaluator.ruleset.version, exc)
+            return
+        if candidate.version != runtime.evaluator.ruleset.version:
+            log.info("rules reloaded: version %s -> %s", runtime.evaluator.ruleset.version, candidate.version)
+            runtime.evaluator.ruleset = candidate
+            await command_own_partitions({"cmd": "rules", "version": candidate.version})
 
     @app.page("/customers/{customer_id}")
     class CustomerView(View):
@@ -122,6 +157,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     async def stats(web: View, request: Request) -> Response:
         return web.json({"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
                          "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
-                         "ruleset_version": ruleset.version, "now": runtime.clock.now()})
+                         "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
+                         "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled})
 
     return app, runtime

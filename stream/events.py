@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
 from typing import Any, ClassVar
@@ -273,13 +273,8 @@ _Parser = Callable[[Mapping[str, Any], str], Event]
 _PARSERS: dict[str, _Parser] = {ORDER: _order, LOGIN: _login, TICKET: _ticket}
 
 
-def parse_event(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Event:
-    """Parse one message of ``kind`` (order/login/ticket); raises InvalidEvent only.
-
-    ``ValueError`` for an unknown ``kind`` is a wiring bug, not bad input."""
-    parser = _PARSERS.get(kind)
-    if parser is None:
-        raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
+def decode_object(raw: object, max_bytes: int) -> dict[str, Any]:
+    """Size-check and decode a message that must be one JSON object; raises InvalidEvent only."""
     if not isinstance(raw, bytes | bytearray | memoryview):
         raise InvalidEvent(f"message value must be bytes, got {_tname(raw)} (tombstone?)")
     size = len(raw)
@@ -296,40 +291,19 @@ def parse_event(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Even
         raise InvalidEvent(f"not valid JSON: {exc}") from None
     if type(d) is not dict:
         raise InvalidEvent(f"message must be a JSON object, got {_tname(d)}")
-    return parser(d, currency)
+    return d
+
+
+def parse_event(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Event:
+    """Parse one message of ``kind`` (order/login/ticket); raises InvalidEvent only.
+
+    ``ValueError`` for an unknown ``kind`` is a wiring bug, not bad input."""
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
+    return parser(decode_object(raw, max_bytes), currency)
 
 
 def dedupe_key(event: Event) -> str:
     """The producer-retry dedupe id of an event, e.g. ``order:<event_id>``."""
     return f"{event.kind}:{event.event_id}"
-
-
-_CLASSES: dict[str, Any] = {ORDER: OrderEvent, LOGIN: LoginEvent, TICKET: TicketEvent}
-# field annotation -> (accepted JSON types, nullable); annotations are strings (PEP 563)
-_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
-    "str": ((str,), False), "int": ((int,), False), "str | None": ((str,), True),
-    "int | None": ((int,), True), "float | None": ((float, int), True),
-}
-_FIELDS = {k: tuple((f.name, *_TYPES[str(f.type)]) for f in fields(c)) for k, c in _CLASSES.items()}
-
-
-def event_to_dict(event: Event) -> dict[str, Any]:
-    """Canonical JSON-able dict (ts in epoch ms, money in scaled units), for internal topics."""
-    return {name: getattr(event, name) for name in event.__slots__}
-
-
-def event_from_dict(kind: str, d: Mapping[str, Any]) -> Event:
-    """Inverse of :func:`event_to_dict`. The data is ours, so types are checked, not ranges."""
-    spec = _FIELDS.get(kind)
-    if spec is None:
-        raise InvalidEvent(f"unknown event kind {_show(kind)}")
-    if not isinstance(d, Mapping):
-        raise InvalidEvent(f"internal event must be an object, got {_tname(d)}")
-    values: list[Any] = []
-    for name, types, nullable in spec:
-        v = d.get(name)
-        if not (type(v) in types or (v is None and nullable)):
-            raise _fail(name, f"internal event has {_tname(v)}, expected {_JSON_NAMES[types[0]]}")
-        values.append(float(v) if types[0] is float and v is not None else v)
-    event: Event = _CLASSES[kind](*values)
-    return event

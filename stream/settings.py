@@ -52,12 +52,15 @@ class Settings(BaseSettings):
     orders_topic: str = "orders"
     logins_topic: str = "logins"
     tickets_topic: str = "support-tickets"
+    profiles_topic: str = Field("customer-profiles", description="Compacted customer attributes topic.")
+    tag_commands_topic: str = Field("tag-commands", description="Manual tags and score adjustments.")
     tag_changes_topic: str = "tag-changes"
     dead_letters_topic: str = "dead-letters"
 
     rules_dir: Path | None = Field(None, description="Ruleset directory (default: shipped rules).")
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
     datadir: Path = Field(Path(".tagger-data"), description="Faust data directory.")
+    rules_reload_interval: float = Field(5.0, description="Seconds between checks of the rules directory.")
     sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
     redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
@@ -80,6 +83,11 @@ class Settings(BaseSettings):
     def input_topics(self) -> dict[str, str]:
         """Input topic name → event kind."""
         return {self.orders_topic: "order", self.logins_topic: "login", self.tickets_topic: "ticket"}
+
+    @property
+    def keyed_topics(self) -> dict[str, str]:
+        """Every customer-keyed input topic → kind (events, profiles, tag commands)."""
+        return {**self.input_topics, self.profiles_topic: "profile", self.tag_commands_topic: "manual"}
 
     @property
     def rekey_topic(self) -> str:

@@ -49,7 +49,8 @@ _OPEN_ACTIONS = frozenset(("opened", "escalated", "reopened"))
 _LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "last_login_at",
              "first_seen_at", "last_activity_at", "last_event_ts")
 
-_PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", *_LIFETIME)
+_PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", "profile", "manual",
+              *_LIFETIME)
 # window sums, in this order, cached per UTC day (see CustomerState._sums)
 _S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90 = range(11)
 
@@ -118,6 +119,8 @@ class CustomerState:
         self.recent_ids: list[str] = []
         self.horizon_day = -1  # buckets d <= horizon_day were pruned and are never re-created
         self.view: dict[str, Any] | None = None  # the agent's published view, carried opaquely
+        self.profile: dict[str, Any] | None = None  # latest customer-profiles record (stream.profiles)
+        self.manual: dict[str, Any] | None = None  # manual tags and score adjustment (stream.manual)
         self.orders_total = 0
         self.max_order = 0
         self.first_order_at: int | None = None
@@ -138,7 +141,8 @@ class CustomerState:
             return True
         return dedupe_id in self.recent_ids
 
-    def _mark(self, source: str, offset: int, dedupe_id: str) -> None:
+    def mark(self, source: str, offset: int, dedupe_id: str) -> None:
+        """Record a message as applied (for messages that are not events: profiles, commands)."""
         if offset > self.offsets.get(source, -1):
             self.offsets[source] = offset
         ids = self.recent_ids
@@ -149,7 +153,7 @@ class CustomerState:
     # -- apply --------------------------------------------------------------------------
     def apply(self, event: Event, source: str, offset: int, dedupe_id: str) -> None:
         """Fold one event in. The caller has checked :meth:`is_duplicate`."""
-        self._mark(source, offset, dedupe_id)
+        self.mark(source, offset, dedupe_id)
         ts = event.ts
         self.first_seen_at = _min(self.first_seen_at, ts)
         self.last_event_ts = _max(self.last_event_ts, ts)
@@ -279,8 +283,9 @@ class CustomerState:
         for key, value in (("t", self.tickets), ("o", self.offsets), ("i", self.recent_ids)):
             if value:
                 doc[key] = value
-        if self.view is not None:
-            doc["w"] = self.view
+        for key, carried in (("w", self.view), ("p", self.profile), ("m", self.manual)):
+            if carried is not None:
+                doc[key] = carried
         return orjson.dumps(doc)
 
     @classmethod
@@ -302,6 +307,8 @@ class CustomerState:
             state.offsets = doc.get("o", {})
             state.recent_ids = doc.get("i", [])
             state.view = doc.get("w")
+            state.profile = doc.get("p")
+            state.manual = doc.get("m")
             if not (isinstance(state.tickets, dict) and isinstance(state.offsets, dict)
                     and isinstance(state.recent_ids, list)):
                 raise TypeError("tickets, offsets or recent ids have the wrong JSON type")

@@ -26,7 +26,7 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     raw: dict[str, Any] = {"key_serializer": "raw", "value_serializer": "raw"}
     n = settings.partitions
     internal: dict[str, Any] = {"partitions": n, "internal": True, **raw}
-    names = [*settings.input_topics, settings.rekey_topic, settings.commands_topic]
+    names = [*settings.keyed_topics, settings.rekey_topic, settings.commands_topic]
     return Topics(
         source=app.topic(*names, **raw),
         tag_changes=app.topic(settings.tag_changes_topic, partitions=n, **raw),
@@ -39,7 +39,7 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
 def all_topic_names(settings: Settings) -> list[str]:
     """Names of every topic the worker needs, for creation and checks."""
     return [
-        *settings.input_topics,
+        *settings.keyed_topics,
         settings.rekey_topic,
         settings.commands_topic,
         settings.tag_changes_topic,
@@ -51,4 +51,5 @@ def ensure_all_topics(settings: Settings) -> None:
     """Create the tagger's topics if missing; refuse mismatched partition counts."""
     from .kafka_admin import ensure_topics
 
-    ensure_topics(settings.kafka_bootstrap_servers, {t: settings.partitions for t in all_topic_names(settings)})
+    ensure_topics(settings.kafka_bootstrap_servers, {t: settings.partitions for t in all_topic_names(settings)},
+                  compacted=[settings.profiles_topic])

@@ -103,17 +103,20 @@ class Namespace:
         self.producer = make_producer(self.services.bootstrap)
         self.redis = redis.Redis.from_url(self.services.redis_url)
 
-    def worker(self) -> Worker:
+    def worker(self, **settings: Any) -> Worker:
+        """Start a worker; ``settings`` override TAGGER_<NAME> variables for it."""
         port = free_port()
         env = dict(self.env, TAGGER_WEB_PORT=str(port),
-                   TAGGER_DATADIR=str(self.tmp / f"data-{len(self.workers)}"))
+                   TAGGER_DATADIR=str(self.tmp / f"data-{len(self.workers)}"),
+                   **{f"TAGGER_{k.upper()}": str(v) for k, v in settings.items()})
         worker = Worker(env, self.tmp / f"worker-{len(self.workers)}.log", port)
         self.workers.append(worker)
         return worker.start()
 
     def topic(self, kind: str) -> str:
         return {"order": self.settings.orders_topic, "login": self.settings.logins_topic,
-                "ticket": self.settings.tickets_topic}[kind]
+                "ticket": self.settings.tickets_topic, "profile": self.settings.profiles_topic,
+                "manual": self.settings.tag_commands_topic}[kind]
 
     def produce(self, kind: str, event: dict[str, Any] | bytes, key: bytes | str | None = "auto",
                 partition: int | None = None) -> None:
@@ -155,6 +158,7 @@ def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
         app_id=f"tagger-{uid}", redis_prefix=f"t{uid}", partitions=PARTITIONS,
         orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
         tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
+        profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
         clock="stream", tansu_compat="true", session_timeout=6, heartbeat_interval=1,
         sweep_interval=3600, log_level="info",
     )

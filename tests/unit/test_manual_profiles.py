@@ -1,0 +1,100 @@
+"""Manual tags, score adjustments and customer profiles: parsing and evaluation (no broker)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+
+from agents.evaluate import Cutoffs, Evaluator, facts_schema
+from rules import default_rules_dir, load_ruleset
+from stream.exceptions import InvalidEvent
+from stream.manual import adjusted_score, apply_command, expire, parse_command
+from stream.profiles import parse_profile, profile_facts
+from stream.state import CustomerState
+
+NOW = 1_767_225_600_000
+DAY = 86_400_000
+MB = 1 << 20
+
+
+def cmd(**fields: Any) -> dict[str, Any]:
+    base = {"command_id": "c1", "customer_id": "cust-1", "author": "jane@sales", "note": "met at fair"}
+    return parse_command(orjson.dumps({**base, **fields}), max_bytes=MB, now_ms=NOW)
+
+
+def evaluator() -> Evaluator:
+    return Evaluator(load_ruleset(default_rules_dir(), facts_schema()))
+
+
+def test_add_remove_and_expire_manual_tags() -> None:
+    manual = apply_command(None, cmd(action="add_tag", tag="vip_watch", expires_at=NOW + DAY), NOW)
+    assert manual and manual["tags"]["vip_watch"]["author"] == "jane@sales"
+    assert expire(manual, NOW + DAY - 1) == manual
+    assert expire(manual, NOW + DAY) is None
+    assert apply_command(manual, cmd(action="remove_tag", tag="vip_watch"), NOW) is None
+
+
+@pytest.mark.parametrize(("fields", "reason"), [
+    ({"action": "adjust_score", "adjust_pct": 25}, "field 'adjust_pct': 25 is beyond the ±20% cap"),
+    ({"action": "adjust_score", "adjust_pct": -20.5}, "beyond the ±20% cap"),
+    ({"action": "adjust_score", "adjust_pct": True}, "field 'adjust_pct': must be a number"),
+    ({"action": "add_tag", "tag": "VIP!"}, "field 'tag'"),
+    ({"action": "add_tag", "tag": "vip", "expires_at": NOW - 1}, "field 'expires_at': is already in the past"),
+    ({"action": "promote"}, "field 'action'"),
+    ({"action": "add_tag", "tag": "vip", "author": None}, "field 'author'"),
+])
+def test_bad_commands_are_rejected_with_the_field(fields: dict[str, Any], reason: str) -> None:
+    with pytest.raises(InvalidEvent, match=reason.replace("(", r"\(")):
+        cmd(**fields)
+
+
+def test_score_adjustment_is_a_percentage_within_bounds() -> None:
+    manual = apply_command(None, cmd(action="adjust_score", adjust_pct=20), NOW)
+    assert adjusted_score(50.0, manual) == 60.0
+    assert adjusted_score(90.0, manual) == 100.0  # kept within 0-100
+    assert adjusted_score(50.0, apply_command(manual, cmd(action="clear_adjustment"), NOW)) == 50.0
+
+
+def test_manual_tags_survive_evaluation_and_show_author_and_note() -> None:
+    state = CustomerState()
+    state.manual = apply_command(None, cmd(action="add_tag", tag="vip_watch", expires_at=NOW + DAY), NOW)
+    ev = evaluator()
+    _, change = ev.evaluate("cust-1", state, NOW, Cutoffs(), {"kind": "manual"})
+    assert change and "vip_watch" in change["tags"] and change["manual_tags"] == ["vip_watch"]
+    assert change["reasons"]["vip_watch"] == "manual: jane@sales: met at fair"
+    _, again = ev.evaluate("cust-1", state, NOW + 1000, Cutoffs(), {"kind": "timer"})
+    assert again is None  # re-evaluation keeps it
+    _, expired = ev.evaluate("cust-1", state, NOW + DAY, Cutoffs(), {"kind": "timer"})
+    assert expired and expired["removed"] == ["vip_watch"] and state.manual is None
+    doc = ev.view_document("cust-1", state, ev.facts(state, NOW + DAY))
+    assert doc["manual"] == {"tags": {}, "score_adjustment": None}
+
+
+def test_profile_parsing_and_facts() -> None:
+    raw = orjson.dumps({"customer_id": "cust-1", "company_size": "enterprise", "industry": "retail",
+                        "region": "EMEA", "customer_since": "2020-01-01", "strategic_account": True,
+                        "attributes": {"segment": "b2b", "seats": 40}})
+    profile = parse_profile(raw, max_bytes=MB)
+    facts = profile_facts(profile, NOW)
+    assert facts["strategic_account"] is True and facts["attributes"]["seats"] == 40
+    assert facts["customer_since_days"] == (NOW - 1_577_836_800_000) / DAY
+    assert profile_facts(None, NOW)["customer_since_days"] is None
+    for bad, field in [({"strategic_account": "yes"}, "strategic_account"),
+                       ({"attributes": {"x": [1]}}, "attributes.x"),
+                       ({"customer_since": "someday"}, "customer_since")]:
+        with pytest.raises(InvalidEvent, match=f"field '{field}'"):
+            parse_profile(orjson.dumps({"customer_id": "c", **bad}), max_bytes=MB)
+
+
+def test_strategic_account_feeds_the_score_and_profile_round_trips() -> None:
+    state = CustomerState()
+    ev = evaluator()
+    ev.evaluate("c", state, NOW, Cutoffs(), {"kind": "event"})
+    plain = state.view["score"] if state.view else None
+    state.profile = parse_profile(orjson.dumps({"customer_id": "c", "strategic_account": True}), max_bytes=MB)
+    ev.evaluate("c", state, NOW, Cutoffs(), {"kind": "event"})
+    assert state.view and plain is not None and state.view["score"] == plain + 10.0
+    assert state.view["score_breakdown"]["strategic"] == 10.0
+    assert CustomerState.from_bytes(state.to_bytes()) == state
