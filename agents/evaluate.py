@@ -147,6 +147,7 @@ class Evaluator:
             "event_time": format_ts(event_time if event_time is not None else now_ms),
             "emitted_at": format_ts(int(time.time() * 1000)),
             "ruleset_version": self.ruleset.version,
+            "ruleset_name": self.ruleset.name,
         }
         return facts, change
 

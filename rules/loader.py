@@ -18,10 +18,10 @@ from rules.model import TAG_PATTERN, VISIBILITIES, Rule, Ruleset, ScoreWeights, 
 from rules.schema import FieldType, with_tags
 from rules.yamlsrc import Located, read_yaml
 
-_TOP_KEYS = ("rules", "tiers", "score")
+_TOP_KEYS = ("name", "rules", "tiers", "score")
 _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
-_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "c_when")
+_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "b_when", "c_when")
 _WEIGHT_KEYS = ("spend", "engagement", "growth", "strategic")
 
 
@@ -97,8 +97,9 @@ def _parse_rule(doc: Located, schema: Mapping[str, FieldType]) -> Rule:
 
 def _parse_tiers(doc: Located, schema: Mapping[str, FieldType]) -> TierPolicy:
     doc.mapping("tiers", _TIER_KEYS)
-    if "c_when" in doc.value:
-        _checked(doc, "c_when", schema, None)
+    for key in ("b_when", "c_when"):
+        if key in doc.value:
+            _checked(doc, key, schema, None)
     try:
         policy = TierPolicy(**doc.value)
     except RulesetError as exc:
@@ -143,7 +144,7 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
     for path in files:
         doc = read_yaml(path)
         doc.mapping("a rules file", _TOP_KEYS)
-        for section in ("tiers", "score"):
+        for section in ("name", "tiers", "score"):
             if section in doc.value:
                 if section in sections:
                     raise doc.error(
@@ -176,4 +177,13 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
         tiers=_parse_tiers(tiers, full_schema),
         weights=ScoreWeights() if score is None else _parse_score(score),
         source_files=tuple(str(p) for p in files),
+        name=_name(sections.get("name")),
     )
+
+
+def _name(doc: Located | None) -> str | None:
+    if doc is None:
+        return None
+    if not isinstance(doc.value, str) or not 0 < len(doc.value) <= 100:
+        raise doc.error("name: must be a text of 1–100 characters")
+    return doc.value

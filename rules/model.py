@@ -68,7 +68,9 @@ class TierPolicy:
     a_top_fraction: float = 0.05
     b_top_fraction: float = 0.20
     c_when: str = DEFAULT_C_WHEN
+    b_when: str = "true"  # extra condition for B, e.g. stable repeat purchases: orders_365d >= 2
     _c_expr: CompiledExpr = field(init=False, repr=False, compare=False)
+    _b_expr: CompiledExpr = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("a_top_fraction", "b_top_fraction"):
@@ -83,6 +85,7 @@ class TierPolicy:
                 hint="tier A is the top slice of tier B's range, e.g. 0.05 and 0.20",
             )
         object.__setattr__(self, "_c_expr", compile_expr(self.c_when))
+        object.__setattr__(self, "_b_expr", compile_expr(self.b_when))
 
 
 @dataclass(frozen=True)
@@ -127,3 +130,4 @@ class Ruleset:
     tiers: TierPolicy
     weights: ScoreWeights
     source_files: tuple[str, ...]
+    name: str | None = None  # optional human name (top-level ``name:`` in one file)

@@ -58,12 +58,15 @@ def assign_tier(
     if spend is not None and spend > 0:
         if a_cut is not None and spend >= a_cut:
             return "A"
-        if b_cut is not None and spend >= b_cut:
+        if b_cut is not None and spend >= b_cut and _holds(ruleset.tiers._b_expr, "b_when", facts, errors):
             return "B"
+    return "C" if _holds(ruleset.tiers._c_expr, "c_when", facts, errors) else "D"
+
+
+def _holds(expr: Any, key: str, facts: Mapping[str, Any], errors: list[str] | None) -> bool:
     try:
-        growing = ruleset.tiers._c_expr.run(facts) is True
-    except Exception as exc:  # a broken c_when must not break the stream
+        return expr.run(facts) is True
+    except Exception as exc:  # a broken tier condition must not break the stream
         if errors is not None:
-            errors.append(f"tiers.c_when: {type(exc).__name__}: {exc}")
-        growing = False
-    return "C" if growing else "D"
+            errors.append(f"tiers.{key}: {type(exc).__name__}: {exc}")
+        return False
