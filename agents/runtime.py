@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Collection, Iterator, MutableMapping
+from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from typing import Any, Protocol
 
 import orjson
@@ -58,7 +58,7 @@ class Runtime:
         self.evaluator = evaluator
         self.view = view
         self.clock = clock
-        self.senders = senders  # tag_changes, dead_letters, rekey
+        self.senders = senders  # tag_changes, dead_letters, rekey, commands
         self.cutoffs = Cutoffs()
         self.outcomes: Counter[str] = Counter()
         self.rule_errors = 0
@@ -182,19 +182,31 @@ class Runtime:
         await self.senders["dead_letters"].send(key=key or b"", value=record)
 
     async def command(self, partition: int, cmd: dict[str, Any]) -> None:
-        """Run a command for this partition's customers; acknowledge it in Redis."""
-        name, request_id = cmd["cmd"], cmd.get("request_id")
-        if name in ("sweep", "rules"):  # time passed, or the ruleset was reloaded
-            kind = "timer" if name == "sweep" else "rules"
-            await self.sweep(partition, {"kind": kind, "topic": None, "event_id": cmd.get("version")})
-            return
-        if name == "rank":
-            self.stage_spend(partition)
-        elif name == "evaluate":
-            await self.refresh_cutoffs()
-            await self.sweep(partition, {"kind": "manual", "topic": None, "event_id": request_id})
-        else:
+        """Run a partition-wide command in chunks, so intake goes on in between.
+
+        ``sweep`` (time passed), ``rules`` (ruleset reloaded), and the two phases of
+        ``tagger reevaluate``: ``rank`` then ``evaluate``. Each message handles at most
+        ``TAGGER_SWEEP_CHUNK`` customers (in customer-id order) and queues the rest
+        as a continuation behind the events that arrived meanwhile. The last chunk
+        flushes Redis and acknowledges ``request_id``.
+        """
+        name, request_id, pos = cmd["cmd"], cmd.get("request_id"), int(cmd.get("pos", 0))
+        triggers = {"sweep": "timer", "rules": "rules", "evaluate": "manual"}
+        if name not in (*triggers, "rank"):
             raise InvalidEvent(f"field 'cmd': unknown command {name!r}")
+        if name == "evaluate" and pos == 0:
+            await self.refresh_cutoffs()
+        customers = sorted(self.customers_in(partition))
+        chunk = customers[pos:pos + self.settings.sweep_chunk]
+        if name == "rank":
+            self.stage_spend(chunk)
+        else:
+            trigger = {"kind": triggers[name], "topic": None, "event_id": request_id or cmd.get("version")}
+            await self.sweep(chunk, trigger)
+        if pos + len(chunk) < len(customers):
+            rest = orjson.dumps({**cmd, "pos": pos + len(chunk)})
+            await self.senders["commands"].send(key=name.encode(), value=rest, partition=partition)
+            return
         await self.view.flush()
         if request_id:
             await self.view.ack(str(request_id), name, partition)
@@ -226,27 +238,21 @@ class Runtime:
         """Customers held in the local table that belong to ``partition``."""
         return (cid for cid in list(self.table.keys()) if self.partition_of(cid) == partition)
 
-    async def sweep(self, partition: int, trigger: dict[str, Any]) -> int:
-        """Re-evaluate every local customer of ``partition`` at the current time."""
-        count = 0
-        for cid in self.customers_in(partition):
+    async def sweep(self, customers: Iterable[str], trigger: dict[str, Any]) -> None:
+        """Re-evaluate ``customers`` at the current time."""
+        for cid in customers:
             state = self.table.get(cid)
             if state is not None:
                 await self.reevaluate(cid, state, trigger)
-                count += 1
-        return count
 
-    def stage_spend(self, partition: int) -> int:
-        """Stage every local customer's current spend_365d (first phase of re-evaluate)."""
+    def stage_spend(self, customers: Iterable[str]) -> None:
+        """Stage ``customers``' current spend_365d (first phase of re-evaluate)."""
         now = self.clock.now()
-        count = 0
-        for cid in self.customers_in(partition):
+        for cid in customers:
             state = self.table.get(cid)
             if state is not None:
                 facts = self.evaluator.facts(state, now)
                 self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
-                count += 1
-        return count
 
     def restore_clock(self) -> None:
         """Raise the clock to the latest event time held in the (recovered) table."""

@@ -56,7 +56,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     topics = declare_topics(app, settings)
     table = customers_table(app, settings)
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
-    senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey}
+    senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
+               "commands": topics.commands}
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
                       Clock(settings.clock), {k: _TopicSender(t) for k, t in senders.items()})
     epoch: dict[str, Any] = {"seen": None, "rebuild": True}

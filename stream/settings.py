@@ -61,6 +61,8 @@ class Settings(BaseSettings):
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
     datadir: Path = Field(Path(".tagger-data"), description="Faust data directory.")
     rules_reload_interval: float = Field(5.0, description="Seconds between checks of the rules directory.")
+    sweep_chunk: int = Field(2000, description="Customers re-evaluated per command message; the rest of a "
+                             "sweep queues behind new events so intake never waits long.")
     sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
     redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")

@@ -111,7 +111,7 @@ def test_tags_duplicates_order_rekey_and_bad_input(namespace: Namespace) -> None
 
 def test_tier_changes_because_of_other_customers_spend(namespace: Namespace) -> None:
     ns = namespace
-    ns.worker()
+    ns.worker(sweep_chunk=2)  # re-evaluation runs in chunks of 2 customers per partition
     ns.produce("order", order("t-1", "t1", 1, 100))
     view_of(ns, "t-1", lambda v: v["aggregates"]["spend_365d"] == 100.0)
     ns.reevaluate()

@@ -29,7 +29,7 @@ def test_manual_tags_profiles_and_retiering_without_events(namespace: Namespace,
     ns = namespace
     rules = tmp_path / "rules"
     shutil.copytree(default_rules_dir(), rules)
-    ns.worker(sweep_interval=2, rules_dir=rules, rules_reload_interval=1)
+    ns.worker(sweep_interval=2, rules_dir=rules, rules_reload_interval=1, sweep_chunk=3)
 
     # manual tag with an expiry (stream clock: event time), shown as manual; expires by itself
     ns.produce("order", order("m-1", "m1", 1, 50))
