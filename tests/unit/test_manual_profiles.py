@@ -98,3 +98,26 @@ def test_strategic_account_feeds_the_score_and_profile_round_trips() -> None:
     assert state.view and plain is not None and state.view["score"] == plain + 10.0
     assert state.view["score_breakdown"]["strategic"] == 10.0
     assert CustomerState.from_bytes(state.to_bytes()) == state
+
+
+def test_shipped_schemas_examples_are_accepted() -> None:
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    import stream
+
+    folder = Path(stream.__file__).parent / "schemas"
+    profile = json.loads((folder / "customer-profile.schema.json").read_text())
+    command = json.loads((folder / "tag-command.schema.json").read_text())
+    for schema in (profile, command):
+        jsonschema.Draft202012Validator.check_schema(schema)
+        jsonschema.validate(schema["examples"][0], schema)
+    parse_profile(orjson.dumps(profile["examples"][0]), max_bytes=MB)
+    parse_command(orjson.dumps(command["examples"][0]), max_bytes=MB, now_ms=NOW)
+    bad = {**command["examples"][0], "action": "adjust_score", "adjust_pct": 30}
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(bad, command)
+    with pytest.raises(InvalidEvent):
+        parse_command(orjson.dumps(bad), max_bytes=MB, now_ms=NOW)

@@ -32,7 +32,8 @@ def parses(kind: str, msg: object) -> bool:
 
 
 def test_every_schema_file_is_covered() -> None:
-    assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted(FILES.values())
+    others = ["customer-profile.schema.json", "tag-command.schema.json"]  # tests/unit/test_manual_profiles.py
+    assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted([*FILES.values(), *others])
 
 
 @pytest.mark.parametrize("kind", FILES)
