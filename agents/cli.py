@@ -13,6 +13,8 @@ import orjson
 from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
+from .rules_cli import rules_group
+
 
 def _settings() -> Settings:
     try:
@@ -139,3 +141,6 @@ def bench(events: int, customers: int, partitions: int) -> None:
     from .bench import run_bench
 
     click.echo(json.dumps(run_bench(events, customers, partitions), indent=2))
+
+
+main.add_command(rules_group)

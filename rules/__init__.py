@@ -3,15 +3,19 @@
 Pure: the caller passes the facts schema and the facts as plain data.
 """
 
+from rules.dryrun import DryRunReport, dry_run
 from rules.evaluate import evaluate_tags
 from rules.exceptions import RulesetError
 from rules.loader import default_rules_dir, load_ruleset
 from rules.model import Rule, Ruleset, ScoreWeights, TierPolicy
 from rules.schema import FieldType
 from rules.score import weighted_score
+from rules.testing import CaseFileError, load_cases, run_cases
 from rules.tiers import assign_tier, tier_cutoffs
 
 __all__ = [
+    "CaseFileError",
+    "DryRunReport",
     "FieldType",
     "Rule",
     "Ruleset",
@@ -20,8 +24,11 @@ __all__ = [
     "TierPolicy",
     "assign_tier",
     "default_rules_dir",
+    "dry_run",
     "evaluate_tags",
+    "load_cases",
     "load_ruleset",
+    "run_cases",
     "tier_cutoffs",
     "weighted_score",
 ]
