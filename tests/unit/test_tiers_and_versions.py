@@ -64,3 +64,21 @@ def test_ruleset_name_and_content_version(tmp_path: Path) -> None:
     (rules / "other.yaml").write_text("name: again\n")
     with pytest.raises(RulesetError, match="'name' is already defined"):
         load_ruleset(rules, facts_schema())
+
+
+def test_score_dimensions_are_normalised_as_documented() -> None:
+    from agents.evaluate import Cutoffs, score_dimensions, spend_percentile
+
+    quantiles = tuple(float(q) for q in range(0, 101))  # spend at percentile k is k
+    assert spend_percentile(0.0, quantiles) == 0.0
+    assert spend_percentile(50.0, quantiles) == 100.0 * 51 / 101
+    assert spend_percentile(1e9, quantiles) == 100.0
+    assert spend_percentile(10.0, ()) == 0.0
+    f = facts(50.0)
+    f.update(logins_30d=10, spend_90d=300.0, spend_prev_90d=100.0, strategic_account=True)
+    dims = score_dimensions(f, Cutoffs(quantiles=quantiles))
+    assert dims == {"spend": spend_percentile(50.0, quantiles), "engagement": 50.0,
+                    "growth": 50.0 + 50.0 * 200.0 / 300.0, "strategic": 100.0}
+    f.update(logins_30d=40, spend_90d=0.0, spend_prev_90d=100.0)
+    dims = score_dimensions(f, Cutoffs(quantiles=quantiles))
+    assert dims["engagement"] == 100.0 and dims["growth"] == 0.0
