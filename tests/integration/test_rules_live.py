@@ -53,10 +53,11 @@ def test_manual_tags_profiles_and_retiering_without_events(namespace: Namespace,
     assert "field 'adjust_pct': 35 is beyond the ±20% cap" in letters[0]["value"]["error"]
 
     # a profile update re-evaluates the customer: strategic value enters the score
-    before = view_of(ns, "m-2", lambda v: True)["score"]
+    assert view_of(ns, "m-2", lambda v: True)["score_breakdown"]["strategic"] == 0.0
     ns.produce("profile", {"customer_id": "m-2", "strategic_account": True, "industry": "retail"})
     after = view_of(ns, "m-2", lambda v: v["profile"].get("industry") == "retail")
-    assert after["score"] == pytest.approx(before + 10.0)
+    assert after["score_breakdown"]["strategic"] == 10.0  # weight 10% x 100
+    assert after["score"] == pytest.approx(sum(after["score_breakdown"].values()), abs=0.05)
 
     # dynamic thresholds: others' spend re-tiers r-1 within one sweep, with no event of its own
     ns.produce("order", order("r-1", "r1", 4, 300))
