@@ -52,13 +52,14 @@ _LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "la
 _PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", "profile", "manual",
               *_LIFETIME)
 # window sums, in this order, cached per UTC day (see CustomerState._sums)
-_S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90 = range(11)
+_S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90, _OP90, _L365 = range(13)
 
 _INT, _FLOAT = "int", "float"
 AGGREGATE_FIELDS: dict[str, tuple[str, bool]] = {
     **{k: (_INT, False) for k in ("orders_30d", "orders_90d", "orders_365d", "orders_total",
                                   "logins_7d", "logins_30d", "open_tickets", "open_complaints",
-                                  "complaints_90d", "escalations_90d")},
+                                  "complaints_90d", "escalations_90d", "orders_prev_90d",
+                                  "logins_365d")},
     **{k: (_FLOAT, False) for k in ("spend_30d", "spend_90d", "spend_365d", "spend_prev_90d",
                                     "max_order", "days_since_first_seen")},
     **{k: (_FLOAT, True) for k in ("mean_order_gap_days", "days_since_first_order",
@@ -84,6 +85,7 @@ def _fold(sums: list[int], age: int, b: list[int]) -> None:
     spend, orders = b[_SPEND], b[_ORDERS]
     sums[_S365] += spend
     sums[_O365] += orders
+    sums[_L365] += b[_LOGINS]
     if age < 90:
         sums[_S90] += spend
         sums[_O90] += orders
@@ -97,6 +99,7 @@ def _fold(sums: list[int], age: int, b: list[int]) -> None:
                 sums[_L7] += b[_LOGINS]
     elif age < 180:
         sums[_SP90] += spend
+        sums[_OP90] += orders
 
 
 def _days_since(now: int, t: int | None) -> float | None:
@@ -240,11 +243,11 @@ class CustomerState:
         """The facts at ``now_ms`` (keys and types as in :data:`AGGREGATE_FIELDS`)."""
         today = now_ms // DAY_MS
         if today != self._sums_day:
-            self._sums = sums = [0] * 11
+            self._sums = sums = [0] * 13
             for d, b in self.days.items():
                 _fold(sums, today - d, b)
             self._sums_day = today
-        s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90 = self._sums
+        s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90, op90, l365 = self._sums
         open_tickets = open_complaints = 0
         for t in self.tickets.values():
             flags = t[1]
@@ -260,6 +263,7 @@ class CustomerState:
             "orders_30d": o30, "orders_90d": o90, "orders_365d": o365, "orders_total": total,
             "logins_7d": l7, "logins_30d": l30, "open_tickets": open_tickets,
             "open_complaints": open_complaints, "complaints_90d": c90, "escalations_90d": e90,
+            "orders_prev_90d": op90, "logins_365d": l365,
             "spend_30d": s30 / AMOUNT_SCALE, "spend_90d": s90 / AMOUNT_SCALE,
             "spend_365d": s365 / AMOUNT_SCALE, "spend_prev_90d": sp90 / AMOUNT_SCALE,
             "max_order": self.max_order / AMOUNT_SCALE,

@@ -349,6 +349,8 @@ def naive(events: list[Event], now: int) -> dict[str, Any]:
         "complaints_90d": sum(within(e, 0, 90) for e in tickets
                               if e.action == "opened" and e.category.lower() == "complaint"),
         "escalations_90d": sum(within(e, 0, 90) for e in tickets if e.action == "escalated"),
+        "orders_prev_90d": sum(within(e, 90, 180) for e in paid),
+        "logins_365d": sum(within(e, 0, 365) for e in logins),
         "spend_30d": spend(0, 30), "spend_90d": spend(0, 90), "spend_365d": spend(0, 365),
         "spend_prev_90d": spend(90, 180),
         "max_order": max((e.amount for e in paid), default=0) / AMOUNT_SCALE,
