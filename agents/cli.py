@@ -13,6 +13,7 @@ import orjson
 from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
+from .churn_cli import churn_group
 from .rules_cli import rules_group
 
 
@@ -144,3 +145,4 @@ def bench(events: int, customers: int, partitions: int) -> None:
 
 
 main.add_command(rules_group)
+main.add_command(churn_group)

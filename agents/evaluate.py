@@ -16,6 +16,7 @@ from typing import Any, Literal, cast
 import orjson
 
 from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
+from rules.churn import assess_churn
 from stream.events import format_ts
 from stream.manual import adjusted_score, expire, manual_reason
 from stream.profiles import PROFILE_FIELDS, profile_facts
@@ -129,6 +130,7 @@ class Evaluator:
             "score_breakdown": breakdown,
             "reasons": reasons,
             "evaluated_at": now_ms,
+            "churn": old.get("churn"),  # updated by churn_alert()
         }
         old_tags = old.get("tags", [])
         if tags == old_tags and tier == old.get("tier"):
@@ -151,6 +153,31 @@ class Evaluator:
         }
         return facts, change
 
+    def churn_alert(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any], now_ms: int,
+                    trigger: dict[str, Any], event_time: int | None = None) -> dict[str, Any] | None:
+        """Assess churn risk; store it in the view; return a ``churn-alerts`` message on a level change."""
+        assessment = assess_churn(self.ruleset.churn, facts)
+        view = state.view if state.view is not None else {}
+        previous = (view.get("churn") or {}).get("level", "none")
+        view["churn"] = {"risk": round(assessment.risk, 4), "level": assessment.level,
+                         "reasons": list(assessment.reasons)}
+        state.view = view
+        if assessment.level == previous:
+            return None
+        last_activity = facts.get("last_activity_at")
+        return {
+            "customer_id": customer_id,
+            "risk": round(assessment.risk, 4),
+            "level": assessment.level,
+            "previous_level": previous,
+            "reasons": list(assessment.reasons) if assessment.level != "none" else ["recovered"],
+            "last_activity_at": format_ts(last_activity) if last_activity is not None else None,
+            "trigger": trigger,
+            "event_time": format_ts(event_time if event_time is not None else now_ms),
+            "emitted_at": format_ts(int(time.time() * 1000)),
+            "ruleset_version": self.ruleset.version,
+        }
+
     def view_document(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any]) -> dict[str, Any]:
         """The customer view served by the API and stored in Redis."""
         view = state.view or {}
@@ -161,6 +188,7 @@ class Evaluator:
             "score": view.get("score"),
             "score_breakdown": view.get("score_breakdown", {}),
             "manual": _manual_document(state.manual),
+            "churn": view.get("churn"),
             "profile": {k: v for k, v in (state.profile or {}).items() if k != "customer_id"},
             "reasons": view.get("reasons", {}),
             "aggregates": public_aggregates(facts),

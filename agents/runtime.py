@@ -7,6 +7,7 @@ Every message ends in exactly one outcome, counted in :attr:`Runtime.outcomes`:
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
 from typing import Any, Protocol
@@ -21,6 +22,7 @@ from stream.exceptions import InvalidEvent
 from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
 from stream.manual import apply_command, parse_command
+from stream.metrics import create_metrics
 from stream.profiles import parse_profile
 from stream.redis_view import RedisView
 from stream.settings import Settings
@@ -67,9 +69,13 @@ class Runtime:
         self._partition_of: dict[str, int] = {}
         self._last_offset: dict[tuple[str, int], int] = {}
         self.gaps: GapFiller | None = None
+        self.metrics = create_metrics()
+        self._arrival: tuple[float, float | None] = (time.time(), None)
 
-    async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
-        """Handle one message; never raises for bad input."""
+    async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                     timestamp: float | None = None) -> str:
+        """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds."""
+        self._arrival = (time.time(), timestamp)
         last = self._last_offset.get((topic, partition))
         if last is not None and offset > last + 1 and self.gaps is not None:
             missed = await self.gaps.fetch(topic, partition, last + 1, offset)
@@ -80,6 +86,8 @@ class Runtime:
         self._last_offset[(topic, partition)] = offset
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
+        self.metrics.events.labels(topic, outcome).inc()
+        self.metrics.processing.observe(time.time() - self._arrival[0])
         return outcome
 
     def forget_offsets(self) -> None:
@@ -165,14 +173,32 @@ class Runtime:
         state.prune(now)
         errors: list[str] = []
         facts, change = self.evaluator.evaluate(cid, state, now, self.cutoffs, trigger, event_time, errors)
+        alert = self.evaluator.churn_alert(cid, state, facts, now, trigger, event_time)
         if errors:
             self.rule_errors += len(errors)
             log.warning("rule errors for %s: %s", cid, errors)
-        if changed or change is not None:
+        if changed or change is not None or alert is not None:
             self.table[cid] = state
         self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
+            self._observe_emit("tag_change", trigger)
+            for direction in ("added", "removed"):
+                for tag in change[direction]:
+                    self.metrics.tag_changes.labels(tag, direction).inc()
+        if alert is not None:
+            await self.senders["churn_alerts"].send(key=cid.encode(), value=orjson.dumps(alert))
+            self._observe_emit("churn_alert", trigger)
+            self.metrics.churn_alerts.labels(alert["level"]).inc()
+
+    def _observe_emit(self, output: str, trigger: dict[str, Any]) -> None:
+        if trigger.get("kind") not in ("event", "manual") or trigger.get("topic") is None:
+            return  # timers and reloads have no arrival to measure from
+        now = time.time()
+        arrived, kafka_ts = self._arrival
+        self.metrics.emit_latency.labels(output, "arrival").observe(now - arrived)
+        if kafka_ts is not None:
+            self.metrics.emit_latency.labels(output, "kafka_timestamp").observe(max(0.0, now - kafka_ts))
 
     async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
                           value: bytes | None, reason: str) -> None:

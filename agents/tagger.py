@@ -57,7 +57,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     table = customers_table(app, settings)
     client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
     senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
-               "commands": topics.commands}
+               "commands": topics.commands, "churn_alerts": topics.churn_alerts}
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
                       Clock(settings.clock), {k: _TopicSender(t) for k, t in senders.items()})
     epoch: dict[str, Any] = {"seen": None, "rebuild": True}
@@ -68,7 +68,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         async for event in stream.events():
             msg = event.message
             try:
-                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value)
+                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp)
             except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
                 log.exception("failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
                 runtime.outcomes["dead_letter"] += 1
@@ -153,6 +153,10 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:
         return web.json({"status": "alive"})
+
+    @app.page("/metrics")
+    async def metrics(web: View, request: Request) -> Response:
+        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
 
     @app.page("/stats")
     async def stats(web: View, request: Request) -> Response:

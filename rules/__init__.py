@@ -3,6 +3,7 @@
 Pure: the caller passes the facts schema and the facts as plain data.
 """
 
+from rules.churn import BGNBDParams, ChurnAssessment, ChurnPolicy, ChurnWeights, assess_churn
 from rules.dryrun import DryRunReport, dry_run
 from rules.evaluate import evaluate_tags
 from rules.exceptions import RulesetError
@@ -14,6 +15,10 @@ from rules.testing import CaseFileError, load_cases, run_cases
 from rules.tiers import assign_tier, tier_cutoffs
 
 __all__ = [
+    "BGNBDParams",
+    "ChurnAssessment",
+    "ChurnPolicy",
+    "ChurnWeights",
     "CaseFileError",
     "DryRunReport",
     "FieldType",
@@ -22,6 +27,7 @@ __all__ = [
     "RulesetError",
     "ScoreWeights",
     "TierPolicy",
+    "assess_churn",
     "assign_tier",
     "default_rules_dir",
     "dry_run",

@@ -12,17 +12,23 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from rules.check import check_expression
+from rules.churn import BGNBDParams, ChurnPolicy, ChurnWeights
 from rules.exceptions import RulesetError
 from rules.expr import compile_expr
 from rules.model import TAG_PATTERN, VISIBILITIES, Rule, Ruleset, ScoreWeights, TierPolicy
 from rules.schema import FieldType, with_tags
 from rules.yamlsrc import Located, read_yaml
 
-_TOP_KEYS = ("name", "rules", "tiers", "score")
+_TOP_KEYS = ("name", "rules", "tiers", "score", "churn")
 _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
 _TIER_KEYS = ("a_top_fraction", "b_top_fraction", "b_when", "c_when")
 _WEIGHT_KEYS = ("spend", "engagement", "growth", "strategic")
+_CHURN_KEYS = ("weights", "levels", "silence_multiple", "default_gap_days", "min_gap_days",
+               "min_login_baseline", "service_half_load", "horizon_days", "bgnbd", "escalation_level")
+_CHURN_WEIGHT_KEYS = ("recency", "trend", "engagement", "service", "model")
+_LEVEL_KEYS = ("low", "medium", "high")
+_BGNBD_KEYS = ("r", "alpha", "a", "b")
 
 
 def default_rules_dir() -> Path:
@@ -119,6 +125,45 @@ def _parse_score(doc: Located) -> ScoreWeights:
         raise weights.error(f"score.weights: {exc.problem}", hint=exc.hint) from exc
 
 
+def _churn_part(doc: Located, key: str, what: str, allowed: tuple[str, ...]) -> dict[str, object]:
+    """The mapping under ``key`` (absent or empty: {}), with only ``allowed`` keys."""
+    part = doc.child(key)
+    if part.value is None:
+        return {}
+    part.mapping(what, allowed)
+    return dict(part.value)
+
+
+def _parse_churn(doc: Located) -> ChurnPolicy:
+    """The ``churn:`` section; every problem names the file and the line of the offending key."""
+    if doc.value is None:
+        return ChurnPolicy()
+    doc.mapping("churn", _CHURN_KEYS)
+    try:
+        weights = ChurnWeights(**_churn_part(doc, "weights", "churn.weights", _CHURN_WEIGHT_KEYS))  # type: ignore[arg-type]
+    except RulesetError as exc:
+        raise doc.error(f"churn.weights: {exc.problem}", hint=exc.hint, key="weights") from exc
+    bgnbd = None
+    if doc.value.get("bgnbd") is not None:
+        raw = _churn_part(doc, "bgnbd", "churn.bgnbd", _BGNBD_KEYS)
+        missing = [k for k in _BGNBD_KEYS if k not in raw]
+        if missing:
+            raise doc.error(f"churn.bgnbd: missing {', '.join(missing)}", key="bgnbd",
+                            hint="give all of r, alpha, a, b (tagger churn fit prints them)")
+        try:
+            bgnbd = BGNBDParams(**raw)  # type: ignore[arg-type]
+        except RulesetError as exc:
+            raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key="bgnbd") from exc
+    levels = _churn_part(doc, "levels", "churn.levels", _LEVEL_KEYS)
+    scalars = {k: v for k, v in doc.value.items() if k not in ("weights", "levels", "bgnbd")}
+    try:
+        return ChurnPolicy(weights=weights, bgnbd=bgnbd, **levels, **scalars)  # type: ignore[arg-type]
+    except RulesetError as exc:
+        bad = next((k for k in (*scalars, *levels) if k in exc.problem), None)
+        key = "levels" if bad in levels else bad
+        raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key=key) from exc
+
+
 def _rule_files(directory: Path) -> list[Path]:
     if not directory.is_dir():
         raise RulesetError(f"rules directory {directory} does not exist")
@@ -144,7 +189,7 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
     for path in files:
         doc = read_yaml(path)
         doc.mapping("a rules file", _TOP_KEYS)
-        for section in ("name", "tiers", "score"):
+        for section in ("name", "tiers", "score", "churn"):
             if section in doc.value:
                 if section in sections:
                     raise doc.error(
@@ -178,6 +223,7 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
         weights=ScoreWeights() if score is None else _parse_score(score),
         source_files=tuple(str(p) for p in files),
         name=_name(sections.get("name")),
+        churn=_parse_churn(sections["churn"]) if "churn" in sections else ChurnPolicy(),
     )
 
 

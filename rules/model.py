@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rules.churn import ChurnPolicy
 from rules.exceptions import RulesetError
 from rules.expr import CompiledExpr, compile_expr
 
@@ -131,3 +132,4 @@ class Ruleset:
     weights: ScoreWeights
     source_files: tuple[str, ...]
     name: str | None = None  # optional human name (top-level ``name:`` in one file)
+    churn: ChurnPolicy = field(default_factory=ChurnPolicy)  # ``churn:`` section, else the defaults

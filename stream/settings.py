@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     profiles_topic: str = Field("customer-profiles", description="Compacted customer attributes topic.")
     tag_commands_topic: str = Field("tag-commands", description="Manual tags and score adjustments.")
     tag_changes_topic: str = "tag-changes"
+    churn_alerts_topic: str = Field("churn-alerts", description="Churn-risk level changes, keyed by customer.")
     dead_letters_topic: str = "dead-letters"
 
     rules_dir: Path | None = Field(None, description="Ruleset directory (default: shipped rules).")

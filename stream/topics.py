@@ -16,6 +16,7 @@ class Topics:
 
     source: faust.TopicT  # inputs + rekey + commands: one co-partitioned stream
     tag_changes: faust.TopicT
+    churn_alerts: faust.TopicT
     dead_letters: faust.TopicT
     rekey: faust.TopicT
     commands: faust.TopicT
@@ -30,6 +31,7 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
     return Topics(
         source=app.topic(*names, **raw),
         tag_changes=app.topic(settings.tag_changes_topic, partitions=n, **raw),
+        churn_alerts=app.topic(settings.churn_alerts_topic, partitions=n, **raw),
         dead_letters=app.topic(settings.dead_letters_topic, partitions=n, **raw),
         rekey=app.topic(settings.rekey_topic, **internal),
         commands=app.topic(settings.commands_topic, **internal),
@@ -43,6 +45,7 @@ def all_topic_names(settings: Settings) -> list[str]:
         settings.rekey_topic,
         settings.commands_topic,
         settings.tag_changes_topic,
+        settings.churn_alerts_topic,
         settings.dead_letters_topic,
     ]
 

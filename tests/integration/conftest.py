@@ -159,6 +159,7 @@ def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
         orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
         tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
         profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
+        churn_alerts_topic=f"churn-alerts-{uid}",
         clock="stream", tansu_compat="true", session_timeout=6, heartbeat_interval=1,
         sweep_interval=3600, log_level="info",
     )

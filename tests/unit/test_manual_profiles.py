@@ -121,3 +121,22 @@ def test_shipped_schemas_examples_are_accepted() -> None:
         jsonschema.validate(bad, command)
     with pytest.raises(InvalidEvent):
         parse_command(orjson.dumps(bad), max_bytes=MB, now_ms=NOW)
+
+
+def test_churn_alerts_only_on_level_transitions_including_recovery() -> None:
+    ev = evaluator()
+    state = CustomerState()
+    trigger = {"kind": "timer", "topic": None, "event_id": None}
+
+    def step(**facts_override: Any) -> dict[str, Any] | None:
+        ev.evaluate("c", state, NOW, Cutoffs(), trigger)
+        facts = {**ev.facts(state, NOW), **facts_override}
+        return ev.churn_alert("c", state, facts, NOW, trigger)
+
+    assert step() is None  # none -> none: nothing to say
+    first = step(escalations_90d=1, open_tickets=1)
+    assert first and (first["previous_level"], first["level"]) == ("none", "medium")
+    assert step(escalations_90d=1, open_tickets=1) is None  # still medium: no repeat
+    recovered = step()
+    assert recovered and recovered["level"] == "none" and recovered["reasons"] == ["recovered"]
+    assert CustomerState.from_bytes(state.to_bytes()).view == state.view  # the level survives restarts

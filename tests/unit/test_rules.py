@@ -107,7 +107,7 @@ def test_default_ruleset_loads(default_ruleset: Ruleset) -> None:
         0.05,
         0.20,
     )
-    assert [Path(f).name for f in default_ruleset.source_files] == ["tags.yaml", "tiers.yaml"]
+    assert [Path(f).name for f in default_ruleset.source_files] == ["churn.yaml", "tags.yaml", "tiers.yaml"]
 
 
 def test_defaults_when_no_tiers_or_score(write_rules: Callable[..., Path], schema: Any) -> None:

@@ -1,0 +1,59 @@
+"""Churn alerts on a live worker: silence caught by timers in stream time, escalations at once, no repeats."""
+
+from __future__ import annotations
+
+import signal
+import time
+from typing import Any
+
+import pytest
+
+from stream.events import parse_ts
+
+from .conftest import Namespace, wait_for
+from .test_pipeline import DAY, T0, login, order, view_of
+
+pytestmark = pytest.mark.integration
+
+
+def alerts_for(ns: Namespace, cid: str, until: Any, timeout: float = 60) -> list[dict[str, Any]]:
+    def mine(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [r["value"] for r in records if r["key"] == cid]
+    records = ns.read(ns.settings.churn_alerts_topic, lambda rs: until(mine(rs)), timeout=timeout)
+    return mine(records)
+
+
+def test_silence_escalation_and_restart(namespace: Namespace) -> None:
+    ns = namespace
+    worker = ns.worker(sweep_interval=2)
+
+    # a weekly buyer for ten weeks, then five weeks of silence (stream time moves on through others)
+    for week in range(10):
+        ns.produce("order", order("w-1", f"w{week}", week * 7, 40))
+    view_of(ns, "w-1", lambda v: v["aggregates"]["orders_total"] == 10)  # before stream time jumps
+    ns.produce("login", login("f-1", "f1", 9 * 7 + 35))
+    silent = alerts_for(ns, "w-1", lambda a: any(x["level"] != "none" for x in a))
+    alert = next(x for x in silent if x["level"] != "none")
+    assert alert["previous_level"] == "none" and alert["trigger"]["kind"] == "timer"
+    assert any("usual gap 7 days" in r for r in alert["reasons"]), alert["reasons"]
+    assert set(alert) >= {"customer_id", "risk", "level", "previous_level", "reasons", "last_activity_at",
+                          "trigger", "emitted_at"}
+
+    # an escalated complaint is evaluated and alerted at once
+    ns.produce("order", order("e-1", "e1", 9 * 7 + 34, 80))
+    ticket = {"event_id": "t1", "customer_id": "e-1", "ts": T0 + (9 * 7 + 35) * DAY, "ticket_id": "T-1",
+              "action": "opened", "category": "complaint", "severity": "high"}
+    ns.produce("ticket", ticket)
+    sent = time.time()
+    ns.produce("ticket", {**ticket, "event_id": "t2", "action": "escalated"})
+    escalated = alerts_for(ns, "e-1", lambda a: any(x["level"] != "none" for x in a))
+    first = next(x for x in escalated if x["level"] != "none")
+    assert first["trigger"]["kind"] == "event"
+    assert parse_ts(first["emitted_at"]) / 1000 - sent < 1.0
+
+    # a restart neither repeats nor loses alerts
+    before = len(alerts_for(ns, "w-1", lambda a: True, timeout=5))
+    worker.signal(signal.SIGTERM)
+    again = ns.worker(sweep_interval=2)
+    wait_for(lambda: again.get("/stats")[1]["outcomes"].get("command", 0) >= 8, 60, "two sweeps after restart")
+    assert len(alerts_for(ns, "w-1", lambda a: True, timeout=5)) == before
