@@ -70,3 +70,40 @@ def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
     return {"events": produced, "customers": customers, "partitions": partitions,
             "produce_events_per_s": produced / produce_s,
             "worker_seconds": seconds, "worker_events_per_s": (last[1] - first[1]) / max(seconds, 1e-9)}
+
+
+def sweep_cost(customers: int, orders_each: int = 8, seed: int = 1) -> dict[str, float]:
+    """Pure CPU cost of re-evaluating one customer in a sweep (evaluate + churn + view JSON)."""
+    import random
+
+    import orjson
+
+    from rules import default_rules_dir, load_ruleset
+    from stream.events import parse_event
+    from stream.state import DAY_MS, CustomerState
+
+    from .evaluate import Cutoffs, Evaluator, facts_schema
+
+    evaluator = Evaluator(load_ruleset(default_rules_dir(), facts_schema()))
+    rng = random.Random(seed)
+    start = 1_767_225_600_000
+    states = []
+    for c in range(customers):
+        state = CustomerState()
+        for i in range(orders_each):
+            raw = orjson.dumps({"event_id": f"{c}-{i}", "customer_id": f"c{c}", "order_id": f"o{i}",
+                                "ts": start + rng.randrange(300) * DAY_MS, "amount": round(rng.uniform(5, 500), 2)})
+            state.apply(parse_event("order", raw, currency="USD", max_bytes=1 << 20), "orders:0", i, f"o:{c}-{i}")
+        states.append(state)
+    cutoffs = Cutoffs(a_cut=4000.0, b_cut=2500.0, quantiles=tuple(sorted(rng.uniform(0, 5000) for _ in range(101))))
+    trigger = {"kind": "timer", "topic": None, "event_id": None}
+    now = start + 301 * DAY_MS
+    began = time.perf_counter()
+    for i, state in enumerate(states):
+        cid = f"c{i}"
+        facts, _ = evaluator.evaluate(cid, state, now, cutoffs, trigger)
+        evaluator.churn_alert(cid, state, facts, now, trigger)
+        evaluator.view_json(cid, state, facts)
+    per_customer = (time.perf_counter() - began) / customers
+    return {"customers": customers, "us_per_customer": per_customer * 1e6,
+            "seconds_per_million": per_customer * 1e6}

@@ -131,6 +131,17 @@ def dev(customers: int, rate: float, web_port: int) -> None:
     sys.exit(run_dev(customers=customers, rate=rate, web_port=web_port))
 
 
+@main.command("bench-sweep")
+@click.option("--customers", default=20_000, show_default=True)
+def bench_sweep(customers: int) -> None:
+    """Measure the CPU cost per customer of a sweep (no broker needed)."""
+    import json
+
+    from .bench import sweep_cost
+
+    click.echo(json.dumps(sweep_cost(customers), indent=2))
+
+
 @main.command()
 @click.option("--events", default=50_000, show_default=True)
 @click.option("--customers", default=5_000, show_default=True)
