@@ -26,16 +26,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from rules.bgnbd import expected_purchases
 from rules.exceptions import RulesetError
+from rules.weights import Weights
 
 __all__ = ["LEVELS", "BGNBDParams", "ChurnAssessment", "ChurnPolicy", "ChurnWeights", "assess_churn"]
 
 LEVELS = ("none", "low", "medium", "high")
 MONTHS_PER_YEAR = 12.17  # logins_365d / 12.17 = logins in an average 30-day month
-COMPONENTS = ("recency", "trend", "engagement", "service", "model")
 
 
 def _number(name: str, value: object, *, positive: bool = False) -> float:
@@ -61,29 +61,15 @@ class BGNBDParams:
 
 
 @dataclass(frozen=True)
-class ChurnWeights:
+class ChurnWeights(Weights):
     """Component weights: non-negative and summing to 1."""
 
+    label: ClassVar[str] = "churn"
     recency: float = 0.4
     trend: float = 0.2
     engagement: float = 0.1
     service: float = 0.1
     model: float = 0.2
-
-    def __post_init__(self) -> None:
-        values = self.as_dict()
-        for name, value in values.items():
-            object.__setattr__(self, name, _number(f"weight '{name}'", value))
-        total = math.fsum(values.values())
-        if abs(total - 1.0) > 1e-9:
-            raise RulesetError(
-                f"churn weights sum to {total:g}, not 1",
-                hint="adjust them so recency + trend + engagement + service + model = 1",
-            )
-
-    def as_dict(self) -> dict[str, float]:
-        """Component name -> weight."""
-        return {name: getattr(self, name) for name in COMPONENTS}
 
 
 @dataclass(frozen=True)

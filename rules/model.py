@@ -7,14 +7,14 @@ loader's job (:func:`rules.loader.load_ruleset`).
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import ClassVar, Literal
 
 from rules.churn import ChurnPolicy
 from rules.exceptions import RulesetError
 from rules.expr import CompiledExpr, compile_expr
+from rules.weights import Weights
 
 Visibility = Literal["public", "team", "restricted"]
 VISIBILITIES: tuple[Visibility, ...] = ("public", "team", "restricted")
@@ -90,36 +90,14 @@ class TierPolicy:
 
 
 @dataclass(frozen=True)
-class ScoreWeights:
+class ScoreWeights(Weights):
     """Weights of the 0..100 score dimensions; non-negative and summing to 1."""
 
+    label: ClassVar[str] = "score"
     spend: float = 0.4
     engagement: float = 0.3
     growth: float = 0.2
     strategic: float = 0.1
-
-    def __post_init__(self) -> None:
-        values = self.as_dict()
-        for name, value in values.items():
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RulesetError(f"weight '{name}' must be a number, got {value!r}")
-            if value < 0 or not math.isfinite(value):
-                raise RulesetError(f"weight '{name}' must be non-negative, got {value}")
-        total = math.fsum(values.values())
-        if abs(total - 1.0) > 1e-9:
-            raise RulesetError(
-                f"score weights sum to {total:g}, not 1",
-                hint="adjust them so spend + engagement + growth + strategic = 1",
-            )
-
-    def as_dict(self) -> dict[str, float]:
-        """Dimension name -> weight."""
-        return {
-            "spend": self.spend,
-            "engagement": self.engagement,
-            "growth": self.growth,
-            "strategic": self.strategic,
-        }
 
 
 @dataclass(frozen=True)

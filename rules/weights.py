@@ -1,0 +1,33 @@
+"""Weights that must be non-negative numbers summing to 1 (score dimensions, churn components)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import fields
+from typing import Any, ClassVar
+
+from .exceptions import RulesetError
+
+
+class Weights:
+    """Mixin for frozen dataclasses of weights; validates on creation."""
+
+    label: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        values = self.as_dict()
+        for name, value in values.items():
+            if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+                raise RulesetError(f"weight '{name}' must be a finite number, got {value!r}")
+            if value < 0:
+                raise RulesetError(f"weight '{name}' must be non-negative, got {value}")
+            object.__setattr__(self, name, float(value))
+        total = math.fsum(values.values())
+        if abs(total - 1.0) > 1e-9:
+            raise RulesetError(f"{self.label} weights sum to {total:g}, not 1",
+                               hint=f"adjust them so {' + '.join(values)} = 1")
+
+    def as_dict(self) -> dict[str, float]:
+        """Name -> weight, in declaration order."""
+        this: Any = self
+        return {f.name: getattr(self, f.name) for f in fields(this)}
