@@ -65,11 +65,11 @@ class ChurnWeights(Weights):
     """Component weights: non-negative and summing to 1."""
 
     label: ClassVar[str] = "churn"
-    recency: float = 0.4
-    trend: float = 0.2
+    recency: float = 0.15
+    trend: float = 0.05
     engagement: float = 0.1
     service: float = 0.1
-    model: float = 0.2
+    model: float = 0.6
 
 
 @dataclass(frozen=True)
