@@ -178,3 +178,30 @@ def report(customers: int, seed: int, out: Path | None) -> None:
     click.echo(f"{verdict}; assess_churn {per_call_us:.1f} µs per call")
     if out is not None:
         out.write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
+
+
+@churn_group.command("cdnow")
+@click.option("--calibration-end", default="19970930", show_default=True, help="YYYYMMDD; later purchases are held out")
+def cdnow(calibration_end: str) -> None:
+    """Held-out check on the real CDNOW log shipped by the lifetimes package (needs the test extras)."""
+    from importlib.util import find_spec
+
+    from .churn_sim import cdnow_holdout, roc_auc
+
+    spec = find_spec("lifetimes")
+    if spec is None or not spec.submodule_search_locations:
+        raise click.ClickException("the lifetimes package is not installed (pip install -e '.[test]')")
+    path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "CDNOW_master.txt"
+    facts, no_buy, holdout_days = cdnow_holdout(str(path), calibration_end)
+    xs = [float(f["orders_total"] - 1) for f in facts]
+    Ts = [float(f["days_since_first_order"]) for f in facts]
+    txs = [T - float(f["days_since_last_order"]) for T, f in zip(Ts, facts, strict=True)]
+    fitted = fit_bgnbd(xs, txs, Ts)
+    policy = ChurnPolicy(bgnbd=BGNBDParams(fitted.r, fitted.alpha, fitted.a, fitted.b), horizon_days=holdout_days)
+    assessed = [assess_churn(policy, f) for f in facts]
+    combined = roc_auc([a.risk for a in assessed], no_buy)
+    alone = roc_auc([a.components["model"] for a in assessed], no_buy)
+    click.echo(f"CDNOW: {len(facts)} customers, calibration to {calibration_end}, hold-out {holdout_days:.0f} days, "
+               f"{sum(no_buy)} without a repeat purchase in the hold-out")
+    click.echo(f"fitted BG/NBD (days): r={fitted.r:.3g} alpha={fitted.alpha:.3g} a={fitted.a:.3g} b={fitted.b:.3g}")
+    click.echo(f"ROC AUC for 'no purchase in the hold-out': combined {combined:.3f}, BG/NBD alone {alone:.3f}")

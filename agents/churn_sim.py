@@ -119,3 +119,36 @@ def precision_recall(flagged: list[bool], positive: list[bool]) -> tuple[float, 
     hits = sum(f and p for f, p in zip(flagged, positive, strict=True))
     n_flagged, n_pos = sum(flagged), sum(positive)
     return (hits / n_flagged if n_flagged else float("nan"), hits / n_pos if n_pos else float("nan"))
+
+
+def cdnow_holdout(path: str, calibration_end: str = "19970930") -> tuple[list[dict[str, Any]], list[bool], float]:
+    """The CDNOW log (shipped by ``lifetimes``) split into calibration and hold-out.
+
+    Returns each customer's facts at the end of calibration (built by feeding the
+    calibration purchases through :class:`CustomerState`, as the stream would), whether
+    they bought again in the hold-out period, and the hold-out length in days.
+    """
+    from datetime import UTC, datetime
+
+    def day_ms(text: str) -> int:
+        return int(datetime.strptime(text, "%Y%m%d").replace(tzinfo=UTC).timestamp() * 1000)
+
+    cut = day_ms(calibration_end) + DAY_MS - 1
+    states: dict[str, CustomerState] = {}
+    bought_later: dict[str, bool] = {}
+    last_ts = cut
+    with open(path, encoding="utf-8") as fh:
+        next(fh)  # header
+        for n, line in enumerate(fh):
+            cid, date, _, dollars = line.split()
+            ts = day_ms(date) + 12 * 3600 * 1000  # one purchase per day-line, at noon
+            last_ts = max(last_ts, ts)
+            if ts > cut:
+                bought_later[cid] = True
+                continue
+            state = states.setdefault(cid, CustomerState())
+            order = OrderEvent(f"c{n}", cid, ts, f"o{n}", round(float(dollars) * AMOUNT_SCALE), "paid", None, 1)
+            state.apply(order, "cdnow:0", n, f"order:c{n}")
+    customers = sorted(states)
+    facts = [states[c].aggregates(cut) for c in customers]
+    return facts, [not bought_later.get(c, False) for c in customers], (last_ts - cut) / DAY_MS
