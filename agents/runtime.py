@@ -70,6 +70,7 @@ class Runtime:
         self._last_offset: dict[tuple[str, int], int] = {}
         self.gaps: GapFiller | None = None
         self.metrics = create_metrics()
+        self._running: dict[tuple[str, int], float] = {}  # partition-wide commands in progress
         self._arrival: tuple[float, float | None] = (time.time(), None)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -224,6 +225,7 @@ class Runtime:
             await self.refresh_cutoffs()
         customers = sorted(self.customers_in(partition))
         chunk = customers[pos:pos + self.settings.sweep_chunk]
+        self._running[(name, partition)] = time.monotonic()
         if name == "rank":
             self.stage_spend(chunk)
         else:
@@ -233,9 +235,15 @@ class Runtime:
             rest = orjson.dumps({**cmd, "pos": pos + len(chunk)})
             await self.senders["commands"].send(key=name.encode(), value=rest, partition=partition)
             return
+        self._running.pop((name, partition), None)
         await self.view.flush()
         if request_id:
             await self.view.ack(str(request_id), name, partition)
+
+    def sweeping(self, name: str, partition: int) -> bool:
+        """A ``name`` command is still working through ``partition`` (started recently)."""
+        started = self._running.get((name, partition))
+        return started is not None and time.monotonic() - started < 3 * self.settings.sweep_interval
 
     async def refresh_cutoffs(self) -> Cutoffs:
         """Read the global spend ranking from Redis: tier cut-offs and quantiles."""

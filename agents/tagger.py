@@ -72,8 +72,11 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
                 log.exception("failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
                 runtime.outcomes["dead_letter"] += 1
-                await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                                          f"internal error: {exc!r}")
+                try:
+                    await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
+                                              f"internal error: {exc!r}")
+                except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
+                    log.exception("could not dead-letter %s[%s]@%s", msg.topic, msg.partition, msg.offset)
 
     gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
 
@@ -114,12 +117,12 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     async def command_own_partitions(cmd: dict[str, Any]) -> None:
         value = orjson.dumps(cmd)
         for tp in app.assignor.assigned_actives():
-            if tp.topic == settings.commands_topic:
+            if tp.topic == settings.commands_topic and not runtime.sweeping(cmd["cmd"], tp.partition):
                 await topics.commands.send(key=cmd["cmd"].encode(), value=value, partition=tp.partition)
 
     @app.timer(settings.sweep_interval)
     async def sweep() -> None:
-        await command_own_partitions({"cmd": "sweep"})
+        await command_own_partitions({"cmd": "sweep"})  # not where the last sweep is still running
 
     watched = {"fingerprint": rules_fingerprint(rules_dir)}
 
