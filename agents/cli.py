@@ -112,12 +112,13 @@ def demo(customers: int, rate: float, limit: int | None, seed: int) -> None:
 @main.command()
 @click.option("--tag", "tags", multiple=True, help="Only changes that add or remove this tag.")
 @click.option("--tier", "tiers", multiple=True, help="Only changes into or out of this tier.")
-def tail(tags: tuple[str, ...], tiers: tuple[str, ...]) -> None:
-    """Print tag changes as they happen."""
+@click.option("--churn/--no-churn", default=True, show_default=True, help="Also print churn alerts.")
+def tail(tags: tuple[str, ...], tiers: tuple[str, ...], churn: bool) -> None:
+    """Print tag changes and churn alerts as they happen."""
     from .console import tail_tag_changes
 
     settings = _settings()
-    asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers)))
+    asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers), alerts=churn))
 
 
 @main.command()

@@ -43,10 +43,26 @@ def wanted(change: Mapping[str, Any], tags: Collection[str], tiers: Collection[s
     return True
 
 
-async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (),
-                           tiers: Collection[str] = (), stop: asyncio.Event | None = None) -> None:
-    """Print every tag change (from the beginning of the topic) until stopped."""
-    consumer = AIOKafkaConsumer(settings.tag_changes_topic, bootstrap_servers=settings.kafka_bootstrap_servers,
+_LEVEL_COLOURS = {"none": "green", "low": "yellow", "medium": "bright_red", "high": "red"}
+
+
+def render_alert(alert: Mapping[str, Any]) -> str:
+    """One coloured line describing a churn alert."""
+    level = str(alert.get("level"))
+    return "  ".join([
+        click.style(str(alert.get("event_time", ""))[:19], dim=True),
+        click.style(f"{alert.get('customer_id', '?'):<14}", bold=True),
+        click.style(f"churn {alert.get('previous_level')}→{level} ({alert.get('risk', 0):.2f})",
+                    fg=_LEVEL_COLOURS.get(level, "white"), bold=level == "high"),
+        click.style("; ".join(alert.get("reasons", [])), dim=True),
+    ])
+
+
+async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (), tiers: Collection[str] = (),
+                           alerts: bool = False, stop: asyncio.Event | None = None) -> None:
+    """Print every tag change (and churn alert) from the beginning of the topics until stopped."""
+    names = [settings.tag_changes_topic] + ([settings.churn_alerts_topic] if alerts else [])
+    consumer = AIOKafkaConsumer(*names, bootstrap_servers=settings.kafka_bootstrap_servers,
                                 group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
     await consumer.start()
     try:
@@ -54,8 +70,10 @@ async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (),
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    change = orjson.loads(record.value or b"{}")
-                    if wanted(change, tags, tiers):
-                        click.echo(render_change(change))
+                    message = orjson.loads(record.value or b"{}")
+                    if record.topic == settings.churn_alerts_topic:
+                        click.echo(render_alert(message))
+                    elif wanted(message, tags, tiers):
+                        click.echo(render_change(message))
     finally:
         await consumer.stop()

@@ -38,7 +38,7 @@ async def _run(settings: Settings, customers: int, rate: float, stop: asyncio.Ev
     config = DemoConfig(customers=customers, rate=rate, currency=settings.currency)
     demo = asyncio.create_task(run_demo(settings.kafka_bootstrap_servers, config, stop=stop))
     try:
-        await tail_tag_changes(settings, stop=stop)
+        await tail_tag_changes(settings, alerts=True, stop=stop)
     finally:
         stop.set()
         await demo
