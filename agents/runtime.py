@@ -227,7 +227,7 @@ class Runtime:
         chunk = customers[pos:pos + self.settings.sweep_chunk]
         self._running[(name, partition)] = time.monotonic()
         if name == "rank":
-            self.stage_spend(chunk)
+            self.stage_views(chunk)
         else:
             trigger = {"kind": triggers[name], "topic": None, "event_id": request_id or cmd.get("version")}
             await self.sweep(chunk, trigger)
@@ -279,8 +279,8 @@ class Runtime:
             if state is not None:
                 await self.reevaluate(cid, state, trigger)
 
-    def stage_spend(self, customers: Iterable[str]) -> None:
-        """Stage ``customers``' current spend_365d (first phase of re-evaluate)."""
+    def stage_views(self, customers: Iterable[str]) -> None:
+        """Stage ``customers``' current views and spend_365d without re-evaluating them."""
         now = self.clock.now()
         for cid in customers:
             state = self.table.get(cid)
@@ -296,10 +296,6 @@ class Runtime:
 
     def stage_all_views(self, partitions: Collection[int]) -> int:
         """Stage the view of every local customer of ``partitions`` (Redis rebuild)."""
-        now = self.clock.now()
-        for cid, state in list(self.table.items()):
-            if self.partition_of(cid) not in partitions:
-                continue  # left over from a partition this worker no longer owns
-            facts = self.evaluator.facts(state, now)
-            self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+        # customers of partitions this worker no longer owns may linger in the table: skip them
+        self.stage_views(cid for cid in list(self.table.keys()) if self.partition_of(cid) in partitions)
         return self.view.pending

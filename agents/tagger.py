@@ -103,8 +103,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     async def refresh_cutoffs() -> None:
         try:
             await runtime.refresh_cutoffs()
-            await runtime.view.ensure_epoch()
-            token = await runtime.view.client.get(f"{settings.redis_prefix}:epoch")
+            token = await runtime.view.epoch()
             if token != epoch["seen"] or epoch["rebuild"]:
                 epoch["seen"], epoch["rebuild"] = token, False
                 owned = {tp.partition for tp in app.assignor.assigned_actives()

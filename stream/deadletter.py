@@ -21,7 +21,7 @@ def _text_or_base64(data: bytes, limit: int) -> tuple[str, bool, bool]:
                 data.decode("utf-8")
                 return cut.decode("utf-8", errors="ignore"), False, True
             except UnicodeDecodeError:
-                pass
+                pass  # not text at all: base64 below
         return base64.b64encode(cut).decode("ascii"), True, truncated
 
 

@@ -154,7 +154,7 @@ def _signal_group(proc: subprocess.Popen[bytes], sig: signal.Signals) -> None:
     try:
         os.killpg(proc.pid, sig)  # its own group (start_new_session): pgid == pid
     except ProcessLookupError:
-        pass
+        pass  # the group is gone already: nothing left to signal
 
 
 def _log_tail(path: Path, max_bytes: int = 4000) -> str:
@@ -176,7 +176,7 @@ def pid_alive(pid: int) -> bool:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
         return state not in ("Z", "X")
     except (OSError, IndexError):
-        pass
+        pass  # no readable /proc entry: fall back to signal 0 below
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -95,10 +95,12 @@ class RedisView:
         """Raise the global stream clock to ``local_max``; return the global value."""
         return int(await self._max(keys=[f"{self.prefix}:clock"], args=[local_max]))
 
-    async def ensure_epoch(self) -> bool:
-        """Create the epoch marker; True if it was missing (empty or flushed Redis)."""
-        created = await self.client.set(f"{self.prefix}:epoch", int(time.time()), nx=True)
-        return bool(created)
+    async def epoch(self) -> bytes | None:
+        """The projection's epoch token, created if missing; a new token means Redis lost its data."""
+        key = f"{self.prefix}:epoch"
+        await self.client.set(key, f"{time.time_ns()}", nx=True)
+        token = await self.client.get(key)
+        return None if token is None else bytes(token) if isinstance(token, bytes) else str(token).encode()
 
     async def ack(self, request_id: str, phase: str, partition: int) -> None:
         """Record that ``partition`` finished ``phase`` of a command."""
