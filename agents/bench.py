@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+import orjson
 
 from stream.demo import DemoConfig, run_demo
 from stream.embedded import ServiceGroup, free_port, spawn, terminate
@@ -72,38 +73,108 @@ def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
             "worker_seconds": seconds, "worker_events_per_s": (last[1] - first[1]) / max(seconds, 1e-9)}
 
 
-def sweep_cost(customers: int, orders_each: int = 8, seed: int = 1) -> dict[str, float]:
-    """Pure CPU cost of re-evaluating one customer in a sweep (evaluate + churn + view JSON)."""
+class _Null:
+    """Sender and Redis view that only count (the sweep benchmark measures CPU, not I/O)."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+        self.staged = 0
+
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> None:
+        if key in (b"sweep",):
+            self.sent.append(value)
+
+    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
+        self.staged += 1
+
+    async def flush(self) -> int:
+        return 0
+
+
+def _bench_states(customers: int, orders_each: int, seed: int, start: int) -> dict[str, Any]:
+    """Customers with paid orders and logins spread over 300 days (random phases)."""
     import random
 
-    import orjson
-
-    from rules import default_rules_dir, load_ruleset
     from stream.events import parse_event
     from stream.state import DAY_MS, CustomerState
 
-    from .evaluate import Cutoffs, Evaluator, facts_schema
-
-    evaluator = Evaluator(load_ruleset(default_rules_dir(), facts_schema()))
     rng = random.Random(seed)
-    start = 1_767_225_600_000
-    states = []
+    table: dict[str, Any] = {}
     for c in range(customers):
         state = CustomerState()
         for i in range(orders_each):
             raw = orjson.dumps({"event_id": f"{c}-{i}", "customer_id": f"c{c}", "order_id": f"o{i}",
-                                "ts": start + rng.randrange(300) * DAY_MS, "amount": round(rng.uniform(5, 500), 2)})
+                                "ts": start + rng.randrange(300 * DAY_MS), "amount": round(rng.uniform(5, 500), 2)})
             state.apply(parse_event("order", raw, currency="USD", max_bytes=1 << 20), "orders:0", i, f"o:{c}-{i}")
-        states.append(state)
-    cutoffs = Cutoffs(a_cut=4000.0, b_cut=2500.0, quantiles=tuple(sorted(rng.uniform(0, 5000) for _ in range(101))))
-    trigger = {"kind": "timer", "topic": None, "event_id": None}
-    now = start + 301 * DAY_MS
-    began = time.perf_counter()
-    for i, state in enumerate(states):
-        cid = f"c{i}"
-        facts, _ = evaluator.evaluate(cid, state, now, cutoffs, trigger)
-        evaluator.churn_alert(cid, state, facts, now, trigger)
-        evaluator.view_json(cid, state, facts)
-    per_customer = (time.perf_counter() - began) / customers
-    return {"customers": customers, "us_per_customer": per_customer * 1e6,
-            "seconds_per_million": per_customer * 1e6}
+            raw = orjson.dumps({"event_id": f"{c}-l{i}", "customer_id": f"c{c}",
+                                "ts": start + rng.randrange(300 * DAY_MS)})
+            state.apply(parse_event("login", raw, currency="USD", max_bytes=1 << 20), "logins:0", i, f"l:{c}-{i}")
+        table[f"c{c}"] = state
+    return table
+
+
+def sweep_cost(customers: int, orders_each: int = 8, seed: int = 1, hours: float = 24.0,
+               interval_s: float = 60.0) -> dict[str, float]:
+    """CPU cost of incremental sweeps: build the due index, then sweep every ``interval_s`` of stream
+    time for ``hours``, through the real :class:`Runtime` (broker and Redis replaced by counters)."""
+    import asyncio
+
+    from rules import default_rules_dir, load_ruleset
+    from stream.clock import Clock
+    from stream.settings import Settings
+    from stream.state import DAY_MS
+
+    from .evaluate import Cutoffs, Evaluator, facts_schema
+    from .runtime import Runtime
+
+    start = 1_767_225_600_000
+    table = _bench_states(customers, orders_each, seed, start)
+    clock = Clock("stream")
+    clock.observe(start + 301 * DAY_MS)
+    null: Any = _Null()
+    settings = Settings(partitions=1, sweep_chunk=2000, clock="stream")  # type: ignore[call-arg]
+    runtime = Runtime(settings, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
+                      null, clock, {k: null for k in ("tag_changes", "dead_letters", "rekey", "commands",
+                                                      "churn_alerts")})  # type: ignore[arg-type]
+    runtime.cutoffs = Cutoffs(a_cut=4000.0, b_cut=2500.0, quantiles=tuple(float(q) * 50 for q in range(101)))
+
+    async def sweep() -> tuple[float, float, int]:
+        """One whole sweep; (seconds, longest chunk in seconds, customers evaluated)."""
+        staged, longest, began = null.staged, 0.0, time.perf_counter()
+        cmd = b'{"cmd":"sweep"}'
+        while True:
+            t0 = time.perf_counter()
+            await runtime.command(0, orjson.loads(cmd))
+            longest = max(longest, time.perf_counter() - t0)
+            if not null.sent:
+                return time.perf_counter() - began, longest, null.staged - staged
+            cmd = null.sent.pop()
+
+    async def run() -> dict[str, float]:
+        build_s, _, first_n = await sweep()  # builds the index, then evaluates everyone (never evaluated)
+        steps = int(hours * 3600 / interval_s)
+        total_s = longest_chunk = longest_sweep = 0.0
+        evaluated = most = 0
+        for _ in range(steps):
+            clock.observe(clock.now() + int(interval_s * 1000))
+            seconds, chunk_s, n = await sweep()
+            total_s += seconds
+            longest_sweep, longest_chunk = max(longest_sweep, seconds), max(longest_chunk, chunk_s)
+            evaluated, most = evaluated + n, max(most, n)
+        per_eval = total_s / max(evaluated, 1)
+        nonlocal runtime
+        runtime = Runtime(settings, table, runtime.evaluator, null, clock, runtime.senders)  # a restart
+        restart_s, _, restart_n = await sweep()  # rebuilds the index from the table; nothing is overdue
+        return {
+            "customers": customers, "first_sweep_seconds": build_s, "first_sweep_evaluated": first_n,
+            "sweeps": steps, "stream_hours": hours,
+            "evaluated_per_customer_per_day": evaluated / customers * 24 / hours,
+            "us_per_evaluation": per_eval * 1e6,
+            "cpu_seconds_per_day_per_million": total_s / customers * 1e6 * 24 / hours,
+            "longest_sweep_ms": longest_sweep * 1e3, "most_customers_in_one_sweep": most,
+            "longest_chunk_ms": longest_chunk * 1e3,
+            "first_sweep_seconds_per_million": build_s / customers * 1e6,
+            "restart_sweep_seconds_per_million": restart_s / customers * 1e6, "restart_evaluated": restart_n,
+        }
+
+    return asyncio.run(run())

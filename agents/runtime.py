@@ -17,12 +17,14 @@ import orjson
 from rules import tier_cutoffs
 from stream.clock import Clock
 from stream.deadletter import dead_letter
+from stream.due import DueIndex, due_after_restore, next_due
 from stream.events import Event, parse_event
 from stream.exceptions import InvalidEvent
 from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
 from stream.manual import apply_command, parse_command
 from stream.metrics import create_metrics
+from stream.priority import priority_of
 from stream.profiles import parse_profile
 from stream.redis_view import RedisView
 from stream.settings import Settings
@@ -71,6 +73,8 @@ class Runtime:
         self.gaps: GapFiller | None = None
         self.metrics = create_metrics()
         self._running: dict[tuple[str, int], float] = {}  # partition-wide commands in progress
+        self.due = DueIndex()  # when each local customer next needs a sweep (stream.due)
+        self._unindexed: dict[int, list[str]] = {}  # partitions whose due index is being built
         self._arrival: tuple[float, float | None] = (time.time(), None)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -157,10 +161,24 @@ class Runtime:
         if state.is_duplicate(source, offset, dedupe_id):
             return "duplicate"
         self.clock.observe(item.ts)
-        state.apply(item, source, offset, dedupe_id)
         trigger = {"kind": "event", "topic": topic, "event_id": item.event_id}
+        priority = priority_of(item, state.aggregates(self.clock.now()), self.settings.big_order_multiple,
+                               self.settings.big_order_amount) if kind != "login" else None
+        if priority is not None:
+            trigger["priority"], trigger["reason"] = priority
+        state.apply(item, source, offset, dedupe_id)
         await self.reevaluate(cid, state, trigger, item.ts, changed=True)
+        if priority is not None:
+            await self.flush_priority()
         return "ok"
+
+    async def flush_priority(self) -> None:
+        """Write the staged Redis views now (a priority event); on failure the flush timer retries."""
+        try:
+            await self.view.flush()
+        except Exception as exc:  # noqa: BLE001 - Redis is a projection: the views stay staged
+            self.view.errors += 1
+            log.warning("priority Redis flush failed (%d pending, will retry): %r", self.view.pending, exc)
 
     async def reevaluate(self, cid: str, state: CustomerState, trigger: dict[str, Any],
                          event_time: int | None = None, changed: bool = False) -> None:
@@ -180,6 +198,7 @@ class Runtime:
             log.warning("rule errors for %s: %s", cid, errors)
         if changed or change is not None or alert is not None:
             self.table[cid] = state
+        self.due.set(self.partition_of(cid), cid, next_due(state, now))
         self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
@@ -221,24 +240,51 @@ class Runtime:
         triggers = {"sweep": "timer", "rules": "rules", "evaluate": "manual"}
         if name not in (*triggers, "rank"):
             raise InvalidEvent(f"field 'cmd': unknown command {name!r}")
-        if name == "evaluate" and pos == 0:
-            await self.refresh_cutoffs()
-        customers = sorted(self.customers_in(partition))
-        chunk = customers[pos:pos + self.settings.sweep_chunk]
         self._running[(name, partition)] = time.monotonic()
-        if name == "rank":
-            self.stage_views(chunk)
+        trigger = {"kind": triggers.get(name), "topic": None, "event_id": request_id or cmd.get("version")}
+        if name == "sweep":
+            more = await self.sweep_due(partition, trigger)
         else:
-            trigger = {"kind": triggers[name], "topic": None, "event_id": request_id or cmd.get("version")}
-            await self.sweep(chunk, trigger)
-        if pos + len(chunk) < len(customers):
-            rest = orjson.dumps({**cmd, "pos": pos + len(chunk)})
-            await self.senders["commands"].send(key=name.encode(), value=rest, partition=partition)
+            if name == "evaluate" and pos == 0:
+                await self.refresh_cutoffs()
+            customers = sorted(self.customers_in(partition))
+            chunk = customers[pos:pos + self.settings.sweep_chunk]
+            if name == "rank":
+                self.stage_views(chunk)
+            else:
+                await self.sweep(chunk, trigger)
+            more = pos + len(chunk) < len(customers)
+            cmd = {**cmd, "pos": pos + len(chunk)}
+        if more:
+            await self.senders["commands"].send(key=name.encode(), value=orjson.dumps(cmd), partition=partition)
             return
         self._running.pop((name, partition), None)
         await self.view.flush()
         if request_id:
             await self.view.ack(str(request_id), name, partition)
+
+    async def sweep_due(self, partition: int, trigger: dict[str, Any]) -> bool:
+        """One chunk of an incremental sweep of ``partition``; True if more chunks are needed.
+
+        The first sweep of a partition (after start-up or an assignment) builds its due
+        index from the table, ``TAGGER_SWEEP_CHUNK`` customers per chunk; after that a
+        sweep re-evaluates only the customers whose due time has come (stream.due).
+        """
+        limit = self.settings.sweep_chunk
+        if not self.due.tracked(partition):
+            self.due.track(partition)
+            self._unindexed[partition] = list(self.customers_in(partition))
+        pending = self._unindexed.get(partition)
+        if pending:
+            chunk = pending[-limit:]
+            del pending[-limit:]
+            self.due.track(partition, ((cid, due_after_restore(state)) for cid in chunk
+                                       if (state := self.table.get(cid)) is not None))
+            return True
+        self._unindexed.pop(partition, None)
+        customers = self.due.pop_due(partition, self.clock.now(), limit)
+        await self.sweep(customers, trigger)
+        return len(customers) == limit
 
     def sweeping(self, name: str, partition: int) -> bool:
         """A ``name`` command is still working through ``partition`` (started recently)."""
@@ -253,13 +299,31 @@ class Runtime:
         quantile_positions = [1 + round((n - 1) * (1 - k / 100)) for k in range(101)] if n else []
         ranks = await self.view.spend_ranks([pa, pb, *quantile_positions])
         a_cut, b_cut, *quantiles = ranks.values
+        previous = self.cutoffs
         self.cutoffs = Cutoffs(
             a_cut=a_cut if pa else None,
             b_cut=b_cut if pb else None,
             quantiles=tuple(q for q in quantiles if q is not None),
             n=ranks.n,
         )
+        await self._mark_retiered(previous, self.cutoffs)
         return self.cutoffs
+
+    async def _mark_retiered(self, old: Cutoffs, new: Cutoffs) -> None:
+        """Make the local customers whose tier a cut-off move can change due now.
+
+        A customer's tier depends on the cut-offs only through where its spend lies
+        against them, so only customers between an old and a new cut can move; a
+        cut that appears or disappears can move anyone with spend.
+        """
+        inf = float("inf")
+        for before, after in ((old.a_cut, new.a_cut), (old.b_cut, new.b_cut)):
+            if before == after:
+                continue
+            low, high = (-inf, inf) if before is None or after is None else sorted((before, after))
+            for cid in await self.view.customers_between(low, high):
+                if cid in self.table:
+                    self.due.mark(self.partition_of(cid), cid)
 
     def partition_of(self, customer_id: str) -> int:
         """The partition that owns a customer (memoised murmur2)."""
@@ -267,6 +331,12 @@ class Runtime:
         if p is None:
             p = self._partition_of[customer_id] = expected_partition(customer_id.encode(), self.settings.partitions)
         return p
+
+    def keep_partitions(self, owned: Collection[int]) -> None:
+        """After a rebalance: forget the due index of partitions this worker no longer owns."""
+        for partition in [p for p in self.due.partitions() if p not in owned]:
+            self.due.drop(partition)
+            self._unindexed.pop(partition, None)
 
     def customers_in(self, partition: int) -> Iterator[str]:
         """Customers held in the local table that belong to ``partition``."""

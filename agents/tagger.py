@@ -83,6 +83,10 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.forget_offsets()
+        runtime.keep_partitions(owned_partitions())
+
+    def owned_partitions() -> set[int]:
+        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.commands_topic}
 
     @table.on_recover
     async def _recovered() -> None:
@@ -106,9 +110,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             token = await runtime.view.epoch()
             if token != epoch["seen"] or epoch["rebuild"]:
                 epoch["seen"], epoch["rebuild"] = token, False
-                owned = {tp.partition for tp in app.assignor.assigned_actives()
-                         if tp.topic == settings.commands_topic}
-                log.info("rebuilding the Redis view: %d customers staged", runtime.stage_all_views(owned))
+                log.info("rebuilding the Redis view: %d customers staged",
+                         runtime.stage_all_views(owned_partitions()))
         except Exception as exc:  # noqa: BLE001 - keep the last good cut-offs
             runtime.view.errors += 1
             log.warning("redis read failed: %r", exc)

@@ -9,7 +9,7 @@
 - ``engagement``: ``1 - logins_30d / (logins_365d / 12.17)`` clipped to [0, 1], when the
   monthly login baseline is at least ``min_login_baseline`` (else 0: too few logins to judge).
 - ``service``: ``load / (load + service_half_load)`` with ``load = open_complaints +
-  escalations_90d + 0.5 complaints_90d + 0.25 open_tickets``; saturating, 0.5 at the half load.
+  escalations_90d + 0.5 complaints_90d + 0.5 reopened_tickets + 0.25 open_tickets``; saturating, 0.5 at the half load.
 - ``model``: BG/NBD (see :mod:`rules.bgnbd`) with the population parameters in ``bgnbd``:
   ``exp(-E)``, where E is the expected number of purchases in the next ``horizon_days``. That is
   the chance of no purchase in the horizon if purchases were Poisson with that mean. P(alive) alone
@@ -169,6 +169,7 @@ _SERVICE = (  # fact, weight in the load, reason (singular, plural)
     ("open_complaints", 1.0, ("open complaint", "open complaints")),
     ("escalations_90d", 1.0, ("escalation in the last 90 days", "escalations in the last 90 days")),
     ("complaints_90d", 0.5, ("complaint opened in the last 90 days", "complaints opened in the last 90 days")),
+    ("reopened_tickets", 0.5, ("open ticket was reopened", "open tickets were reopened")),
     ("open_tickets", 0.25, ("open ticket", "open tickets")),
 )
 

@@ -73,6 +73,12 @@ def expire(manual: dict[str, Any] | None, now_ms: int) -> dict[str, Any] | None:
     return _pack(tags, manual.get("adjust"))
 
 
+def next_expiry(manual: dict[str, Any] | None) -> int | None:
+    """When the next manual tag expires (None: none will)."""
+    times = [e["expires_at"] for e in (manual or {}).get("tags", {}).values() if e.get("expires_at") is not None]
+    return min(times, default=None)
+
+
 def _pack(tags: dict[str, Any], adjust: dict[str, Any] | None) -> dict[str, Any] | None:
     if not tags and adjust is None:
         return None

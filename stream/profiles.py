@@ -76,6 +76,6 @@ def profile_facts(profile: dict[str, Any] | None, now_ms: int) -> dict[str, Any]
         "industry": p.get("industry", ""),
         "region": p.get("region", ""),
         "strategic_account": p.get("strategic_account", False),
-        "customer_since_days": None if since is None else max(0.0, (now_ms - since) / DAY_MS),
+        "customer_since_days": None if since is None else float(max(0, now_ms - since) // DAY_MS),
         "attributes": p.get("attributes", {}),
     }

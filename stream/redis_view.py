@@ -91,6 +91,11 @@ class RedisView:
         values = tuple(float(r[0][1]) if (r and pos >= 1) else None for r, pos in zip(rows, positions, strict=True))
         return SpendRanks(n=n, values=values)
 
+    async def customers_between(self, low: float, high: float) -> list[str]:
+        """Customers whose spend_365d lies in [low, high] (either bound may be infinite)."""
+        members = await self.client.zrangebyscore(f"{self.prefix}:spend365", low, high)
+        return [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+
     async def advance_clock(self, local_max: int) -> int:
         """Raise the global stream clock to ``local_max``; return the global value."""
         return int(await self._max(keys=[f"{self.prefix}:clock"], args=[local_max]))

@@ -65,7 +65,12 @@ class Settings(BaseSettings):
     sweep_chunk: int = Field(2000, description="Customers re-evaluated per command message; the rest of a "
                              "sweep queues behind new events so intake never waits long.")
     sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
-    redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes.")
+    redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes (big orders and "
+                                        "complaints flush at once).")
+    big_order_multiple: float = Field(3.0, ge=0, description="A paid order this many times the customer's "
+                                      "average order (last 365 days) is big: evaluated and flushed at once. 0: off.")
+    big_order_amount: float = Field(10000.0, ge=0, description="A paid order of at least this amount is big "
+                                    "whatever the customer's average. 0: off.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     session_timeout: float = Field(60.0, description="Kafka consumer group session timeout (s).")
     heartbeat_interval: float = Field(3.0, description="Kafka consumer heartbeat interval (s).")

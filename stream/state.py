@@ -29,6 +29,7 @@ A negative offset means "unknown": only the id is checked and recorded.
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from typing import Any
 
 import orjson
@@ -46,6 +47,7 @@ RECENT_IDS = 64
 FORMAT_VERSION = 1
 _SPEND, _ORDERS, _LOGINS, _COMPLAINTS, _ESCALATIONS = range(5)
 _OPEN_ACTIONS = frozenset(("opened", "escalated", "reopened"))
+_OPEN, _COMPLAINT, _REOPENED = 1, 2, 4  # ticket flags
 _LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "last_login_at",
              "first_seen_at", "last_activity_at", "last_event_ts")
 
@@ -57,7 +59,7 @@ _S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90, _OP90, _L365
 _INT, _FLOAT = "int", "float"
 AGGREGATE_FIELDS: dict[str, tuple[str, bool]] = {
     **{k: (_INT, False) for k in ("orders_30d", "orders_90d", "orders_365d", "orders_total",
-                                  "logins_7d", "logins_30d", "open_tickets", "open_complaints",
+                                  "logins_7d", "logins_30d", "open_tickets", "open_complaints", "reopened_tickets",
                                   "complaints_90d", "escalations_90d", "orders_prev_90d",
                                   "logins_365d")},
     **{k: (_FLOAT, False) for k in ("spend_30d", "spend_90d", "spend_365d", "spend_prev_90d",
@@ -103,7 +105,20 @@ def _fold(sums: list[int], age: int, b: list[int]) -> None:
 
 
 def _days_since(now: int, t: int | None) -> float | None:
-    return None if t is None else max(0.0, (now - t) / DAY_MS)
+    """Whole days elapsed since ``t`` (0 before one full day), as a float."""
+    return None if t is None else float(max(0, now - t) // DAY_MS)
+
+
+def next_day_step(now: int, t: int | None) -> int | None:
+    """When ``_days_since(., t)`` next changes after ``now``: the next whole day since ``t``."""
+    if t is None:
+        return None
+    return t + (max(0, now - t) // DAY_MS + 1) * DAY_MS
+
+
+# a bucket of day d enters the windows at day d and leaves them at d + N (N: a window's length;
+# 180 is where spend/orders_prev_90d end)
+_WINDOW_DAYS = (7, 30, 90, 180, 365)
 
 
 class CustomerState:
@@ -114,7 +129,7 @@ class CustomerState:
     def __init__(self) -> None:
         # day -> [net spend units, paid orders, logins, complaints opened, escalations]
         self.days: dict[int, list[int]] = {}
-        # ticket_id -> [last action ts, flags (1: open, 2: complaint), category age]. The
+        # ticket_id -> [last action ts, flags (1: open, 2: complaint, 4: ever reopened), category age]. The
         # category age is how long before the last action the event that set the complaint
         # flag happened (-1: no category seen): the latest event carrying a category decides.
         self.tickets: dict[str, list[int]] = {}
@@ -208,18 +223,20 @@ class CustomerState:
             if len(self.tickets) >= MAX_TICKETS:
                 self._evict_ticket()
             t = self.tickets[ticket_id] = [ts, 0, -1]
+        if action == "reopened":
+            t[1] |= _REOPENED
         if ts >= t[0]:
             if t[2] >= 0:
                 t[2] += ts - t[0]
             t[0] = ts
-            t[1] = (t[1] & 2) | (1 if action in _OPEN_ACTIONS else 0)
+            t[1] = (t[1] & ~_OPEN) | (_OPEN if action in _OPEN_ACTIONS else 0)
         if category and (t[2] < 0 or ts >= t[0] - t[2]):
-            t[1] = (t[1] & 1) | (2 if complaint else 0)
+            t[1] = (t[1] & ~_COMPLAINT) | (_COMPLAINT if complaint else 0)
             t[2] = t[0] - ts
 
     def _evict_ticket(self) -> None:
         """Drop one ticket to stay at MAX_TICKETS: the oldest closed one, else the oldest."""
-        closed = [(t[0], tid) for tid, t in self.tickets.items() if not t[1] & 1]
+        closed = [(t[0], tid) for tid, t in self.tickets.items() if not t[1] & _OPEN]
         pool = closed or [(t[0], tid) for tid, t in self.tickets.items()]
         del self.tickets[min(pool)[1]]
 
@@ -235,7 +252,7 @@ class CustomerState:
             del days[d]
             self._sums_day = -1
         stale = now_ms - TICKET_IDLE_MS
-        for tid in [tid for tid, t in self.tickets.items() if not t[1] & 1 and t[0] < stale]:
+        for tid in [tid for tid, t in self.tickets.items() if not t[1] & _OPEN and t[0] < stale]:
             del self.tickets[tid]
 
     # -- read ---------------------------------------------------------------------------
@@ -248,13 +265,15 @@ class CustomerState:
                 _fold(sums, today - d, b)
             self._sums_day = today
         s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90, op90, l365 = self._sums
-        open_tickets = open_complaints = 0
+        open_tickets = open_complaints = reopened = 0
         for t in self.tickets.values():
             flags = t[1]
-            if flags & 1:
+            if flags & _OPEN:
                 open_tickets += 1
-                if flags == 3:
+                if flags & _COMPLAINT:
                     open_complaints += 1
+                if flags & _REOPENED:
+                    reopened += 1
         total, first, last = self.orders_total, self.first_order_at, self.last_order_at
         gap = None
         if total >= 2 and first is not None and last is not None:
@@ -262,7 +281,8 @@ class CustomerState:
         return {
             "orders_30d": o30, "orders_90d": o90, "orders_365d": o365, "orders_total": total,
             "logins_7d": l7, "logins_30d": l30, "open_tickets": open_tickets,
-            "open_complaints": open_complaints, "complaints_90d": c90, "escalations_90d": e90,
+            "open_complaints": open_complaints, "reopened_tickets": reopened,
+            "complaints_90d": c90, "escalations_90d": e90,
             "orders_prev_90d": op90, "logins_365d": l365,
             "spend_30d": s30 / AMOUNT_SCALE, "spend_90d": s90 / AMOUNT_SCALE,
             "spend_365d": s365 / AMOUNT_SCALE, "spend_prev_90d": sp90 / AMOUNT_SCALE,
@@ -276,6 +296,33 @@ class CustomerState:
             "first_order_at": first, "last_order_at": last, "last_login_at": self.last_login_at,
             "first_seen_at": self.first_seen_at, "last_activity_at": self.last_activity_at,
         }
+
+    def next_change_at(self, now_ms: int) -> int | None:
+        """The earliest time after ``now_ms`` at which :meth:`aggregates` can differ with no new event.
+
+        Window sums change only when a day bucket enters or leaves a window (at UTC midnights
+        given by the buckets held); ``days_since_*`` change at each whole day since their
+        timestamp. None: nothing changes with time alone (no events at all).
+        """
+        today = now_ms // DAY_MS
+        due: int | None = None
+        if self.days:
+            days = sorted(self.days)
+            later = bisect_right(days, today)
+            if later < len(days):  # a bucket dated after today enters the windows on its day
+                due = days[later]
+            for n in _WINDOW_DAYS:  # the oldest bucket still inside an n-day window leaves it first
+                i = bisect_right(days, today - n)
+                if i < later and (due is None or days[i] + n < due):
+                    due = days[i] + n
+            if due is not None:
+                due *= DAY_MS
+        for t in (self.first_seen_at, self.first_order_at, self.last_order_at, self.last_login_at,
+                  self.last_activity_at):
+            step = next_day_step(now_ms, t)
+            if step is not None and (due is None or step < due):
+                due = step
+        return due
 
     # -- serialisation ------------------------------------------------------------------
     def to_bytes(self) -> bytes:

@@ -5,10 +5,12 @@ from __future__ import annotations
 from agents.bench import sweep_cost
 
 
-def test_sweep_cost_reports_per_customer_time() -> None:
-    result = sweep_cost(50)
-    assert result["customers"] == 50
-    assert 0 < result["us_per_customer"] < 100_000
+def test_sweep_cost_runs_incremental_sweeps_through_the_runtime() -> None:
+    result = sweep_cost(50, hours=2)
+    assert result["customers"] == 50 and result["first_sweep_evaluated"] == 50  # never evaluated before
+    assert result["sweeps"] == 120 and result["restart_evaluated"] == 0  # a restart re-evaluates no one
+    # every customer's days_since_* step at least once a day: roughly 2/24 of them in 2 hours
+    assert 0 < result["evaluated_per_customer_per_day"] < 24
 
 
 def test_console_renders_changes_and_alerts() -> None:

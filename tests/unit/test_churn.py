@@ -236,3 +236,11 @@ def test_an_open_escalated_ticket_raises_the_level_at_once() -> None:
     assert assess_churn(ChurnPolicy(escalation_level="none"), facts).level in ("none", "low")
     facts.update(open_tickets=0, open_complaints=0)  # resolved: the floor no longer applies
     assert assess_churn(ChurnPolicy(), facts).level in ("none", "low")
+
+
+def test_reopened_tickets_count_as_service_trouble() -> None:
+    policy = ChurnPolicy()
+    plain = assess_churn(policy, facts(open_tickets=1))
+    reopened = assess_churn(policy, facts(open_tickets=1, reopened_tickets=1))
+    assert reopened.components["service"] > plain.components["service"]
+    assert "1 open ticket was reopened" in reopened.reasons

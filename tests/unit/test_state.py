@@ -316,7 +316,7 @@ def naive(events: list[Event], now: int) -> dict[str, Any]:
         return lo <= today - e.ts // DAY_MS < hi
 
     def since(t: int | None) -> float | None:
-        return None if t is None else max(0.0, (now - t) / DAY_MS)
+        return None if t is None else float(max(0, now - t) // DAY_MS)  # whole days
 
     paid = [e for e in events if isinstance(e, OrderEvent) and e.status == "paid"]
     refunds = [e for e in events if isinstance(e, OrderEvent) and e.status == "refunded"]
@@ -327,13 +327,14 @@ def naive(events: list[Event], now: int) -> dict[str, Any]:
         units = sum(e.amount for e in paid if within(e, lo, hi))
         return (units - sum(e.amount for e in refunds if within(e, lo, hi))) / AMOUNT_SCALE
 
-    open_t = open_c = 0
+    open_t = open_c = reopened = 0
     for tid in {e.ticket_id for e in tickets}:
         mine = sorted((e for e in tickets if e.ticket_id == tid), key=lambda e: e.ts)
         with_cat = [e for e in mine if e.category]
         if mine[-1].action != "resolved":
             open_t += 1
             open_c += bool(with_cat) and with_cat[-1].category.lower() == "complaint"
+            reopened += any(e.action == "reopened" for e in mine)
     first = min((e.ts for e in paid), default=None)
     last = max((e.ts for e in paid), default=None)
     active = [e.ts for e in paid + logins]
@@ -345,7 +346,7 @@ def naive(events: list[Event], now: int) -> dict[str, Any]:
         "orders_total": len(paid),
         "logins_7d": sum(within(e, 0, 7) for e in logins),
         "logins_30d": sum(within(e, 0, 30) for e in logins),
-        "open_tickets": open_t, "open_complaints": open_c,
+        "open_tickets": open_t, "open_complaints": open_c, "reopened_tickets": reopened,
         "complaints_90d": sum(within(e, 0, 90) for e in tickets
                               if e.action == "opened" and e.category.lower() == "complaint"),
         "escalations_90d": sum(within(e, 0, 90) for e in tickets if e.action == "escalated"),
