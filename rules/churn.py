@@ -15,7 +15,8 @@
   the chance of no purchase in the horizon if purchases were Poisson with that mean. P(alive) alone
   is not used: it is 1 for every one-time buyer.
 
-``risk`` is the weighted mean over the components that apply: ``model`` needs ``bgnbd`` and
+``risk`` is the weighted mean over the components that apply, with ``weights`` when BG/NBD
+parameters are configured and ``weights_without_model`` (if given) when not: ``model`` needs ``bgnbd`` and
 a paid order; ``recency`` and ``trend`` need a paid order. A customer without any paid order is
 judged on engagement and service alone; weights of components that do not apply are spread over
 the others in proportion. ``level`` is the highest cut-off the risk reaches.
@@ -72,14 +73,21 @@ class ChurnWeights(Weights):
     model: float = 0.6
 
 
+#: the default weights while no BG/NBD parameters are configured: recency leads, so a weekly
+#: buyer silent for five weeks (recency 1) is at least ``medium`` on that alone
+WEIGHTS_WITHOUT_MODEL = ChurnWeights(recency=0.5, trend=0.2, engagement=0.15, service=0.15, model=0.0)
+
+
 @dataclass(frozen=True)
 class ChurnPolicy:
     """How churn risk is computed; the defaults are those of ``rules/default/churn.yaml``."""
 
     weights: ChurnWeights = field(default_factory=ChurnWeights)
+    # used instead of ``weights`` while there are no BG/NBD parameters (None: spread ``weights``)
+    weights_without_model: ChurnWeights | None = field(default_factory=lambda: WEIGHTS_WITHOUT_MODEL)
     low: float = 0.25
     medium: float = 0.5
-    high: float = 0.75
+    high: float = 0.7
     silence_multiple: float = 3.0  # recency is 1 once silent for this many usual gaps
     default_gap_days: float = 30.0  # usual gap assumed below 2 paid orders
     min_gap_days: float = 1.0  # floor of the usual gap (a burst of same-day orders is not a rhythm)
@@ -102,8 +110,10 @@ class ChurnPolicy:
         if not self.low <= self.medium <= self.high:
             raise RulesetError(
                 f"cut-offs must rise: low {self.low}, medium {self.medium}, high {self.high}",
-                hint="e.g. low: 0.25, medium: 0.5, high: 0.75",
+                hint="e.g. low: 0.25, medium: 0.5, high: 0.7",
             )
+        if self.weights_without_model is not None and self.weights_without_model.model:
+            raise RulesetError("weights_without_model.model must be 0: it applies when there is no model")
         if self.silence_multiple <= 1.0:
             raise RulesetError(f"silence_multiple must be above 1, got {self.silence_multiple}")
         for name in ("default_gap_days", "min_gap_days", "service_half_load", "horizon_days"):
@@ -217,6 +227,8 @@ def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessme
     components["engagement"] = _engagement(policy, facts, reasons)
     components["service"] = _service(policy, facts, reasons)
     weights = policy.weights
+    if policy.bgnbd is None and policy.weights_without_model is not None:
+        weights = policy.weights_without_model
     total = sum(getattr(weights, name) for name in components)
     risk = 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
     level = level_of(policy, risk)

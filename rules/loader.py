@@ -24,7 +24,7 @@ _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
 _TIER_KEYS = ("a_top_fraction", "b_top_fraction", "b_when", "c_when")
 _WEIGHT_KEYS = ("spend", "engagement", "growth", "strategic")
-_CHURN_KEYS = ("weights", "levels", "silence_multiple", "default_gap_days", "min_gap_days",
+_CHURN_KEYS = ("weights", "weights_without_model", "levels", "silence_multiple", "default_gap_days", "min_gap_days",
                "min_login_baseline", "service_half_load", "horizon_days", "bgnbd", "escalation_level")
 _CHURN_WEIGHT_KEYS = ("recency", "trend", "engagement", "service", "model")
 _LEVEL_KEYS = ("low", "medium", "high")
@@ -139,10 +139,13 @@ def _parse_churn(doc: Located) -> ChurnPolicy:
     if doc.value is None:
         return ChurnPolicy()
     doc.mapping("churn", _CHURN_KEYS)
-    try:
-        weights = ChurnWeights(**_churn_part(doc, "weights", "churn.weights", _CHURN_WEIGHT_KEYS))  # type: ignore[arg-type]
-    except RulesetError as exc:
-        raise doc.error(f"churn.weights: {exc.problem}", hint=exc.hint, key="weights") from exc
+    weights = {}
+    for key in ("weights", "weights_without_model"):
+        if key in doc.value:
+            try:
+                weights[key] = ChurnWeights(**_churn_part(doc, key, f"churn.{key}", _CHURN_WEIGHT_KEYS))  # type: ignore[arg-type]
+            except RulesetError as exc:
+                raise doc.error(f"churn.{key}: {exc.problem}", hint=exc.hint, key=key) from exc
     bgnbd = None
     if doc.value.get("bgnbd") is not None:
         raw = _churn_part(doc, "bgnbd", "churn.bgnbd", _BGNBD_KEYS)
@@ -155,9 +158,9 @@ def _parse_churn(doc: Located) -> ChurnPolicy:
         except RulesetError as exc:
             raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key="bgnbd") from exc
     levels = _churn_part(doc, "levels", "churn.levels", _LEVEL_KEYS)
-    scalars = {k: v for k, v in doc.value.items() if k not in ("weights", "levels", "bgnbd")}
+    scalars = {k: v for k, v in doc.value.items() if k not in ("weights", "weights_without_model", "levels", "bgnbd")}
     try:
-        return ChurnPolicy(weights=weights, bgnbd=bgnbd, **levels, **scalars)  # type: ignore[arg-type]
+        return ChurnPolicy(**weights, bgnbd=bgnbd, **levels, **scalars)  # type: ignore[arg-type]
     except RulesetError as exc:
         bad = next((k for k in (*scalars, *levels) if k in exc.problem), None)
         key = "levels" if bad in levels else bad

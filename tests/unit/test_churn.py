@@ -44,7 +44,7 @@ def buyer(gap: float, silent: float, orders: int = 20) -> dict[str, Any]:
 
 
 def test_recency_against_own_rhythm() -> None:
-    policy = ChurnPolicy(weights=ONLY["recency"])
+    policy = ChurnPolicy(weights=ONLY["recency"], weights_without_model=None)
     weekly, yearly = assess_churn(policy, buyer(7.0, 35.0)), assess_churn(policy, buyer(365.0, 35.0))
     assert weekly.components["recency"] == 1.0 and weekly.level == "high"
     assert yearly.components["recency"] == 0.0 and yearly.level == "none"
@@ -62,13 +62,17 @@ def test_recency_against_own_rhythm() -> None:
 def test_default_policy_weekly_vs_yearly_buyer_silent_five_weeks() -> None:
     weekly = assess_churn(ChurnPolicy(), buyer(7.0, 35.0))
     yearly = assess_churn(ChurnPolicy(), buyer(365.0, 35.0))
-    assert weekly.level != "none" and yearly.level == "none"
-    assert "model" not in weekly.components  # no bgnbd params: its weight is spread over the others
-    assert weekly.risk == pytest.approx(0.15 / 0.4)
+    assert weekly.level == "medium" and yearly.level == "none"
+    assert "model" not in weekly.components  # no bgnbd params: weights_without_model apply
+    assert weekly.risk == pytest.approx(0.5)  # recency 1 x 0.5; no trend, logins or tickets
+    spread = ChurnPolicy(weights_without_model=None)  # None: the model's weight spread over the others
+    assert assess_churn(spread, buyer(7.0, 35.0)).risk == pytest.approx(0.15 / 0.4)
+    with pytest.raises(RulesetError, match="weights_without_model.model must be 0"):
+        ChurnPolicy(weights_without_model=ChurnWeights())
 
 
 def test_trend() -> None:
-    policy = ChurnPolicy(weights=ONLY["trend"])
+    policy = ChurnPolicy(weights=ONLY["trend"], weights_without_model=None)
     got = assess_churn(policy, dict(buyer(7.0, 3.0), orders_90d=1, orders_prev_90d=6,
                                      spend_90d=50.0, spend_prev_90d=400.0))
     assert got.components["trend"] == pytest.approx(((1 - 1 / 6) + (1 - 50 / 400)) / 2)
@@ -81,7 +85,7 @@ def test_trend() -> None:
 
 
 def test_engagement() -> None:
-    policy = ChurnPolicy(weights=ONLY["engagement"])
+    policy = ChurnPolicy(weights=ONLY["engagement"], weights_without_model=None)
     got = assess_churn(policy, facts(logins_30d=1, logins_365d=120))
     assert got.components["engagement"] == pytest.approx(1 - 1 / (120 / 12.17))
     assert got.reasons == ("1 login in the last 30 days; usual 9.9 a month",)
@@ -90,7 +94,7 @@ def test_engagement() -> None:
 
 
 def test_service_saturates() -> None:
-    policy = ChurnPolicy(weights=ONLY["service"])
+    policy = ChurnPolicy(weights=ONLY["service"], weights_without_model=None)
     two = assess_churn(policy, facts(open_complaints=2, open_tickets=2))
     assert two.components["service"] == pytest.approx(2.5 / 4.5)
     assert two.reasons == ("2 open complaints", "2 open tickets")
@@ -127,7 +131,7 @@ def test_levels_and_cutoffs() -> None:
     assert [level_of(policy, v) for v in (0.0, 0.19, 0.2, 0.39, 0.4, 0.59, 0.6, 1.0)] == [
         "none", "none", "low", "low", "medium", "medium", "high", "high"]
     default = ChurnPolicy()
-    assert [level_of(default, v) for v in (0.24, 0.25, 0.5, 0.75)] == ["none", "low", "medium", "high"]
+    assert [level_of(default, v) for v in (0.24, 0.25, 0.5, 0.7)] == ["none", "low", "medium", "high"]
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
@@ -160,12 +164,14 @@ def test_churn_section_loads(tmp_path: Path) -> None:
     ruleset = load_ruleset(_write(tmp_path, """\
         churn:
           weights: {recency: 0.5, trend: 0.2, engagement: 0.1, service: 0.1, model: 0.1}
+          weights_without_model: {recency: 1, trend: 0, engagement: 0, service: 0, model: 0}
           levels: {low: 0.3, medium: 0.6, high: 0.8}
           silence_multiple: 4
           bgnbd: {r: 0.5, alpha: 15, a: 0.8, b: 4}
         """), facts_schema())
     churn = ruleset.churn
     assert churn.weights.recency == 0.5 and (churn.low, churn.medium, churn.high) == (0.3, 0.6, 0.8)
+    assert churn.weights_without_model is not None and churn.weights_without_model.recency == 1.0
     assert churn.silence_multiple == 4.0 and churn.bgnbd == BGNBDParams(0.5, 15.0, 0.8, 4.0)
     assert churn.default_gap_days == 30.0
     empty = tmp_path / "empty"
