@@ -27,15 +27,24 @@ def test_silence_escalation_and_restart(namespace: Namespace) -> None:
     ns = namespace
     worker = ns.worker(sweep_interval=2)
 
-    # a weekly buyer for ten weeks, then five weeks of silence (stream time moves on through others)
+    # a weekly buyer for ten weeks, then silence; stream time moves on through another customer's logins
     for week in range(10):
         ns.produce("order", order("w-1", f"w{week}", week * 7, 40))
     view_of(ns, "w-1", lambda v: v["aggregates"]["orders_total"] == 10)  # before stream time jumps
-    ns.produce("login", login("f-1", "f1", 9 * 7 + 35))
-    silent = alerts_for(ns, "w-1", lambda a: any(x["level"] != "none" for x in a))
-    alert = next(x for x in silent if x["level"] != "none")
-    assert alert["previous_level"] == "none" and alert["trigger"]["kind"] == "timer"
-    assert any("usual gap 7 days" in r for r in alert["reasons"]), alert["reasons"]
+    last = 9 * 7
+    ns.produce("login", login("f-1", "f1", last + 13.5))
+    # a sweep re-evaluates w-1 when its 13th whole day of silence starts: below 2 usual gaps, no alert
+    view_of(ns, "w-1", lambda v: v["aggregates"]["days_since_last_order"] == 13.0)
+    assert alerts_for(ns, "w-1", lambda a: True, timeout=3) == []
+    ns.produce("login", login("f-1", "f2", last + 14.5))  # two usual gaps: recency 0.5, risk 0.25 = low
+    low = alerts_for(ns, "w-1", lambda a: len(a) >= 1)
+    assert [(x["level"], x["previous_level"], x["trigger"]["kind"]) for x in low] == [("low", "none", "timer")]
+    assert "no paid order for 14 days; usual gap 7 days" in low[0]["reasons"]
+    ns.produce("login", login("f-1", "f3", last + 35))  # five weeks: recency 1, risk 0.5 = medium
+    silent = alerts_for(ns, "w-1", lambda a: len(a) >= 2)
+    alert = silent[1]
+    assert (alert["level"], alert["previous_level"], alert["trigger"]["kind"]) == ("medium", "low", "timer")
+    assert "no paid order for 35 days; usual gap 7 days" in alert["reasons"]
     assert set(alert) >= {"customer_id", "risk", "level", "previous_level", "reasons", "last_activity_at",
                           "trigger", "emitted_at"}
 
