@@ -226,6 +226,7 @@ class Runtime:
         record = dead_letter(topic=topic, partition=partition, offset=offset, key=key, value=value,
                              error=reason, max_value_bytes=self.settings.dead_letter_value_bytes)
         await self.senders["dead_letters"].send(key=key or b"", value=record)
+        self.metrics.dead_lettered(reason)
 
     async def command(self, partition: int, cmd: dict[str, Any]) -> None:
         """Run a partition-wide command in chunks, so intake goes on in between.

@@ -24,6 +24,7 @@ from stream.settings import Settings
 from stream.topics import declare_topics
 
 from .evaluate import Evaluator, facts_schema
+from .observability import install as install_observability
 from .runtime import Runtime
 
 log = logging.getLogger(__name__)
@@ -170,4 +171,5 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                          "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
                          "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled})
 
+    install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     return app, runtime

@@ -1,0 +1,227 @@
+"""Operations wiring of a worker: /readyz, scrape-time metrics, health and tally timers, a Faust sensor.
+
+:func:`install` is called once by :func:`agents.tagger.build`. The logic it
+calls is pure and lives in ``stream/health.py``, ``stream/lag.py`` and
+``stream/metrics.py``; this module only reads the running Faust app and
+:class:`~agents.runtime.Runtime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from stream.health import RedisHealth, readiness, recovery_remaining
+from stream.lag import PartitionProbe, Probed, next_offset, oldest_ages, partition_lag
+from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
+from stream.settings import Settings
+
+from .runtime import Runtime, Sender
+
+log = logging.getLogger(__name__)
+
+REDIS_PING_INTERVAL = 2.0  # seconds between Redis health pings
+REDIS_PING_TIMEOUT = 1.0
+PROBE_INTERVAL = 5.0  # seconds between side reads of lagging partitions (oldest unprocessed message)
+TALLY_INTERVAL = 10.0  # seconds between customer tallies (stretched on big tables, see _tally)
+TALLY_MAX_DUTY = 0.02  # a tally may use at most this share of the worker's time
+TALLY_YIELD_EVERY = 5000  # customers counted between yields to the event loop
+
+
+class MetricsSensor(faust.Sensor):
+    """Faust sensor feeding Kafka produce errors and rebalances into our metrics."""
+
+    def __init__(self, metrics: Metrics, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.metrics = metrics
+
+    def on_send_error(self, producer: Any, exc: BaseException, state: Any) -> None:
+        self.metrics.kafka_produce_errors.labels(type(exc).__name__).inc()
+
+    def on_rebalance_start(self, app: Any) -> dict[Any, Any]:
+        self.metrics.rebalances.inc()
+        return dict(super().on_rebalance_start(app) or {})
+
+
+class CountingSender:
+    """A :class:`~agents.runtime.Sender` that counts sends failing at once (later failures reach the sensor)."""
+
+    def __init__(self, inner: Sender, metrics: Metrics) -> None:
+        self.inner = inner
+        self.metrics = metrics
+
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        try:
+            return await self.inner.send(key=key, value=value, partition=partition)
+        except Exception as exc:
+            self.metrics.kafka_produce_errors.labels(type(exc).__name__).inc()
+            raise
+
+
+class WorkerSources:
+    """Scrape-time readings of one running worker (implements :class:`stream.metrics.Sources`)."""
+
+    def __init__(self, app: faust.App, runtime: Runtime, settings: Settings) -> None:
+        self.app = app
+        self.runtime = runtime
+        self.settings = settings
+        self.redis = RedisHealth()
+        self.source_topics = {*settings.keyed_topics, settings.rekey_topic, settings.commands_topic}
+        self.probed: dict[tuple[str, int], Probed] = {}  # side reads of lagging/unfetched partitions
+
+    # -- assignment, lag, recovery --------------------------------------------------------
+    def owned(self) -> list[Any]:
+        """Source topic partitions assigned to this worker (actives only)."""
+        try:
+            return sorted(tp for tp in self.app.assignor.assigned_actives() if tp.topic in self.source_topics)
+        except Exception:  # noqa: BLE001 - no assignor state yet
+            return []
+
+    def partitions_assigned(self) -> int:
+        return len({tp.partition for tp in self.owned()})
+
+    def _positions(self) -> list[tuple[tuple[str, int], int | None, int | None]]:
+        """(topic/partition, high watermark, next offset to process) of every owned source partition."""
+        owned = self.owned()
+        if not owned:
+            return []
+        consumer = self.app.consumer
+        committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+        processed: Mapping[tuple[str, int], int] = self.runtime._last_offset  # noqa: SLF001 - read-only
+        rows = []
+        for tp in owned:
+            key = (tp.topic, tp.partition)
+            try:
+                highwater = consumer.highwater(tp)
+            except Exception:  # noqa: BLE001 - not fetched yet or mid-rebalance: unknown
+                highwater = None
+            if highwater is None and key in self.probed:
+                highwater = self.probed[key].highwater  # paused (recovery): read by the probe
+            rows.append((key, highwater, next_offset(processed.get(key), committed.get(tp))))
+        return rows
+
+    def consumer_lag(self) -> list[PartitionLag]:
+        lags = []
+        for (topic, partition), highwater, nxt in self._positions():
+            lag = partition_lag(highwater, nxt)
+            if lag is not None:
+                lags.append(PartitionLag(topic, partition, lag))
+        return lags
+
+    def oldest_unprocessed_age(self) -> dict[str, float]:
+        stamps = {key: p.timestamp for key, p in self.probed.items() if p.timestamp is not None}
+        return oldest_ages(self.consumer_lag(), stamps, time.time())
+
+    def to_probe(self) -> dict[tuple[str, int], int]:
+        """Partitions worth a side read, with their next offset: lagging, or high watermark unknown."""
+        wanted = {}
+        for key, highwater, nxt in self._positions():
+            if nxt is not None and (highwater is None or highwater > nxt):
+                wanted[key] = nxt
+        return wanted
+
+    def recovery(self) -> Recovery:
+        recovery = self.app.tables.recovery  # type: ignore[attr-defined]
+        in_progress = bool(getattr(recovery, "in_recovery", False))
+        remaining = recovery_remaining(recovery.active_highwaters, recovery.active_offsets) if in_progress else 0
+        return Recovery(in_progress, remaining)
+
+    # -- readiness and Redis --------------------------------------------------------------
+    def readiness(self) -> tuple[bool, dict[str, Any]]:
+        recovery = self.recovery()
+        return readiness(partitions=self.partitions_assigned(), rebalancing=bool(self.app.rebalancing),
+                         recovering=recovery.in_progress, recovery_remaining_records=recovery.remaining_records,
+                         redis_up=self.redis.up, redis_error=self.redis.last_error)
+
+    def ready(self) -> bool:
+        return self.readiness()[0]
+
+    async def ping_redis(self) -> None:
+        try:
+            await asyncio.wait_for(self.runtime.view.client.ping(), REDIS_PING_TIMEOUT)
+        except Exception as exc:  # noqa: BLE001 - any failure means "unreachable"
+            self.redis.observe(exc)
+        else:
+            self.redis.observe(None)
+
+    def redis_up(self) -> bool:
+        return bool(self.redis.up)
+
+    def redis_errors(self) -> int:
+        return self.runtime.view.errors + self.redis.errors
+
+    def redis_reconnects(self) -> int:
+        return self.redis.reconnects
+
+    def redis_pending(self) -> int:
+        return self.runtime.view.pending
+
+    # -- counters kept by the runtime -----------------------------------------------------
+    def rule_errors(self) -> int:
+        return self.runtime.rule_errors
+
+    def rules_reload_errors(self) -> int:
+        return self.runtime.reload_errors
+
+    def gap_records(self) -> int:
+        return self.runtime.gaps.filled if self.runtime.gaps is not None else 0
+
+    def ruleset(self) -> tuple[str, str]:
+        ruleset = self.runtime.evaluator.ruleset
+        return ruleset.version, ruleset.name or ""
+
+
+def install(app: faust.App, runtime: Runtime, settings: Settings) -> WorkerSources:
+    """Add /readyz, the scrape-time metrics, the health/lag/tally timers and the sensor to ``app``."""
+    metrics = runtime.metrics
+    sources = WorkerSources(app, runtime, settings)
+    metrics.bind(sources)
+    metrics.init_events(sorted(sources.source_topics))
+    app.sensors.add(MetricsSensor(metrics))
+    runtime.senders = {name: CountingSender(sender, metrics) for name, sender in runtime.senders.items()}
+    probe = PartitionProbe(settings.kafka_bootstrap_servers)
+    tally_state = {"next": 0.0}
+
+    @app.timer(REDIS_PING_INTERVAL)
+    async def ping_redis() -> None:
+        await sources.ping_redis()
+
+    @app.timer(PROBE_INTERVAL)
+    async def probe_partitions() -> None:
+        sources.probed = await probe.probe(sources.to_probe())
+
+    @app.timer(TALLY_INTERVAL)
+    async def tally_customers() -> None:
+        if time.monotonic() < tally_state["next"]:
+            return
+        started = time.monotonic()
+        owned = {p for p in (tp.partition for tp in sources.owned())}
+        metrics.set_tally(tally_views(await _owned_views(runtime, owned)))
+        elapsed = time.monotonic() - started
+        tally_state["next"] = started + max(TALLY_INTERVAL, elapsed / TALLY_MAX_DUTY) - 0.5
+
+    @app.page("/readyz")
+    async def readyz(web: View, request: Request) -> Response:
+        await sources.ping_redis()
+        ready, doc = sources.readiness()
+        return web.json(doc, status=200 if ready else 503)
+
+    return sources
+
+
+async def _owned_views(runtime: Runtime, owned: set[int]) -> list[Any]:
+    """The current views of the local customers in ``owned`` partitions, yielding to the loop as it goes."""
+    views: list[Any] = []
+    items: Iterable[tuple[str, Any]] = list(runtime.table.items())
+    for i, (cid, state) in enumerate(items):
+        if runtime.partition_of(cid) in owned and state is not None:
+            views.append(state.view)
+        if i % TALLY_YIELD_EVERY == TALLY_YIELD_EVERY - 1:
+            await asyncio.sleep(0)
+    return views
