@@ -148,12 +148,13 @@ class Runtime:
             dedupe_id = f"{kind}:{msg_id}"
             if state.is_duplicate(source, offset, dedupe_id):
                 return "duplicate"
-            state.mark(source, offset, dedupe_id)
+            manual = apply_command(state.manual, item, self.clock.now()) if kind == "manual" else None
+            state.mark(source, offset, dedupe_id)  # after apply_command, which may reject the command
             if kind == "profile":
                 state.profile = None if item.get("deleted") else item
                 trigger = {"kind": "event", "topic": topic, "event_id": None}
             else:
-                state.manual = apply_command(state.manual, item, self.clock.now())
+                state.manual = manual
                 trigger = {"kind": "manual", "topic": topic, "event_id": msg_id}
             await self.reevaluate(cid, state, trigger, changed=True)
             return "ok"

@@ -9,12 +9,13 @@ path for a type reason the samples can reach.
 from __future__ import annotations
 
 import difflib
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 
 from rules.exceptions import RulesetError
-from rules.expr import CompiledExpr
-from rules.schema import FieldType, sample_values
+from rules.expr import CompiledExpr, macro_depth
+from rules.schema import FieldType, sample_values, with_tags
 
 # Functions native to the CEL runtime (macros such as has/exists never show up).
 KNOWN_FUNCTIONS = frozenset(
@@ -24,6 +25,19 @@ KNOWN_FUNCTIONS = frozenset(
 )
 
 _Sample = tuple[dict[str, Any], tuple[str, ...]]  # facts, nullable fields set to None
+
+# Cost limits for rules written by people we need not trust. CEL has no loops, recursion,
+# I/O or code execution; its only iteration is the comprehension macros over list and map
+# facts, whose cost is (facts' size) ** (nesting depth). So: bounded source, bounded
+# nesting, and a timed trial on the largest facts the stream can hold.
+MAX_SOURCE_CHARS = 2000
+MAX_MACRO_DEPTH = 2
+MAX_EVAL_MS = 5.0
+#: the largest list and map facts: more tags than any sane ruleset plus the manual-tag cap,
+#: and the profile attribute cap (stream.profiles.MAX_ATTRIBUTES) with long values
+WORST_LIST = tuple(f"tag_{i:03d}" for i in range(300))
+WORST_MAP = {f"attribute_{i:03d}": "v" * 256 for i in range(100)}
+WORST_STRING = "x" * 4096
 
 
 def suggest(name: str, choices: Mapping[str, Any] | frozenset[str]) -> str | None:
@@ -76,9 +90,37 @@ def _guard_hint(field: str, source: str) -> str:
     return f"guard it: {field} != null && {body}"
 
 
+def check_cost(expr: CompiledExpr, schema: Mapping[str, FieldType], limit_ms: float = MAX_EVAL_MS) -> float:
+    """Reject expressions that could be slow on the hot path; return the worst trial time in ms."""
+    if len(expr.source) > MAX_SOURCE_CHARS:
+        raise RulesetError(f"expression is {len(expr.source)} characters; the limit is {MAX_SOURCE_CHARS}",
+                           hint="split it into several rules")
+    depth = macro_depth(expr.source)
+    if depth > MAX_MACRO_DEPTH:
+        raise RulesetError(f"comprehension macros nest {depth} deep; the limit is {MAX_MACRO_DEPTH}",
+                           hint="exists/all/map/filter inside each other multiply their cost")
+    worst = {"list": list(WORST_LIST), "map": dict(WORST_MAP), "string": WORST_STRING}
+    fields = with_tags(schema)
+    facts = {n: worst.get(fields[n].kind, sample_values(fields[n])[-1]) for n in expr.names}
+    best = float("inf")
+    for _ in range(3):  # best of three: a busy machine must not reject a cheap rule
+        started = time.perf_counter()
+        try:
+            expr.run(facts)
+        except Exception:  # noqa: BLE001, S110 - only the cost matters here; types were checked already
+            pass
+        best = min(best, (time.perf_counter() - started) * 1000)
+        if best <= limit_ms:
+            return best
+    raise RulesetError(f"evaluation takes {best:.1f} ms on the largest facts; the limit is {limit_ms:g} ms",
+                       hint="avoid comprehensions over tags or attributes inside other comprehensions")
+
+
 def check_expression(expr: CompiledExpr, schema: Mapping[str, FieldType]) -> None:
-    """Raise :class:`RulesetError` unless ``expr`` is a well-typed boolean condition."""
+    """Raise :class:`RulesetError` unless ``expr`` is a well-typed, cheap boolean condition."""
     _check_names(expr, schema)
+    if len(expr.source) > MAX_SOURCE_CHARS or macro_depth(expr.source) > MAX_MACRO_DEPTH:
+        check_cost(expr, schema)  # raises before any trial can run long
     null_failures: list[tuple[str, ...]] = []
     for facts, nulls in _samples(expr.names, schema):
         problem = _trial(expr, facts)
@@ -97,3 +139,4 @@ def check_expression(expr: CompiledExpr, schema: Mapping[str, FieldType]) -> Non
         raise RulesetError(
             f"'{field}' can be null; {_guard_hint(field, expr.source)}",
         )
+    check_cost(expr, schema)

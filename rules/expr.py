@@ -78,6 +78,25 @@ def _classify(tokens: list[_Token]) -> tuple[set[int], set[str]]:
     return free, bound
 
 
+def macro_depth(source: str) -> int:
+    """How deeply comprehension macros (``exists``, ``all``, ``map``, …) nest in ``source``."""
+    text = [t.text for t in _tokens(source) if t.kind != "space"]
+    parens = 0
+    opened: list[int] = []  # paren level inside each open macro call
+    deepest = 0
+    for pos, tok in enumerate(text):
+        if tok == "(":
+            parens += 1
+            if pos >= 2 and text[pos - 1] in _MACROS and text[pos - 2] == ".":
+                opened.append(parens)
+                deepest = max(deepest, len(opened))
+        elif tok == ")":
+            if opened and opened[-1] == parens:
+                opened.pop()
+            parens -= 1
+    return deepest
+
+
 def format_value(value: Any) -> str:
     """Format a fact value for a reason: floats with 2 decimals, None as null."""
     if value is None:

@@ -140,12 +140,12 @@ def _parse_churn(doc: Located) -> ChurnPolicy:
         return ChurnPolicy()
     doc.mapping("churn", _CHURN_KEYS)
     weights = {}
-    for key in ("weights", "weights_without_model"):
-        if key in doc.value:
+    for part in ("weights", "weights_without_model"):
+        if part in doc.value:
             try:
-                weights[key] = ChurnWeights(**_churn_part(doc, key, f"churn.{key}", _CHURN_WEIGHT_KEYS))  # type: ignore[arg-type]
+                weights[part] = ChurnWeights(**_churn_part(doc, part, f"churn.{part}", _CHURN_WEIGHT_KEYS))  # type: ignore[arg-type]
             except RulesetError as exc:
-                raise doc.error(f"churn.{key}: {exc.problem}", hint=exc.hint, key=key) from exc
+                raise doc.error(f"churn.{part}: {exc.problem}", hint=exc.hint, key=part) from exc
     bgnbd = None
     if doc.value.get("bgnbd") is not None:
         raw = _churn_part(doc, "bgnbd", "churn.bgnbd", _BGNBD_KEYS)
@@ -158,7 +158,8 @@ def _parse_churn(doc: Located) -> ChurnPolicy:
         except RulesetError as exc:
             raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key="bgnbd") from exc
     levels = _churn_part(doc, "levels", "churn.levels", _LEVEL_KEYS)
-    scalars = {k: v for k, v in doc.value.items() if k not in ("weights", "weights_without_model", "levels", "bgnbd")}
+    scalars = {k: v for k, v in doc.value.items()
+               if k not in ("weights", "weights_without_model", "levels", "bgnbd")}
     try:
         return ChurnPolicy(**weights, bgnbd=bgnbd, **levels, **scalars)  # type: ignore[arg-type]
     except RulesetError as exc:

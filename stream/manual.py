@@ -14,6 +14,7 @@ from typing import Any
 from .events import _fail, _id, _opt_str, _show, decode_object, parse_ts
 
 MAX_ADJUST_PCT = 20.0
+MAX_MANUAL_TAGS = 100  # per customer: a flood of add_tag commands cannot grow the state without bound
 ACTIONS = ("add_tag", "remove_tag", "adjust_score", "clear_adjustment")
 TAG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
 
@@ -49,12 +50,14 @@ def parse_command(raw: bytes, *, max_bytes: int, now_ms: int) -> dict[str, Any]:
 
 
 def apply_command(manual: dict[str, Any] | None, cmd: dict[str, Any], now_ms: int) -> dict[str, Any] | None:
-    """The customer's manual section after ``cmd`` (None when empty)."""
+    """The customer's manual section after ``cmd`` (None when empty); raises InvalidEvent past the tag cap."""
     tags: dict[str, Any] = dict((manual or {}).get("tags", {}))
     adjust = (manual or {}).get("adjust")
     who = {"author": cmd["author"], "note": cmd["note"], "at": now_ms}
     action = cmd["action"]
     if action == "add_tag":
+        if cmd["tag"] not in tags and len(tags) >= MAX_MANUAL_TAGS:
+            raise _fail("tag", f"the customer already has {MAX_MANUAL_TAGS} manual tags, the most allowed")
         tags[cmd["tag"]] = {**who, "expires_at": cmd.get("expires_at")}
     elif action == "remove_tag":
         tags.pop(cmd["tag"], None)

@@ -140,3 +140,15 @@ def test_churn_alerts_only_on_level_transitions_including_recovery() -> None:
     recovered = step()
     assert recovered and recovered["level"] == "none" and recovered["reasons"] == ["recovered"]
     assert CustomerState.from_bytes(state.to_bytes()).view == state.view  # the level survives restarts
+
+
+def test_manual_tags_are_capped_per_customer() -> None:
+    from stream.manual import MAX_MANUAL_TAGS
+
+    manual = None
+    for i in range(MAX_MANUAL_TAGS):
+        manual = apply_command(manual, {"action": "add_tag", "tag": f"t{i}", "author": "a", "note": ""}, 0)
+    again = apply_command(manual, {"action": "add_tag", "tag": "t0", "author": "b", "note": "x"}, 1)
+    assert again is not None and again["tags"]["t0"]["author"] == "b"  # re-adding a held tag is fine
+    with pytest.raises(InvalidEvent, match="already has 100 manual tags"):
+        apply_command(manual, {"action": "add_tag", "tag": "one_more", "author": "a", "note": ""}, 0)
