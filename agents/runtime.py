@@ -75,6 +75,7 @@ class Runtime:
         self._running: dict[tuple[str, int], float] = {}  # partition-wide commands in progress
         self.due = DueIndex()  # when each local customer next needs a sweep (stream.due)
         self._unindexed: dict[int, list[str]] = {}  # partitions whose due index is being built
+        self._sweeps: dict[int, tuple[float, int]] = {}  # sweeps in progress: started, customers evaluated
         self._arrival: tuple[float, float | None] = (time.time(), None)
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
@@ -273,6 +274,7 @@ class Runtime:
         sweep re-evaluates only the customers whose due time has come (stream.due).
         """
         limit = self.settings.sweep_chunk
+        started, evaluated = self._sweeps.setdefault(partition, (time.monotonic(), 0))
         if not self.due.tracked(partition):
             self.due.track(partition)
             self._unindexed[partition] = list(self.customers_in(partition))
@@ -286,7 +288,13 @@ class Runtime:
         self._unindexed.pop(partition, None)
         customers = self.due.pop_due(partition, self.clock.now(), limit)
         await self.sweep(customers, trigger)
-        return len(customers) == limit
+        if len(customers) == limit:
+            self._sweeps[partition] = (started, evaluated + len(customers))
+            return True
+        del self._sweeps[partition]
+        self.metrics.sweep_seconds.observe(time.monotonic() - started)
+        self.metrics.sweep_customers.observe(evaluated + len(customers))
+        return False
 
     def sweeping(self, name: str, partition: int) -> bool:
         """A ``name`` command is still working through ``partition`` (started recently)."""

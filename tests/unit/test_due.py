@@ -181,3 +181,17 @@ def test_big_orders_and_complaints_are_priority() -> None:
     assert priority_of(ticket("opened", "Complaint"), before, 3, 0) == ("complaint", "complaint ticket T-9 opened")
     assert priority_of(ticket("opened", "billing"), before, 3, 0) is None
     assert priority_of(login(NOW), before, 3, 0) is None
+
+
+async def test_sweep_metrics_count_whole_sweeps() -> None:
+    clock = Clock("stream")
+    clock.observe(NOW)
+    senders = {name: FakeSender() for name in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
+    table = {f"c{i}": state_of([order(NOW - 3 * DAY_MS)]) for i in range(5)}
+    runtime = Runtime(Settings(partitions=1, sweep_chunk=2), table,  # type: ignore[call-arg]
+                      Evaluator(load_ruleset(default_rules_dir(), facts_schema())), FakeView(), clock,
+                      senders)  # type: ignore[arg-type]
+    await run_sweep(runtime, senders["commands"])  # 3 chunks build the index, 3 evaluate 2 + 2 + 1
+    text = runtime.metrics.render().decode()
+    assert "tagger_sweep_customers_count 1.0" in text and "tagger_sweep_customers_sum 5.0" in text
+    assert "tagger_sweep_duration_seconds_count 1.0" in text
