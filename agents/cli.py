@@ -15,6 +15,7 @@ from stream.topics import ensure_all_topics
 
 from .churn_cli import churn_group
 from .rules_cli import rules_group
+from .token_cli import token_group
 
 
 def _settings() -> Settings:
@@ -35,6 +36,7 @@ def worker() -> None:
     from faust.worker import Worker
 
     from rules import RulesetError
+    from stream.auth import TokenConfigError
 
     from .tagger import build
 
@@ -43,19 +45,20 @@ def worker() -> None:
         app, _ = build(settings)
     except RulesetError as exc:
         raise click.ClickException(f"invalid ruleset: {exc}") from exc
+    except TokenConfigError as exc:
+        raise click.ClickException(f"invalid API tokens: {exc}") from exc
     ensure_all_topics(settings)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
 async def _reevaluate(settings: Settings, timeout: float) -> dict[str, float]:
-    import redis.asyncio as aioredis
-
     from stream.kafka_admin import make_producer
     from stream.redis_view import RedisView
+    from stream.security import librdkafka_config, redis_client
 
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     view = RedisView(client, settings.redis_prefix)
-    producer = make_producer(settings.kafka_bootstrap_servers)
+    producer = make_producer(librdkafka_config(settings))
     request_id = uuid.uuid4().hex
     timings: dict[str, float] = {}
     try:
@@ -158,3 +161,4 @@ def bench(events: int, customers: int, partitions: int) -> None:
 
 main.add_command(rules_group)
 main.add_command(churn_group)
+main.add_command(token_group)

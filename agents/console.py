@@ -10,6 +10,7 @@ import click
 import orjson
 from aiokafka import AIOKafkaConsumer
 
+from stream.security import aiokafka_options
 from stream.settings import Settings
 
 _TIER_COLOURS = {"A": "magenta", "B": "cyan", "C": "green", "D": "white"}
@@ -63,7 +64,8 @@ async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (), ti
     """Print every tag change (and churn alert) from the beginning of the topics until stopped."""
     names = [settings.tag_changes_topic] + ([settings.churn_alerts_topic] if alerts else [])
     consumer = AIOKafkaConsumer(*names, bootstrap_servers=settings.kafka_bootstrap_servers,
-                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False)
+                                group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
+                                **aiokafka_options(settings))
     await consumer.start()
     try:
         while stop is None or not stop.is_set():

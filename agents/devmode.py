@@ -15,7 +15,9 @@ import tempfile
 from pathlib import Path
 
 import click
+import orjson
 
+from stream.auth import hash_token, new_token
 from stream.demo import DemoConfig, run_demo
 from stream.embedded import RedisServer, TansuBroker, spawn, terminate
 from stream.settings import Settings
@@ -60,7 +62,14 @@ def run_dev(*, customers: int, rate: float, web_port: int) -> int:
         env = worker_env(bootstrap, redis_url, web_port, workdir / "data", broker is not None)
         log_path = workdir / "worker.log"
         click.echo(click.style(f"broker {bootstrap}  redis {redis_url}  worker log {log_path}", dim=True))
-        click.echo(click.style(f"customer lookup: http://127.0.0.1:{web_port}/customers/cust-00001", dim=True))
+        lookup = f"http://127.0.0.1:{web_port}/customers/cust-00001"
+        if env.get("TAGGER_API_TOKENS") or env.get("TAGGER_API_TOKENS_FILE"):
+            click.echo(click.style(f"customer lookup (with one of your tokens): {lookup}", dim=True))
+        else:  # a throw-away admin token for this session only, printed here and nowhere else
+            token = new_token()
+            env["TAGGER_API_TOKENS"] = orjson.dumps([{"name": "dev", "role": "admin",
+                                                      "sha256": hash_token(token)}]).decode()
+            click.echo(click.style(f"customer lookup: curl -H 'Authorization: Bearer {token}' {lookup}", dim=True))
         settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)  # type: ignore[call-arg]
         ensure_all_topics(settings)
         proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=log_path)

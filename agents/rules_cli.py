@@ -192,11 +192,10 @@ async def _views(client: aioredis.Redis, prefix: str, batch: int) -> AsyncIterat
 
 
 async def _dry_run(settings: Settings, ruleset: Ruleset, batch: int) -> DryRunReport:
-    import redis.asyncio as aioredis
-
     from stream.redis_view import RedisView
+    from stream.security import redis_client
 
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)
     try:
         view, tiers = RedisView(client, settings.redis_prefix), ruleset.tiers
         n = (await view.spend_ranks([])).n

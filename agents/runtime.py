@@ -15,6 +15,7 @@ from typing import Any, Protocol
 import orjson
 
 from rules import tier_cutoffs
+from stream.audit import AuditLog, audit_record
 from stream.clock import Clock
 from stream.deadletter import dead_letter
 from stream.due import DueIndex, due_after_restore, next_due
@@ -25,6 +26,7 @@ from stream.kafka_admin import expected_partition
 from stream.manual import apply_command, parse_command
 from stream.metrics import create_metrics
 from stream.priority import priority_of
+from stream.privacy import erase_change, parse_privacy_request
 from stream.profiles import parse_profile
 from stream.redis_view import RedisView
 from stream.settings import Settings
@@ -71,6 +73,7 @@ class Runtime:
         self._partition_of: dict[str, int] = {}
         self._last_offset: dict[tuple[str, int], int] = {}
         self.gaps: GapFiller | None = None
+        self.audit: AuditLog | None = None  # erasures are audited (agents.api sets it)
         self.metrics = create_metrics()
         self._running: dict[tuple[str, int], float] = {}  # partition-wide commands in progress
         self.due = DueIndex()  # when each local customer next needs a sweep (stream.due)
@@ -136,10 +139,14 @@ class Runtime:
             return parse_profile(value or b"", max_bytes=max_bytes)
         if kind == "manual":
             return parse_command(value or b"", max_bytes=max_bytes, now_ms=self.clock.now())
+        if kind == "privacy":
+            return parse_privacy_request(value or b"", max_bytes=max_bytes)
         return parse_event(kind, value or b"", currency=self.settings.currency, max_bytes=max_bytes)
 
     async def apply(self, kind: str, item: Event | dict[str, Any], topic: str, source: str, offset: int) -> str:
         """Apply one valid message to its customer exactly once, then re-evaluate."""
+        if kind == "privacy" and isinstance(item, dict):
+            return await self.erase(item, topic)
         cid = _customer_of(item)
         state = self.table.get(cid)
         if state is None:
@@ -172,6 +179,31 @@ class Runtime:
         await self.reevaluate(cid, state, trigger, item.ts, changed=True)
         if priority is not None:
             await self.flush_priority()
+        return "ok"
+
+    async def erase(self, request: dict[str, Any], topic: str) -> str:
+        """Erase a customer: table state (changelog tombstone), due entry, Redis keys, then tell and audit.
+
+        Idempotent, so a redelivered request simply erases again; the final
+        tag change and the audit record are sent every time.
+        """
+        cid = request["customer_id"]
+        found = cid in self.table
+        if found:
+            del self.table[cid]  # Faust writes a tombstone to the changelog
+        self.due.set(self.partition_of(cid), cid, None)
+        self._partition_of.pop(cid, None)
+        self.view.stage_erase(cid)
+        await self.flush_priority()  # on failure the flush timer retries the staged erase
+        ruleset = self.evaluator.ruleset
+        change = erase_change(request, topic=topic, ruleset_version=ruleset.version, ruleset_name=ruleset.name)
+        await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
+        if self.audit is not None:
+            await self.audit.write(audit_record(
+                action="privacy.erase", outcome="erased", status=200, principal=None, customer_id=cid,
+                source=topic, detail={"request_id": request["request_id"], "found": found}), wait=False)
+        log.info("privacy request %s: customer erased (%s)", request["request_id"],
+                 "state removed" if found else "no state held")
         return "ok"
 
     async def flush_priority(self) -> None:

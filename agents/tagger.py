@@ -1,4 +1,4 @@
-"""The Faust wiring: one agent, its timers and the customer lookup page.
+"""The Faust wiring: one agent, its timers and web pages (the customer API is in agents/api.py).
 
 The agent body only hands each message to :class:`Runtime`; nothing escapes
 the loop, so one bad message can never stop the worker.
@@ -12,7 +12,6 @@ from typing import Any
 
 import faust
 import orjson
-import redis.asyncio as aioredis
 from faust.web import Request, Response, View
 
 from rules import RulesetError, default_rules_dir, load_ruleset
@@ -20,9 +19,11 @@ from stream.app import create_app, customers_table
 from stream.clock import Clock
 from stream.guards import GapFiller
 from stream.redis_view import RedisView
+from stream.security import aiokafka_options, redis_client
 from stream.settings import Settings
 from stream.topics import declare_topics
 
+from .api import install_api
 from .evaluate import Evaluator, facts_schema
 from .observability import install as install_observability
 from .runtime import Runtime
@@ -56,7 +57,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = customers_table(app, settings)
-    client = aioredis.Redis.from_url(settings.redis_url.get_secret_value())
+    client = redis_client(settings)  # AUTH and TLS from settings (stream.security)
     senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
                "commands": topics.commands, "churn_alerts": topics.churn_alerts}
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
@@ -79,7 +80,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                 except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
                     log.exception("could not dead-letter %s[%s]@%s", msg.topic, msg.partition, msg.offset)
 
-    gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers)
+    gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -146,15 +147,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             runtime.evaluator.ruleset = candidate
             await command_own_partitions({"cmd": "rules", "version": candidate.version})
 
-    @app.page("/customers/{customer_id}")
-    class CustomerView(View):
-        @app.table_route(table=table, match_info="customer_id")  # type: ignore[arg-type]
-        async def get(self, request: Request, customer_id: str) -> Response:
-            state = table.get(customer_id)
-            if state is None:
-                return self.json({"error": "unknown customer", "customer_id": customer_id}, status=404)
-            facts = runtime.evaluator.facts(state, runtime.clock.now())
-            return self.json(runtime.evaluator.view_document(customer_id, state, facts))
+    install_api(app, table, runtime, settings, topics)  # /customers, /tags, /privacy: tokens, roles, audit
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:

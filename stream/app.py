@@ -10,6 +10,7 @@ import faust
 from faust.serializers import codecs
 
 from . import compat, guards
+from .security import aiokafka_options, faust_credentials
 from .settings import Settings
 from .state import CustomerState
 
@@ -31,13 +32,14 @@ def create_app(settings: Settings) -> faust.App:
     codecs.register("customer_state", CustomerStateCodec())
     guards.install_ack_guard()
     if settings.tansu_compat:
-        compat.install(settings.kafka_bootstrap_servers)
+        compat.install(settings.kafka_bootstrap_servers, aiokafka_options(settings))
     for name in ("aiokafka", "faust", "mode"):  # debug records cost ~11% CPU when built
         logging.getLogger(name).setLevel(logging.WARNING)
     return faust.App(
         settings.app_id,
         env={},
         broker=settings.broker_url,
+        broker_credentials=faust_credentials(settings),  # SASL / TLS (stream.security)
         store=settings.store,
         datadir=str(settings.datadir),
         autodiscover=False,

@@ -28,7 +28,8 @@ _installed = False
 
 
 async def fetch_highwaters(
-    bootstrap: str, listed: Mapping[Any, int], *, timeout: float = 15.0
+    bootstrap: str, listed: Mapping[Any, int], *, timeout: float = 15.0,
+    options: Mapping[str, Any] | None = None,
 ) -> dict[Any, int]:
     """Correct ``listed`` end offsets with the high watermark of a real Fetch."""
     result = {tp: off for tp, off in listed.items()}
@@ -36,7 +37,7 @@ async def fetch_highwaters(
     if not todo:
         return result
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
+        bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None, **(options or {})
     )
     await consumer.start()
     try:
@@ -59,7 +60,7 @@ async def fetch_highwaters(
     return result
 
 
-def install(bootstrap: str) -> None:
+def install(bootstrap: str, options: Mapping[str, Any] | None = None) -> None:
     """Patch Faust's aiokafka consumer to take highwaters from Fetch responses."""
     global _installed
     if _installed:
@@ -70,7 +71,7 @@ def install(bootstrap: str) -> None:
 
     async def _highwaters(self: AIOKafkaConsumerThread, partitions: list[Any]) -> Mapping[Any, int]:
         listed = await original(self, partitions)
-        fixed = await fetch_highwaters(bootstrap, listed)
+        fixed = await fetch_highwaters(bootstrap, listed, options=options)
         if fixed != dict(listed):
             log.info("tansu-compat: corrected highwaters %s -> %s", dict(listed), fixed)
         return fixed

@@ -59,8 +59,10 @@ class GapFiller:
     gap, such as a transaction marker) simply return nothing.
     """
 
-    def __init__(self, bootstrap: str, *, max_fetch_bytes: int = 16 << 20) -> None:
+    def __init__(self, bootstrap: str, *, max_fetch_bytes: int = 16 << 20,
+                 options: dict[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        self.options = options or {}  # security: stream.security.aiokafka_options
         self.max_fetch_bytes = max_fetch_bytes
         self._consumer: Any = None
         self.filled = 0
@@ -74,7 +76,7 @@ class GapFiller:
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                max_partition_fetch_bytes=self.max_fetch_bytes)
+                max_partition_fetch_bytes=self.max_fetch_bytes, **self.options)
             await self._consumer.start()
         consumer, tp = self._consumer, TopicPartition(topic, partition)
         consumer.assign([tp])

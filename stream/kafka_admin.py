@@ -31,6 +31,9 @@ from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
 from stream.exceptions import TaggerError
 
 Record = dict[str, Any]
+#: bootstrap servers, or a librdkafka configuration with ``bootstrap.servers`` and security keys
+#: (stream.security.librdkafka_config); only the servers ever appear in a message
+Bootstrap = str | Mapping[str, Any]
 
 
 class KafkaAdminError(TaggerError, RuntimeError):
@@ -45,15 +48,25 @@ class PartitionMismatchError(KafkaAdminError):
     """
 
 
-def _admin(bootstrap: str) -> AdminClient:
-    return AdminClient({"bootstrap.servers": bootstrap})
+def client_config(bootstrap: Bootstrap) -> dict[str, Any]:
+    """A librdkafka configuration for ``bootstrap`` (servers, or a full configuration)."""
+    return {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
 
 
-def _counts_now(admin: AdminClient, bootstrap: str, timeout: float) -> dict[str, int]:
+def servers(bootstrap: Bootstrap) -> str:
+    """The bootstrap servers alone, for messages (never the security keys)."""
+    return bootstrap if isinstance(bootstrap, str) else str(bootstrap.get("bootstrap.servers", ""))
+
+
+def _admin(bootstrap: Bootstrap) -> AdminClient:
+    return AdminClient(client_config(bootstrap))
+
+
+def _counts_now(admin: AdminClient, bootstrap: Bootstrap, timeout: float) -> dict[str, int]:
     try:
         return _counts(admin.list_topics(timeout=max(timeout, 0.1)))
     except KafkaException as exc:
-        raise KafkaAdminError(f"no metadata from {bootstrap!r}: {exc.args[0]}") from exc
+        raise KafkaAdminError(f"no metadata from {servers(bootstrap)!r}: {exc.args[0]}") from exc
 
 
 def _counts(metadata: ClusterMetadata) -> dict[str, int]:
@@ -65,7 +78,7 @@ def _counts(metadata: ClusterMetadata) -> dict[str, int]:
     }
 
 
-def partition_count(bootstrap: str, topic: str, *, timeout: float = 10.0) -> int | None:
+def partition_count(bootstrap: Bootstrap, topic: str, *, timeout: float = 10.0) -> int | None:
     """The topic's partition count, or None if the topic does not exist.
 
     Raises KafkaAdminError when the broker gives no metadata within ``timeout``.
@@ -82,7 +95,7 @@ def _check_counts(existing: Mapping[str, int], wanted: Mapping[str, int]) -> Non
 
 
 def ensure_topics(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     topics: Mapping[str, int],
     *,
     compacted: Collection[str] = (),
@@ -123,7 +136,7 @@ def _create(admin: AdminClient, topics: list[NewTopic], timeout: float) -> None:
 
 
 def _wait_visible(
-    admin: AdminClient, bootstrap: str, topics: Mapping[str, int], deadline: float
+    admin: AdminClient, bootstrap: Bootstrap, topics: Mapping[str, int], deadline: float
 ) -> None:
     while True:
         counts = _counts_now(admin, bootstrap, deadline - time.monotonic())
@@ -152,13 +165,13 @@ PRODUCER_DEFAULTS: dict[str, Any] = {
 }
 
 
-def make_producer(bootstrap: str, **overrides: Any) -> Producer:
+def make_producer(bootstrap: Bootstrap, **overrides: Any) -> Producer:
     """A Producer with murmur2 partitioning and batching defaults.
 
     Overrides are config keys, verbatim: librdkafka names such as
     ``**{"linger.ms": 0}`` or the Python client's ``on_delivery=callback``.
     """
-    return Producer({**PRODUCER_DEFAULTS, "bootstrap.servers": bootstrap, **overrides})
+    return Producer({**PRODUCER_DEFAULTS, **client_config(bootstrap), **overrides})
 
 
 def decode_value(raw: bytes | None) -> Any:
@@ -181,7 +194,7 @@ def _record(msg: Message) -> Record:
     }
 
 
-def _wait_partitions(bootstrap: str, topic: str, deadline: float) -> int | None:
+def _wait_partitions(bootstrap: Bootstrap, topic: str, deadline: float) -> int | None:
     while (count := partition_count(bootstrap, topic, timeout=5.0)) is None:
         if time.monotonic() >= deadline:
             return None
@@ -190,7 +203,7 @@ def _wait_partitions(bootstrap: str, topic: str, deadline: float) -> int | None:
 
 
 def consume_all(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     topic: str,
     *,
     timeout: float,
@@ -208,7 +221,7 @@ def consume_all(
     if count is None:
         return []
     consumer = Consumer({
-        "bootstrap.servers": bootstrap, "group.id": f"consume-all-{uuid.uuid4().hex}",
+        **client_config(bootstrap), "group.id": f"consume-all-{uuid.uuid4().hex}",
         "enable.auto.commit": False, "enable.partition.eof": until is None,
         "fetch.wait.max.ms": 50,  # a short long-poll: this reads to the end, then stops
     })

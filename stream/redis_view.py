@@ -9,6 +9,8 @@ Keys (``P`` is the configured prefix):
 
 - ``P:c:<customer_id>``: the customer's view as JSON.
 - ``P:spend365``: sorted set customer → spend_365d, only customers with spend > 0.
+- ``P:tag:<tag>``: sorted set (all scores 0, so ordered by id) of the customers holding ``tag``.
+- ``P:ct:<customer_id>``: set of the customer's tags, so a removed tag leaves its index.
 - ``P:clock``: the largest event time seen by any worker (stream clock).
 - ``P:epoch``: present while the projection is intact.
 - ``P:ack:<request>:<phase>``: partitions that finished a command phase.
@@ -19,6 +21,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import orjson
 import redis.asyncio as aioredis
 
 _MAX_SCRIPT = """
@@ -27,6 +30,29 @@ local new = tonumber(ARGV[1])
 if new > cur then redis.call('SET', KEYS[1], ARGV[1]); return new end
 return cur
 """
+
+
+# One customer's write, atomic: its view, its rank entry and its tag-index memberships
+# (tags it lost are removed using its tag set). An empty view erases the customer.
+# KEYS: view, spend rank, the customer's tag set.
+# ARGV: customer id, tag-index key prefix, view JSON ('' = erase), spend_365d, tags...
+_WRITE_SCRIPT = """
+local cid, tagp = ARGV[1], ARGV[2]
+local new = {}
+for i = 5, #ARGV do new[ARGV[i]] = true end
+for _, t in ipairs(redis.call('SMEMBERS', KEYS[3])) do
+  if not new[t] then redis.call('ZREM', tagp .. t, cid) end
+end
+redis.call('DEL', KEYS[3])
+for i = 5, #ARGV do
+  redis.call('ZADD', tagp .. ARGV[i], 0, cid)
+  redis.call('SADD', KEYS[3], ARGV[i])
+end
+if ARGV[3] == '' then redis.call('DEL', KEYS[1]) else redis.call('SET', KEYS[1], ARGV[3]) end
+if tonumber(ARGV[4]) > 0 then redis.call('ZADD', KEYS[2], ARGV[4], cid) else redis.call('ZREM', KEYS[2], cid) end
+return 1
+"""
+_ERASE: tuple[bytes, float] = (b"", 0.0)  # staged in place of a view: remove the customer
 
 
 @dataclass(frozen=True)
@@ -45,11 +71,27 @@ class RedisView:
         self.prefix = prefix
         self._pending: dict[str, tuple[bytes, float]] = {}
         self._max = client.register_script(_MAX_SCRIPT)
+        self._write = client.register_script(_WRITE_SCRIPT)
         self.errors = 0
 
     def key(self, customer_id: str) -> str:
         """Redis key of a customer's view."""
         return f"{self.prefix}:c:{customer_id}"
+
+    def tags_key(self, customer_id: str) -> str:
+        """Redis key of the set of a customer's current tags."""
+        return f"{self.prefix}:ct:{customer_id}"
+
+    async def tag_members(self, tag: str, after: str | None, limit: int) -> tuple[list[str], str | None]:
+        """Up to ``limit`` customers holding ``tag``, in id order after ``after``; and the next cursor."""
+        start = b"(" + after.encode() if after else b"-"
+        members = await self.client.zrangebylex(f"{self.prefix}:tag:{tag}", start, b"+", start=0, num=limit + 1)
+        ids = [m.decode() if isinstance(m, bytes) else str(m) for m in members]
+        return ids[:limit], (ids[limit - 1] if len(ids) > limit else None)
+
+    async def tag_count(self, tag: str) -> int:
+        """How many customers hold ``tag``."""
+        return int(await self.client.zcard(f"{self.prefix}:tag:{tag}"))
 
     @property
     def pending(self) -> int:
@@ -60,19 +102,21 @@ class RedisView:
         """Queue a customer's latest view; only the newest per customer is written."""
         self._pending[customer_id] = (view_json, spend_365d)
 
+    def stage_erase(self, customer_id: str) -> None:
+        """Queue the removal of every key and index membership of a customer (privacy erasure)."""
+        self._pending[customer_id] = _ERASE
+
     async def flush(self, batch: int = 2000) -> int:
         """Write staged views; on error they stay staged and the error is raised."""
         written = 0
         while self._pending:
             chunk = list(self._pending.items())[:batch]
             pipe = self.client.pipeline(transaction=False)
-            rank_key = f"{self.prefix}:spend365"
+            rank_key, tag_prefix = f"{self.prefix}:spend365", f"{self.prefix}:tag:"
             for cid, (view_json, spend) in chunk:
-                pipe.set(self.key(cid), view_json)
-                if spend > 0:
-                    pipe.zadd(rank_key, {cid: spend})
-                else:
-                    pipe.zrem(rank_key, cid)
+                tags = orjson.loads(view_json).get("tags", []) if view_json else []
+                await self._write(keys=[self.key(cid), rank_key, self.tags_key(cid)],
+                                  args=[cid, tag_prefix, view_json, repr(float(spend)), *tags], client=pipe)
             await pipe.execute()
             for cid, item in chunk:
                 if self._pending.get(cid) is item:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -57,6 +57,36 @@ class Settings(BaseSettings):
     tag_changes_topic: str = "tag-changes"
     churn_alerts_topic: str = Field("churn-alerts", description="Churn-risk level changes, keyed by customer.")
     dead_letters_topic: str = "dead-letters"
+    privacy_requests_topic: str = Field("privacy-requests", description="Erasure requests "
+                                        "({request_id, customer_id, ts, type: erase}), keyed by customer_id.")
+    audit_log_topic: str = Field("audit-log", description="Audit records of every API read and write and of "
+                                 "every erasure (who, what, when, which customer; never monetary values).")
+
+    api_tokens: str = Field("", description="API bearer tokens: a JSON list of {name, role, teams, sha256} "
+                            "(hashes only; `tagger token new` makes one). No tokens: the API answers 401.")
+    api_tokens_file: Path | None = Field(None, description="YAML or JSON file with more token entries "
+                                         "(a list, or {tokens: [...]}); read at start-up.")
+    audit_file: Path | None = Field(None, description="Also append every audit record to this JSON-lines file.")
+
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="Kafka security protocol, for every Kafka client of the tagger.")
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism (with SASL_PLAINTEXT or SASL_SSL).")
+    kafka_sasl_username: str | None = Field(None, description="SASL user name.")
+    kafka_sasl_password: SecretStr | None = Field(None, description="SASL password (masked when printed).")
+    kafka_ssl_cafile: Path | None = Field(None, description="CA bundle (PEM) that signed the brokers' certificates "
+                                          "(default: the system's).")
+    kafka_ssl_certfile: Path | None = Field(None, description="Client certificate (PEM) for mutual TLS.")
+    kafka_ssl_keyfile: Path | None = Field(None, description="Client private key (PEM) for mutual TLS.")
+    kafka_ssl_key_password: SecretStr | None = Field(None, description="Password of the client key.")
+    kafka_ssl_check_hostname: bool = Field(True, description="Check that the broker certificate names the host.")
+    redis_username: str | None = Field(None, description="Redis ACL user (AUTH username password).")
+    redis_password: SecretStr | None = Field(None, description="Redis AUTH password; overrides one in REDIS_URL.")
+    redis_ssl_ca_certs: Path | None = Field(None, description="CA bundle for a rediss:// URL (default: the system's).")
+    redis_ssl_certfile: Path | None = Field(None, description="Client certificate for a rediss:// URL.")
+    redis_ssl_keyfile: Path | None = Field(None, description="Client key for a rediss:// URL.")
+    redis_ssl_cert_reqs: Literal["required", "optional", "none"] = Field(
+        "required", description="Server certificate check for a rediss:// URL.")
 
     rules_dir: Path | None = Field(None, description="Ruleset directory (default: shipped rules).")
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
@@ -81,6 +111,18 @@ class Settings(BaseSettings):
     )
     log_level: str = Field("info", description="Worker log level.")
 
+    @model_validator(mode="after")
+    def _check_security(self) -> Settings:
+        """Refuse half-configured SASL or TLS at start-up rather than at the first connection."""
+        if self.kafka_security_protocol.startswith("SASL") and not (
+                self.kafka_sasl_username and self.kafka_sasl_password):
+            raise ValueError(f"TAGGER_KAFKA_SECURITY_PROTOCOL={self.kafka_security_protocol} needs "
+                             "TAGGER_KAFKA_SASL_USERNAME and TAGGER_KAFKA_SASL_PASSWORD")
+        tls_files = (self.redis_ssl_ca_certs, self.redis_ssl_certfile, self.redis_ssl_keyfile)
+        if any(tls_files) and not self.redis_url.get_secret_value().startswith("rediss://"):
+            raise ValueError("TAGGER_REDIS_SSL_* need a rediss:// REDIS_URL")
+        return self
+
     @property
     def broker_url(self) -> str:
         """Faust broker URL: ``kafka://h1:p1;h2:p2``."""
@@ -94,8 +136,9 @@ class Settings(BaseSettings):
 
     @property
     def keyed_topics(self) -> dict[str, str]:
-        """Every customer-keyed input topic → kind (events, profiles, tag commands)."""
-        return {**self.input_topics, self.profiles_topic: "profile", self.tag_commands_topic: "manual"}
+        """Every customer-keyed input topic → kind (events, profiles, tag commands, privacy requests)."""
+        return {**self.input_topics, self.profiles_topic: "profile", self.tag_commands_topic: "manual",
+                self.privacy_requests_topic: "privacy"}
 
     @property
     def rekey_topic(self) -> str:

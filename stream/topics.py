@@ -20,6 +20,7 @@ class Topics:
     dead_letters: faust.TopicT
     rekey: faust.TopicT
     commands: faust.TopicT
+    audit_log: faust.TopicT
 
 
 def declare_topics(app: faust.App, settings: Settings) -> Topics:
@@ -35,6 +36,7 @@ def declare_topics(app: faust.App, settings: Settings) -> Topics:
         dead_letters=app.topic(settings.dead_letters_topic, partitions=n, **raw),
         rekey=app.topic(settings.rekey_topic, **internal),
         commands=app.topic(settings.commands_topic, **internal),
+        audit_log=app.topic(settings.audit_log_topic, partitions=n, **raw),
     )
 
 
@@ -47,12 +49,14 @@ def all_topic_names(settings: Settings) -> list[str]:
         settings.tag_changes_topic,
         settings.churn_alerts_topic,
         settings.dead_letters_topic,
+        settings.audit_log_topic,
     ]
 
 
 def ensure_all_topics(settings: Settings) -> None:
     """Create the tagger's topics if missing; refuse mismatched partition counts."""
     from .kafka_admin import ensure_topics
+    from .security import librdkafka_config
 
-    ensure_topics(settings.kafka_bootstrap_servers, {t: settings.partitions for t in all_topic_names(settings)},
+    ensure_topics(librdkafka_config(settings), {t: settings.partitions for t in all_topic_names(settings)},
                   compacted=[settings.profiles_topic])

@@ -23,6 +23,7 @@ import orjson
 import pytest
 import redis
 
+from stream.auth import hash_token, new_token
 from stream.embedded import ServiceGroup, free_port, spawn, terminate
 from stream.kafka_admin import consume_all, make_producer
 from stream.settings import Settings
@@ -57,6 +58,7 @@ class Worker:
     log_path: Path
     web_port: int
     proc: Any = None
+    tokens: dict[str, str] = field(default_factory=dict)  # API tokens by name (the namespace's)
 
     def start(self) -> Worker:
         self.proc = spawn([sys.executable, "-m", "agents", "worker"], env=self.env, log_path=self.log_path)
@@ -68,9 +70,19 @@ class Worker:
             raise AssertionError(f"worker exited with {self.proc.returncode}:\n{self.log()}")
         return self.get("/healthz")[0] == 200
 
-    def get(self, path: str) -> tuple[int, Any]:
+    def get(self, path: str, who: str | None = "admin", bearer: str | None = None) -> tuple[int, Any]:
+        return self.request("GET", path, who=who, bearer=bearer)
+
+    def request(self, method: str, path: str, body: Any = None, who: str | None = "admin",
+                bearer: str | None = None) -> tuple[int, Any]:
+        """HTTP to this worker as token ``who`` (None: no Authorization header), or with ``bearer`` verbatim."""
+        secret = bearer if bearer is not None else self.tokens.get(who) if who else None
+        headers = {"Authorization": f"Bearer {secret}"} if secret else {}
+        data = None if body is None else body if isinstance(body, bytes) else json.dumps(body).encode()
+        req = urllib.request.Request(f"http://127.0.0.1:{self.web_port}{path}", data=data, method=method,
+                                     headers=headers)
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.web_port}{path}", timeout=5) as resp:  # noqa: S310
+            with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310
                 return resp.status, json.loads(resp.read())
         except urllib.error.HTTPError as exc:
             return exc.code, json.loads(exc.read() or b"null")
@@ -97,6 +109,7 @@ class Namespace:
     tmp: Path
     env: dict[str, str]
     settings: Settings
+    tokens: dict[str, str] = field(default_factory=dict)  # token name (viewer, sales, ...) -> bearer token
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -109,14 +122,14 @@ class Namespace:
         env = dict(self.env, TAGGER_WEB_PORT=str(port),
                    TAGGER_DATADIR=str(self.tmp / f"data-{len(self.workers)}"),
                    **{f"TAGGER_{k.upper()}": str(v) for k, v in settings.items()})
-        worker = Worker(env, self.tmp / f"worker-{len(self.workers)}.log", port)
+        worker = Worker(env, self.tmp / f"worker-{len(self.workers)}.log", port, tokens=self.tokens)
         self.workers.append(worker)
         return worker.start()
 
     def topic(self, kind: str) -> str:
         return {"order": self.settings.orders_topic, "login": self.settings.logins_topic,
                 "ticket": self.settings.tickets_topic, "profile": self.settings.profiles_topic,
-                "manual": self.settings.tag_commands_topic}[kind]
+                "manual": self.settings.tag_commands_topic, "privacy": self.settings.privacy_requests_topic}[kind]
 
     def produce(self, kind: str, event: dict[str, Any] | bytes, key: bytes | str | None = "auto",
                 partition: int | None = None) -> None:
@@ -153,21 +166,33 @@ class Namespace:
 
 @pytest.fixture
 def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
+    yield from isolated_namespace(services, tmp_path)
+
+
+def isolated_namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
+    """A fresh :class:`Namespace` whose workers stop at the end (for fixtures of any scope)."""
     uid = uuid.uuid4().hex[:8]
     fields: dict[str, Any] = dict(
         app_id=f"tagger-{uid}", redis_prefix=f"t{uid}", partitions=PARTITIONS,
         orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
         tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
         profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
-        churn_alerts_topic=f"churn-alerts-{uid}",
+        churn_alerts_topic=f"churn-alerts-{uid}", privacy_requests_topic=f"privacy-{uid}",
+        audit_log_topic=f"audit-{uid}",
         clock="stream", tansu_compat="true", session_timeout=6, heartbeat_interval=1,
         sweep_interval=3600, log_level="info",
     )
     settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url, **fields)
+    # one API token per role, and a sales token of the support team (restricted tags owned by support)
+    principals = {"viewer": ("viewer", []), "sales": ("sales", []), "finance": ("finance", []),
+                  "admin": ("admin", []), "support": ("sales", ["support"])}
+    tokens = {name: new_token() for name in principals}
+    entries = [{"name": name, "role": role, "teams": teams, "sha256": hash_token(tokens[name])}
+               for name, (role, teams) in principals.items()]
     env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=services.bootstrap, REDIS_URL=services.redis_url,
-               **{f"TAGGER_{k.upper()}": str(v) for k, v in fields.items()})
+               TAGGER_API_TOKENS=json.dumps(entries), **{f"TAGGER_{k.upper()}": str(v) for k, v in fields.items()})
     ensure_all_topics(settings)
-    ns = Namespace(services, tmp_path, env, settings)
+    ns = Namespace(services, tmp_path, env, settings, tokens)
     try:
         yield ns
     finally:

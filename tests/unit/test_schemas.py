@@ -32,7 +32,8 @@ def parses(kind: str, msg: object) -> bool:
 
 
 def test_every_schema_file_is_covered() -> None:
-    others = ["customer-profile.schema.json", "tag-command.schema.json"]  # tests/unit/test_manual_profiles.py
+    others = ["customer-profile.schema.json", "tag-command.schema.json",  # tests/unit/test_manual_profiles.py
+              "privacy-request.schema.json"]  # tests/unit/test_privacy.py
     assert sorted(p.name for p in SCHEMAS.glob("*.json")) == sorted([*FILES.values(), *others])
 
 
