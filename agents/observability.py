@@ -1,4 +1,4 @@
-"""Operations wiring of a worker: /readyz, scrape-time metrics, health and tally timers, a Faust sensor.
+"""Operations wiring of a worker: /readyz, scrape-time metrics, a health/lag/tally loop, a Faust sensor.
 
 :func:`install` is called once by :func:`agents.tagger.build`. The logic it
 calls is pure and lives in ``stream/health.py``, ``stream/lag.py`` and
@@ -20,6 +20,7 @@ from faust.web import Request, Response, View
 from stream.health import RedisHealth, readiness, recovery_remaining
 from stream.lag import PartitionProbe, Probed, next_offset, oldest_ages, partition_lag
 from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
+from stream.security import aiokafka_options
 from stream.settings import Settings
 
 from .runtime import Runtime, Sender
@@ -74,6 +75,7 @@ class WorkerSources:
         self.redis = RedisHealth()
         self.source_topics = {*settings.keyed_topics, settings.rekey_topic, settings.commands_topic}
         self.probed: dict[tuple[str, int], Probed] = {}  # side reads of lagging/unfetched partitions
+        self.side_committed: dict[tuple[str, int], int] = {}  # group offsets read before Faust knows them
 
     # -- assignment, lag, recovery --------------------------------------------------------
     def owned(self) -> list[Any]:
@@ -103,7 +105,9 @@ class WorkerSources:
                 highwater = None
             if highwater is None and key in self.probed:
                 highwater = self.probed[key].highwater  # paused (recovery): read by the probe
-            rows.append((key, highwater, next_offset(processed.get(key), committed.get(tp))))
+            known = committed.get(tp)
+            rows.append((key, highwater, next_offset(processed.get(key),
+                                                      known if known is not None else self.side_committed.get(key))))
         return rows
 
     def consumer_lag(self) -> list[PartitionLag]:
@@ -117,6 +121,10 @@ class WorkerSources:
     def oldest_unprocessed_age(self) -> dict[str, float]:
         stamps = {key: p.timestamp for key, p in self.probed.items() if p.timestamp is not None}
         return oldest_ages(self.consumer_lag(), stamps, time.time())
+
+    def unknown_positions(self) -> list[tuple[str, int]]:
+        """Owned partitions whose next offset to process is not known yet (during the first recovery)."""
+        return [key for key, _, nxt in self._positions() if nxt is None]
 
     def to_probe(self) -> dict[tuple[str, int], int]:
         """Partitions worth a side read, with their next offset: lagging, or high watermark unknown."""
@@ -177,34 +185,69 @@ class WorkerSources:
         return ruleset.version, ruleset.name or ""
 
 
+class OpsLoop:
+    """The background loop: Redis ping, side reads of lagging partitions, customer tally."""
+
+    def __init__(self, app: faust.App, sources: WorkerSources, probe: PartitionProbe) -> None:
+        self.app = app
+        self.sources = sources
+        self.probe = probe
+        self.started = False
+        self._due = {"ping": 0.0, "probe": 0.0, "tally": 0.0}
+
+    def start(self) -> None:
+        """Start the loop once; the app waits for it (and it ends) when the app stops."""
+        if not self.started:
+            self.started = True
+            self.app.add_future(self.run())
+
+    async def run(self) -> None:
+        try:
+            while not self.app.should_stop:
+                await self.tick()
+                await self.app.sleep(0.5)
+        finally:
+            await self.probe.stop()
+
+    async def tick(self) -> None:
+        """Do whatever is due; a failure is logged and retried at its next turn."""
+        due, now = self._due, time.monotonic()
+        try:
+            if now >= due["ping"]:
+                due["ping"] = now + REDIS_PING_INTERVAL
+                await self.sources.ping_redis()
+            if now >= due["probe"]:
+                due["probe"] = now + PROBE_INTERVAL
+                self.sources.side_committed.update(await self.probe.committed(self.sources.unknown_positions()))
+                self.sources.probed = await self.probe.probe(self.sources.to_probe())
+            if now >= due["tally"]:
+                runtime = self.sources.runtime
+                owned = {tp.partition for tp in self.sources.owned()}
+                runtime.metrics.set_tally(tally_views(await _owned_views(runtime, owned)))
+                elapsed = time.monotonic() - now
+                due["tally"] = now + max(TALLY_INTERVAL, elapsed / TALLY_MAX_DUTY)
+        except Exception:  # noqa: BLE001 - metrics only: never take the worker down
+            log.exception("observability loop failed; retrying")
+
+
 def install(app: faust.App, runtime: Runtime, settings: Settings) -> WorkerSources:
-    """Add /readyz, the scrape-time metrics, the health/lag/tally timers and the sensor to ``app``."""
+    """Add /readyz, the scrape-time metrics, the health/lag/tally loop and the sensor to ``app``."""
     metrics = runtime.metrics
     sources = WorkerSources(app, runtime, settings)
     metrics.bind(sources)
     metrics.init_events(sorted(sources.source_topics))
     app.sensors.add(MetricsSensor(metrics))
     runtime.senders = {name: CountingSender(sender, metrics) for name, sender in runtime.senders.items()}
-    probe = PartitionProbe(settings.kafka_bootstrap_servers)
-    tally_state = {"next": 0.0}
+    probe = PartitionProbe(settings.kafka_bootstrap_servers, group_id=settings.app_id,
+                           options=aiokafka_options(settings))
+    monitor = OpsLoop(app, sources, probe)
 
-    @app.timer(REDIS_PING_INTERVAL)
-    async def ping_redis() -> None:
-        await sources.ping_redis()
-
-    @app.timer(PROBE_INTERVAL)
-    async def probe_partitions() -> None:
-        sources.probed = await probe.probe(sources.to_probe())
-
-    @app.timer(TALLY_INTERVAL)
-    async def tally_customers() -> None:
-        if time.monotonic() < tally_state["next"]:
-            return
-        started = time.monotonic()
-        owned = {p for p in (tp.partition for tp in sources.owned())}
-        metrics.set_tally(tally_views(await _owned_views(runtime, owned)))
-        elapsed = time.monotonic() - started
-        tally_state["next"] = started + max(TALLY_INTERVAL, elapsed / TALLY_MAX_DUTY) - 0.5
+    # Faust starts @app.timer functions only once the first changelog recovery is over, which
+    # is when lag, recovery progress and Redis health matter most: run our own loop instead,
+    # from the first partition assignment (it stops with the app).
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _start_monitor(sender: Any, *args: Any, **kwargs: Any) -> None:
+        monitor.start()
 
     @app.page("/readyz")
     async def readyz(web: View, request: Request) -> Response:

@@ -78,17 +78,53 @@ class Probed:
 
 
 class PartitionProbe:
-    """Reads partitions from given offsets with its own consumer (no group, nothing committed).
+    """Reads partitions from given offsets with its own consumer (assigned by hand, nothing committed).
 
     Used for partitions whose lag the worker's consumer cannot tell (paused during
     recovery, so never fetched) and for lagging partitions, whose next message's
     timestamp gives the age of the oldest unprocessed message.
     """
 
-    def __init__(self, bootstrap: str, options: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: str, group_id: str | None = None, options: Mapping[str, Any] | None = None) -> None:
         self.bootstrap = bootstrap
+        # The workers' group, only to read its committed offsets: partitions are assigned by
+        # hand, so this consumer never joins the group, and it never commits.
+        self.group_id = group_id
         self.options = dict(options or {})  # e.g. security settings for AIOKafkaConsumer
         self._consumer: Any = None
+
+    async def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+        """The group's committed offsets (next to process) of ``partitions`` that have one; {} on failure.
+
+        The worker's consumer learns them only when its changelog recovery ends.
+        """
+        wanted = list(partitions)
+        if not wanted or self.group_id is None:
+            return {}
+        try:
+            from aiokafka.structs import TopicPartition as TP
+
+            consumer = await self._started()
+            found = {}
+            for topic, partition in wanted:
+                offset = await consumer.committed(TP(topic, partition))
+                if offset is not None and offset >= 0:
+                    found[(topic, partition)] = int(offset)
+            return found
+        except Exception as exc:  # noqa: BLE001 - only a metric: try again next time
+            log.warning("could not read committed offsets for lag: %r", exc)
+            await self.stop()
+            return {}
+
+    async def _started(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
+
+        if self._consumer is None:
+            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=self.group_id,
+                                              enable_auto_commit=False, max_partition_fetch_bytes=64 << 10,
+                                              **self.options)
+            await self._consumer.start()
+        return self._consumer
 
     async def probe(self, wanted: Mapping[TopicPartition, int], timeout: float = 3.0) -> dict[TopicPartition, Probed]:
         """High watermark and next message timestamp of each wanted (partition, offset); {} on failure."""
@@ -102,15 +138,9 @@ class PartitionProbe:
             return {}
 
     async def _probe(self, wanted: Mapping[TopicPartition, int], timeout: float) -> dict[TopicPartition, Probed]:
-        from aiokafka import AIOKafkaConsumer
         from aiokafka.structs import TopicPartition as TP
 
-        if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None,
-                                              enable_auto_commit=False, max_partition_fetch_bytes=64 << 10,
-                                              **self.options)
-            await self._consumer.start()
-        consumer = self._consumer
+        consumer = await self._started()
         tps = {TP(topic, partition): (topic, partition) for topic, partition in wanted}
         consumer.assign(list(tps))
         for tp, key in tps.items():

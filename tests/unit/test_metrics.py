@@ -322,3 +322,68 @@ async def test_produce_errors_are_counted_at_once_and_from_faust() -> None:
     assert got[("tagger_kafka_produce_errors_total", (("error", "TimeoutError"),))] == 1
     assert got[("tagger_kafka_produce_errors_total", (("error", "ConnectionError"),))] == 1
     assert got[("tagger_rebalances_total", ())] == 1
+
+
+class FakeApp:
+    should_stop = False
+
+    def __init__(self) -> None:
+        self.futures: list[Any] = []
+
+    def add_future(self, coro: Any) -> None:
+        self.futures.append(coro)
+
+
+class FakeWorkerSources:
+    def __init__(self) -> None:
+        self.runtime = type("R", (), {"metrics": create_metrics(), "table": {}, "partition_of": lambda self, c: 0})()
+        self.pings = 0
+        self.probed: dict[Any, Any] = {}
+        self.side_committed: dict[Any, int] = {}
+
+    def unknown_positions(self) -> list[tuple[str, int]]:
+        return [("logins", 1)]
+
+    async def ping_redis(self) -> None:
+        self.pings += 1
+
+    def to_probe(self) -> dict[tuple[str, int], int]:
+        return {("orders", 0): 5}
+
+    def owned(self) -> list[Any]:
+        return []
+
+
+class FakeProbe:
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    async def committed(self, partitions: Iterable[tuple[str, int]]) -> dict[tuple[str, int], int]:
+        return {key: 7 for key in partitions}
+
+    async def probe(self, wanted: Mapping[Any, int]) -> dict[Any, Any]:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("broker gone")
+        return {key: ("probed", offset) for key, offset in wanted.items()}
+
+
+async def test_monitor_does_what_is_due_and_survives_failures(caplog: pytest.LogCaptureFixture) -> None:
+    from agents.observability import OpsLoop
+
+    app, sources, probe = FakeApp(), FakeWorkerSources(), FakeProbe()
+    monitor = OpsLoop(app, sources, probe)  # type: ignore[arg-type]
+    monitor.start()
+    monitor.start()
+    assert len(app.futures) == 1  # started once, whatever the number of assignments
+    app.futures[0].close()
+    await monitor.tick()
+    assert sources.pings == 1 and sources.probed == {("orders", 0): ("probed", 5)}
+    assert sources.side_committed == {("logins", 1): 7}  # committed offsets read while Faust has none
+    assert samples(sources.runtime.metrics)[("tagger_customers", ())] == 0  # tallied
+    await monitor.tick()
+    assert sources.pings == 1 and probe.calls == 1  # nothing due again yet
+    failing = OpsLoop(app, FakeWorkerSources(), FakeProbe(fail=True))  # type: ignore[arg-type]
+    await failing.tick()  # logged, not raised
+    assert "observability loop failed" in caplog.text
