@@ -257,3 +257,26 @@ def test_secrets_never_reach_the_log_or_metrics(namespace: Namespace) -> None:
     for secret in (redis_secret, kafka_secret, *ns.tokens.values()):
         for name, text in (("log", log), ("metrics", metrics), ("stats", stats), ("audit", audit)):
             assert secret not in text, f"a secret leaked into the {name}"
+
+
+def test_lookups_are_answered_and_audited_by_the_owning_worker(namespace: Namespace) -> None:
+    ns = namespace
+    audit_file = ns.tmp / "audit.jsonl"
+    first, second = ns.worker(audit_file=audit_file), ns.worker(audit_file=audit_file)
+    customers = [f"r-{i}" for i in range(12)]
+    for cid in customers:
+        ns.produce("order", order(cid, f"{cid}-o1", "2026-01-05T00:00:00Z", "20"))
+
+    def all_visible() -> bool:  # both workers own partitions and every customer is served through `first`
+        return (first.get("/readyz", who=None)[0] == 200 and second.get("/readyz", who=None)[0] == 200
+                and all(first.get(f"/customers/{cid}", who="viewer")[0] == 200 for cid in customers))
+    wait_for(all_visible, 90, "both workers ready, every customer served through the first one")
+    before = len(api_records(audit_file))
+    for cid in customers:
+        assert first.get(f"/customers/{cid}", who=None)[0] == 401  # the owner checks the token too
+        status, doc = first.get(f"/customers/{cid}", who="viewer")
+        assert status == 200 and set(doc) == {"customer_id", "tier", "tags", "evaluated_at", "ruleset_version"}
+    records = api_records(audit_file)[before:]
+    assert len(records) == 2 * len(customers)  # one per call, none by the forwarding worker
+    answered_by = {r["worker"] for r in records}
+    assert answered_by == {f"127.0.0.1:{first.web_port}", f"127.0.0.1:{second.web_port}"}, answered_by

@@ -107,3 +107,18 @@ def test_without_a_valid_token_every_action_is_401(header: str | None) -> None:
 def test_no_tokens_configured_means_401_not_open() -> None:
     decision = authorize(TokenRegistry([]), f"Bearer {TOKENS['admin']}", "customer.read")
     assert decision.status == 401 and "no API tokens are configured" in decision.reason
+
+
+def test_token_new_prints_the_token_once_and_an_entry_with_only_its_hash() -> None:
+    from click.testing import CliRunner
+
+    from agents.cli import main
+
+    result = CliRunner().invoke(main, ["token", "new", "--name", "jane", "--role", "sales", "--team", "support"])
+    assert result.exit_code == 0, result.output
+    token = next(line for line in result.output.splitlines() if line.startswith("tgr_"))
+    entry = orjson.loads(result.output.strip().splitlines()[-1])
+    assert entry == {"name": "jane", "role": "sales", "teams": ["support"], "sha256": hash_token(token)}
+    registry = TokenRegistry(parse_entries([entry], "cli"))
+    assert registry.authenticate(token) == Principal("jane", "sales", frozenset({"support"}))
+    assert result.output.count(token) == 1
