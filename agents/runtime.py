@@ -86,12 +86,16 @@ class Runtime:
         """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds."""
         self._arrival = (time.time(), timestamp)
         last = self._last_offset.get((topic, partition))
+        if last is None and self.gaps is not None:  # first message since an assignment: from the committed offset
+            start = self.gaps.start_of(topic, partition)
+            last = None if start is None else start - 1
         if last is not None and offset > last + 1 and self.gaps is not None:
             missed = await self.gaps.fetch(topic, partition, last + 1, offset)
             log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
                         topic, partition, last + 1, offset - 1, len(missed))
             for record in missed:
                 self.outcomes[await self._route(topic, partition, record.offset, record.key, record.value)] += 1
+            self.gaps.mark_done(topic, partition, last + 1, offset)
         self._last_offset[(topic, partition)] = offset
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1

@@ -85,6 +85,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.forget_offsets()
+        gaps.faust_consumer = app.consumer  # committed offsets: where each partition must resume
         runtime.keep_partitions(owned_partitions())
 
     def owned_partitions() -> set[int]:

@@ -12,6 +12,19 @@ every aggregate with an independent recomputation:
    second application a no-op if it had in fact been applied.
 2. Faust's pre-commit producer flush gives up after 0.1 s and can miss a
    changelog write in flight (see :class:`~stream.app.CustomerTable`).
+3. Faust commits past an offset nobody acked when it is the *first* after the
+   committed position: its check is ``min(acked) - committed > 1`` where
+   ``committed`` is already the next offset to read (and it skips the check
+   when that is 0). Found by the 3-worker fault test (tests/fault): a message
+   dropped right after an assignment was committed unprocessed. The guard
+   replaces ``Consumer._new_offset`` with the same code and the check
+   ``min(acked) > committed``; the agent fills such holes itself
+   (:class:`GapFiller`: it reads them from the committed offset on) and marks
+   them done with :meth:`GapFiller.mark_done`.
+4. Faust also counts offsets it never delivered (its "gap") as done, so a
+   commit could pass a dropped message before the agent had read it: a
+   SIGKILL then lost it. The replacement ignores Faust's gap; only offsets
+   the agent processed (acked, or marked done after a gap fill) are committed.
 """
 
 from __future__ import annotations
@@ -44,7 +57,28 @@ def install_ack_guard() -> None:
         return bool(original(self, message))
 
     Consumer.ack = ack  # type: ignore[method-assign]
+    Consumer._new_offset = new_offset  # type: ignore[method-assign]
     _installed = True
+
+
+def new_offset(self: Any, tp: Any) -> int | None:
+    """Faust's ``Consumer._new_offset`` with its head-of-queue check corrected (see above)."""
+    from faust.utils.functional import consecutive_numbers
+
+    acked = self._acked[tp]
+    if not acked:
+        return None
+    gap_for_tp = self._gap[tp]
+    if gap_for_tp:  # Faust's own "gaps" are not trusted: the agent reads and marks them (GapFiller)
+        gap_for_tp.chop(0, max(acked) + 1)
+    acked.sort()
+    committed = self._committed_offset[tp]  # the next offset to read
+    if committed is not None and acked[0] > committed:
+        return None  # the message at `committed` is not done yet: commit nothing
+    batch = next(consecutive_numbers(acked))
+    acked[: len(batch)] = []
+    self._acked_index[tp].difference_update(batch)
+    return int(batch[-1]) + 1
 
 
 class GapFiller:
@@ -66,6 +100,29 @@ class GapFiller:
         self.max_fetch_bytes = max_fetch_bytes
         self._consumer: Any = None
         self.filled = 0
+        self.faust_consumer: Any = None  # the app's consumer (set by the agent wiring) for the two methods below
+
+    def start_of(self, topic: str, partition: int) -> int | None:
+        """The committed offset of ``topic[partition]`` (the next Faust should deliver), if known."""
+        if self.faust_consumer is None:
+            return None
+        from faust.types import TP
+
+        committed: int | None = self.faust_consumer._committed_offset.get(TP(topic, partition))
+        return committed
+
+    def mark_done(self, topic: str, partition: int, start: int, end: int) -> None:
+        """Tell Faust that offsets ``start..end-1`` were processed here, so commits can move past them."""
+        if self.faust_consumer is None:
+            return
+        from faust.types import TP
+
+        tp = TP(topic, partition)
+        acked, index = self.faust_consumer._acked[tp], self.faust_consumer._acked_index[tp]
+        for offset in range(start, end):
+            if offset not in index:
+                acked.append(offset)
+                index.add(offset)
 
     async def fetch(self, topic: str, partition: int, start: int, end: int,
                     timeout: float = 15.0) -> list[Any]:

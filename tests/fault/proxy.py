@@ -1,0 +1,97 @@
+"""A TCP proxy in front of the broker that can cut every connection for a while (broker outage)."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import threading
+import time
+
+from stream.embedded import TansuBroker, free_port
+
+
+class CuttableProxy:
+    """Forwards 127.0.0.1:``port`` to the broker; :meth:`cut` drops all connections and refuses new ones."""
+
+    def __init__(self, target_port: int) -> None:
+        self.port = free_port()
+        self.target_port = target_port
+        self._down_until = 0.0
+        self._conns: set[socket.socket] = set()
+        self._lock = threading.Lock()
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        self._stopped = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self._stopped:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            if time.monotonic() < self._down_until:
+                client.close()
+                continue
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=5)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)  # the connect timeout must not become an idle timeout
+            with self._lock:
+                self._conns.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with self._lock:
+                    self._conns.discard(s)
+                with contextlib.suppress(OSError):
+                    s.close()
+
+    def cut(self, seconds: float) -> None:
+        """Close every open connection now and refuse new ones for ``seconds``."""
+        self._down_until = time.monotonic() + seconds
+        with self._lock:
+            conns, self._conns = list(self._conns), set()
+        for s in conns:
+            with contextlib.suppress(OSError):
+                s.shutdown(socket.SHUT_RDWR)
+            with contextlib.suppress(OSError):
+                s.close()
+
+    def close(self) -> None:
+        self._stopped = True
+        self._server.close()
+        self.cut(0)
+
+
+class ProxiedTansu(TansuBroker):
+    """Tansu advertising the proxy's address, so every client (metadata included) goes through it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proxy = CuttableProxy(self.port)
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.proxy.port}"
+
+    def command(self) -> list[str]:
+        command = super().command()  # listens on the proxy's address too: point the listener at our own
+        command[command.index("--listener-url") + 1] = f"tcp://127.0.0.1:{self.port}"
+        return command
+
+    def stop(self) -> None:
+        super().stop()
+        self.proxy.close()

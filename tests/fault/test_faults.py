@@ -1,0 +1,213 @@
+"""Fault injection on the real broker and Redis, checked exactly against a batch recomputation.
+
+Run with ``./dev test tests/fault --run-fault -s`` (minutes; not part of the default suite).
+Each scenario streams 200,000 events over 20,000+ customers into 3 workers, injects its
+fault mid-stream, waits until every event is consumed, runs ``tagger reevaluate`` and
+compares every customer's aggregates, tags and tier with tests/fault/oracle.py.
+Timings go to stdout and to ``fault-report.json`` in the test's temporary directory.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+from confluent_kafka import Consumer, TopicPartition
+
+from stream.embedded import ServiceGroup
+from stream.kafka_admin import client_config
+
+from ..integration.conftest import Namespace, Worker, wait_for
+from .oracle import expected, history, mismatches
+
+pytestmark = [pytest.mark.integration, pytest.mark.fault]
+
+EVENTS, CUSTOMERS, WORKERS = 200_000, 20_500, 3
+RATE = 4000  # events/s offered by the producer thread: the stream overlaps the faults
+
+
+class Stream:
+    """Produces the history at ``RATE`` in a thread; remembers the last offset per partition."""
+
+    def __init__(self, ns: Namespace, events: list[tuple[str, dict[str, Any]]]) -> None:
+        self.ns, self.events = ns, events
+        self.ends: dict[tuple[str, int], int] = {}
+        self.produced = 0
+        self.errors: list[str] = []
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.errors.append(str(err))
+            return
+        key = (msg.topic(), msg.partition())
+        self.ends[key] = max(self.ends.get(key, -1), msg.offset())
+
+    def _run(self) -> None:
+        producer = self.ns.producer
+        started = time.monotonic()
+        for i, (kind, event) in enumerate(self.events):
+            producer.produce(self.ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event),
+                             on_delivery=self._delivered)
+            self.produced = i + 1
+            if i % 1000 == 999:
+                producer.poll(0)
+                ahead = self.produced / RATE - (time.monotonic() - started)
+                if ahead > 0:
+                    time.sleep(ahead)
+        producer.flush(300)
+
+    def start(self) -> Stream:
+        self.thread.start()
+        return self
+
+    def wait_produced(self, fraction: float) -> None:
+        wait_for(lambda: self.produced >= fraction * len(self.events), 600, f"{fraction:.0%} produced")
+
+    def finish(self) -> None:
+        self.thread.join(600)
+        assert not self.thread.is_alive() and not self.errors, self.errors[:5]
+
+
+def committed(ns: Namespace, ends: dict[tuple[str, int], int]) -> int:
+    """Messages still unconsumed by the tagger's group (committed offsets against the produced ends)."""
+    consumer = Consumer({**client_config(ns.settings.kafka_bootstrap_servers), "group.id": ns.settings.app_id,
+                         "enable.auto.commit": False})
+    try:
+        tps = consumer.committed([TopicPartition(t, p) for t, p in ends], timeout=20)
+    finally:
+        consumer.close()
+    done = {(tp.topic, tp.partition): tp.offset for tp in tps}
+    return sum(max(0, end + 1 - max(done.get(key, 0), 0)) for key, end in ends.items())
+
+
+def views(ns: Namespace, customers: list[str]) -> dict[str, dict[str, Any] | None]:
+    out: dict[str, dict[str, Any] | None] = {}
+    for i in range(0, len(customers), 2000):
+        chunk = customers[i:i + 2000]
+        raw = ns.redis.mget([f"{ns.settings.redis_prefix}:c:{c}" for c in chunk])
+        out.update({c: orjson.loads(r) if r else None for c, r in zip(chunk, raw, strict=True)})
+    return out
+
+
+def ok_count(workers: list[Worker]) -> int:
+    total = 0
+    for w in workers:
+        status, stats = w.get("/stats")
+        if status == 200:
+            total += stats["outcomes"].get("ok", 0) + stats["outcomes"].get("duplicate", 0)
+    return total
+
+
+def ready_after(worker: Worker, since: float, timeout: float = 180) -> float:
+    """Seconds from ``since`` until ``worker`` answers /readyz with 200."""
+    wait_for(lambda: worker.get("/readyz")[0] == 200, timeout, f"worker {worker.web_port} ready", interval=0.25)
+    return time.monotonic() - since
+
+
+def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, Any]],
+                       report: dict[str, Any]) -> None:
+    stream.finish()
+    began = time.monotonic()
+    wait_for(lambda: committed(ns, stream.ends) == 0, 900, "every event consumed", interval=2)
+    report["drain_after_last_produce_s"] = round(time.monotonic() - began, 1)
+    customers = sorted(want)
+    bad: list[str] = []
+    for _ in range(3):  # views are written at each customer's last evaluation: bring all to "now"
+        ns.reevaluate()
+        bad = mismatches(want, views(ns, customers))
+        if not bad:
+            break
+    report["customers"], report["events"] = len(customers), len(stream.events)
+    assert bad == [], f"{len(bad)} mismatches, e.g.\n" + "\n".join(bad[:20])
+
+
+def record(tmp_path: Path, name: str, report: dict[str, Any]) -> None:
+    line = json.dumps({"scenario": name, **report})
+    print("\nFAULT REPORT", line)
+    with (tmp_path / "fault-report.json").open("a") as f:
+        f.write(line + "\n")
+
+
+@pytest.fixture(scope="module")
+def events() -> list[tuple[str, dict[str, Any]]]:
+    return history(EVENTS, CUSTOMERS)
+
+
+@pytest.fixture(scope="module")
+def want(events: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
+    return expected(events)
+
+
+def start_workers(ns: Namespace, n: int = WORKERS) -> list[Worker]:
+    workers = [ns.worker(sweep_interval=3600, redis_flush_interval=0.5) for _ in range(n)]
+    began = time.monotonic()
+    for w in workers:
+        ready_after(w, began)
+    return workers
+
+
+def test_three_workers_with_sigkill_restart_and_sigterm(namespace: Namespace, events: Any, want: Any,
+                                                        tmp_path: Path) -> None:
+    ns, report = namespace, {}
+    workers = start_workers(ns)
+    stream = Stream(ns, events).start()
+    stream.wait_produced(0.3)
+    workers[0].signal(signal.SIGKILL)
+    killed = time.monotonic()
+    restarted = ns.worker(sweep_interval=3600, redis_flush_interval=0.5)
+    report["sigkill_restart_ready_s"] = round(ready_after(restarted, killed), 1)
+    stream.wait_produced(0.6)
+    before = time.monotonic()
+    workers[1].signal(signal.SIGTERM)
+    report["sigterm_rebalance_ready_s"] = round(max(ready_after(w, before) for w in (workers[2], restarted)), 1)
+    settle_and_compare(ns, stream, want, report)
+    record(tmp_path, "3 workers, SIGKILL + restart, SIGTERM", report)
+
+
+def test_redis_down_30s_then_back_empty(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
+                                        tmp_path: Path) -> None:
+    ns, report = namespace, {}
+    workers = start_workers(ns)
+    stream = Stream(ns, events).start()
+    stream.wait_produced(0.4)
+    services.redis.stop()
+    down = time.monotonic()
+    before = ok_count(workers)
+    time.sleep(30)
+    during = ok_count(workers) - before
+    report["events_processed_while_redis_down"] = during
+    assert during > 1000, "processing stopped while Redis was down"
+    services.redis.start()  # same port, no data: the projection must be rebuilt
+    report["redis_back_ready_s"] = round(max(ready_after(w, time.monotonic()) for w in workers), 1)
+    wait_for(lambda: ns.redis.exists(f"{ns.settings.redis_prefix}:epoch"), 60, "the projection's rebuild")
+    report["redis_outage_s"] = round(time.monotonic() - down, 1)
+    settle_and_compare(ns, stream, want, report)
+    record(tmp_path, "Redis stopped 30 s, back empty", report)
+
+
+def test_broker_connections_cut_for_20s(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
+                                        tmp_path: Path) -> None:
+    ns, report = namespace, {}
+    workers = start_workers(ns)
+    stream = Stream(ns, events).start()
+    stream.wait_produced(0.4)
+    proxy = services.broker.proxy  # type: ignore[attr-defined]
+    proxy.cut(20)
+    cut = time.monotonic()
+    time.sleep(20)
+    resumed_from = ok_count(workers)
+    wait_for(lambda: ok_count(workers) > resumed_from + 1000, 300, "processing to resume after the cut")
+    report["resumed_after_cut_s"] = round(time.monotonic() - cut, 1)
+    report["ready_after_cut_s"] = round(max(ready_after(w, cut) for w in workers), 1)
+    settle_and_compare(ns, stream, want, report)
+    record(tmp_path, "broker connections cut 20 s (proxy)", report)
+
+
+
