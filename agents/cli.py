@@ -14,6 +14,7 @@ from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
 from .churn_cli import churn_group
+from .io_cli import export_command, replay_command
 from .rules_cli import rules_group
 from .token_cli import token_group
 
@@ -115,13 +116,15 @@ def demo(customers: int, rate: float, limit: int | None, seed: int) -> None:
 @main.command()
 @click.option("--tag", "tags", multiple=True, help="Only changes that add or remove this tag.")
 @click.option("--tier", "tiers", multiple=True, help="Only changes into or out of this tier.")
+@click.option("--level", "levels", multiple=True, type=click.Choice(["none", "low", "medium", "high"]),
+              help="Only churn alerts into or out of this level.")
 @click.option("--churn/--no-churn", default=True, show_default=True, help="Also print churn alerts.")
-def tail(tags: tuple[str, ...], tiers: tuple[str, ...], churn: bool) -> None:
-    """Print tag changes and churn alerts as they happen."""
+def tail(tags: tuple[str, ...], tiers: tuple[str, ...], levels: tuple[str, ...], churn: bool) -> None:
+    """Print tag changes and churn alerts as they happen, coloured (tiers, added/removed tags, levels)."""
     from .console import tail_tag_changes
 
     settings = _settings()
-    asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers), alerts=churn))
+    asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers), alerts=churn, levels=set(levels)))
 
 
 @main.command()
@@ -159,6 +162,8 @@ def bench(events: int, customers: int, partitions: int) -> None:
     click.echo(json.dumps(run_bench(events, customers, partitions), indent=2))
 
 
+main.add_command(replay_command)
+main.add_command(export_command)
 main.add_command(rules_group)
 main.add_command(churn_group)
 main.add_command(token_group)

@@ -59,8 +59,14 @@ def render_alert(alert: Mapping[str, Any]) -> str:
     ])
 
 
+def alert_wanted(alert: Mapping[str, Any], levels: Collection[str]) -> bool:
+    """Filter: a churn alert moving into or out of one of ``levels`` (all when empty)."""
+    return not levels or alert.get("level") in levels or alert.get("previous_level") in levels
+
+
 async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (), tiers: Collection[str] = (),
-                           alerts: bool = False, stop: asyncio.Event | None = None) -> None:
+                           alerts: bool = False, stop: asyncio.Event | None = None,
+                           levels: Collection[str] = ()) -> None:
     """Print every tag change (and churn alert) from the beginning of the topics until stopped."""
     names = [settings.tag_changes_topic] + ([settings.churn_alerts_topic] if alerts else [])
     consumer = AIOKafkaConsumer(*names, bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -74,7 +80,8 @@ async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (), ti
                 for record in records:
                     message = orjson.loads(record.value or b"{}")
                     if record.topic == settings.churn_alerts_topic:
-                        click.echo(render_alert(message))
+                        if alert_wanted(message, levels):
+                            click.echo(render_alert(message))
                     elif wanted(message, tags, tiers):
                         click.echo(render_change(message))
     finally:
