@@ -87,3 +87,68 @@ def as_prometheus_query(expr: str, rate_interval: str = "1m") -> str:
 def alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load((PROMETHEUS_DIR / "alerts.yml").read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+# -- docker compose, the image and Kubernetes (issue 9) ------------------------------------------
+
+COMPOSE = REPO / "docker-compose.yml"
+DOCKERFILE = REPO / "Dockerfile"
+K8S_DIR = DEPLOY / "k8s"
+
+
+def compose() -> dict[str, Any]:
+    """docker-compose.yml as YAML (anchors and ``<<`` merges resolved), without interpolation."""
+    return dict(yaml.safe_load(COMPOSE.read_text()))
+
+
+def tagger_workers(services: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The compose services that run ``tagger worker`` (they have a web port and a data directory)."""
+    return {name: s for name, s in services.items()
+            if "TAGGER_WEB_PORT" in (s.get("environment") or {}) and "TAGGER_DATADIR" in s["environment"]}
+
+
+def tool(name: str, hint: str) -> str:
+    """Path of a command-line tool, from the virtualenv or PATH; skip the test with ``hint`` if missing."""
+    local = REPO / ".venv" / "bin" / name
+    path = str(local) if local.exists() else shutil.which(name)
+    if path is None:
+        pytest.skip(f"{name} not installed ({hint})")
+    return path
+
+
+def run(*args: str, cwd: Path = REPO, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(args), capture_output=True, text=True, cwd=cwd, timeout=timeout, check=False)
+
+
+def docker_compose(*args: str) -> subprocess.CompletedProcess[str]:
+    """Run Debian's ``docker-compose`` (v1, Python; validates without a Docker engine)."""
+    return run(tool("docker-compose", "Debian: apt-get install docker-compose; .ci/run installs it"),
+               "--project-directory", str(REPO), "-f", str(COMPOSE), *args)
+
+
+def k8s_docs(name: str = "tagger.yaml") -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all((K8S_DIR / name).read_text()) if d]
+
+
+def k8s_kind(docs: list[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    return next(d for d in docs if d["kind"] == kind and (name is None or d["metadata"]["name"] == name))
+
+
+def dockerfile_stages() -> list[list[str]]:
+    """The Dockerfile's instructions (continuation lines joined, comments dropped), one list per stage;
+    stage 0 holds what comes before the first FROM (global ARGs)."""
+    lines, current = [], ""
+    for raw in DOCKERFILE.read_text().splitlines():
+        stripped = raw.strip()
+        if not current and (not stripped or stripped.startswith("#")):
+            continue
+        current += stripped[:-1] + " " if stripped.endswith("\\") else stripped
+        if not stripped.endswith("\\"):
+            lines.append(current)
+            current = ""
+    stages: list[list[str]] = [[]]
+    for line in lines:
+        if line.upper().startswith("FROM "):
+            stages.append([])
+        stages[-1].append(line)
+    return stages

@@ -19,6 +19,7 @@ from tests.deploy_checks import (
     exported_names,
     promql_metric_names,
     promtool,
+    tagger_workers,
 )
 from tests.unit.test_metrics import populated_metrics
 
@@ -115,33 +116,36 @@ def test_grafana_provisioning_matches_compose_and_dashboard() -> None:
     provider = yaml.safe_load((DEPLOY / "grafana/provisioning/dashboards/tagger.yml").read_text())
     dashboards_path = provider["providers"][0]["options"]["path"]
     compose = yaml.safe_load((REPO / "docker-compose.yml").read_text())["services"]
-    assert {"kafka", "redis", "tagger", "prometheus", "grafana"} <= set(compose)
+    workers = tagger_workers(compose)
+    assert {"kafka", "redis", "prometheus", "grafana"} <= set(compose) and len(workers) >= 2
     mounts = {}
     for service in ("prometheus", "grafana"):
         for volume in compose[service]["volumes"]:
             source, target = volume.split(":")[:2]
-            assert (REPO / source).exists(), volume
-            mounts[target] = REPO / source
+            if source.startswith("./"):  # bind mounts of deploy/ (named volumes hold their data)
+                assert (REPO / source).exists(), volume
+                mounts[target] = REPO / source
     assert mounts[dashboards_path] == DASHBOARD.parent
     assert mounts["/etc/grafana/provisioning"] == DEPLOY / "grafana/provisioning"
     assert (mounts["/etc/prometheus"] / "prometheus.yml").exists()
     assert "datasource" in str(datasource) and "prometheus:9090" in datasource["datasources"][0]["url"]
     config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
     job = next(j for j in config["scrape_configs"] if j["job_name"] == "tagger")
-    assert job["dns_sd_configs"][0]["names"] == ["tagger"] and job["dns_sd_configs"][0]["port"] == 6066
-    assert compose["tagger"]["environment"]["TAGGER_WEB_PORT"] == "6066"
-    assert "/readyz" in " ".join(compose["tagger"]["healthcheck"]["test"])
+    targets = {f"{name}:{w['environment']['TAGGER_WEB_PORT']}" for name, w in workers.items()}
+    assert set(job["static_configs"][0]["targets"]) == targets
+    for worker in workers.values():
+        assert "/readyz" in " ".join(worker["healthcheck"]["test"])
 
 
 def test_kubernetes_probes_use_the_health_endpoints() -> None:
     docs = list(yaml.safe_load_all((DEPLOY / "k8s/tagger.yaml").read_text()))
-    deployment = next(d for d in docs if d["kind"] == "Deployment")
-    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    workers = next(d for d in docs if d["kind"] == "StatefulSet")
+    env = next(d for d in docs if d["kind"] == "ConfigMap")["data"]
+    container = workers["spec"]["template"]["spec"]["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
     assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
-    env = {e["name"]: e.get("value") for e in container["env"]}
     port = next(p for p in container["ports"] if p["name"] == container["readinessProbe"]["httpGet"]["port"])
     assert str(port["containerPort"]) == env["TAGGER_WEB_PORT"]
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    annotations = workers["spec"]["template"]["metadata"]["annotations"]
     assert annotations["prometheus.io/port"] == env["TAGGER_WEB_PORT"]
     assert annotations["prometheus.io/path"] == "/metrics"
