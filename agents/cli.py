@@ -38,6 +38,7 @@ def worker() -> None:
 
     from rules import RulesetError
     from stream.auth import TokenConfigError
+    from stream.webhooks import WebhookConfigError
 
     from .tagger import build
 
@@ -48,6 +49,8 @@ def worker() -> None:
         raise click.ClickException(f"invalid ruleset: {exc}") from exc
     except TokenConfigError as exc:
         raise click.ClickException(f"invalid API tokens: {exc}") from exc
+    except WebhookConfigError as exc:
+        raise click.ClickException(f"invalid webhooks file: {exc}") from exc
     ensure_all_topics(settings)
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 

@@ -27,6 +27,7 @@ from .api import install_api
 from .evaluate import Evaluator, facts_schema
 from .observability import install as install_observability
 from .runtime import Runtime
+from .webhooks import install_webhooks
 
 log = logging.getLogger(__name__)
 
@@ -166,4 +167,5 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                          "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled})
 
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
+    install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)
     return app, runtime

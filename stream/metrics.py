@@ -286,3 +286,42 @@ def create_metrics() -> Metrics:
                                        registry=registry),
         _sources=sources,
     )
+
+
+@dataclass(frozen=True)
+class WebhookMetrics:
+    """The webhook sink's metrics (agents/webhooks.py), on the worker's registry; labelled by subscription name."""
+
+    delivery_seconds: Histogram
+    deliveries: Counter
+    attempts: Counter
+    circuit_open: Gauge
+
+
+#: Final outcomes of one webhook delivery / results of one HTTP attempt.
+WEBHOOK_OUTCOMES = ("delivered", "duplicate", "dead_letter")
+WEBHOOK_ATTEMPT_RESULTS = ("ok", "http_error", "timeout", "connection_error")
+
+
+def create_webhook_metrics(registry: CollectorRegistry, subscriptions: Iterable[str]) -> WebhookMetrics:
+    """Webhook metrics on ``registry``, every subscription's series created at 0."""
+    metrics = WebhookMetrics(
+        delivery_seconds=Histogram("tagger_webhook_delivery_seconds", "From the first attempt of a webhook "
+                                   "delivery to its final outcome (retries and backoff included).",
+                                   ["subscription", "outcome"], registry=registry, buckets=_LATENCY_BUCKETS),
+        deliveries=Counter("tagger_webhook_deliveries_total", "Webhook deliveries by final outcome: delivered, "
+                           "duplicate (already delivered before a restart), dead_letter.",
+                           ["subscription", "outcome"], registry=registry),
+        attempts=Counter("tagger_webhook_attempts_total", "HTTP attempts by result: ok, http_error, timeout, "
+                         "connection_error.", ["subscription", "result"], registry=registry),
+        circuit_open=Gauge("tagger_webhook_circuit_open", "1 while the subscription's circuit breaker is open.",
+                           ["subscription"], registry=registry),
+    )
+    for name in subscriptions:
+        for outcome in WEBHOOK_OUTCOMES:
+            metrics.deliveries.labels(name, outcome)
+            metrics.delivery_seconds.labels(name, outcome)
+        for result in WEBHOOK_ATTEMPT_RESULTS:
+            metrics.attempts.labels(name, result)
+        metrics.circuit_open.labels(name).set(0)
+    return metrics

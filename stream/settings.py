@@ -67,6 +67,10 @@ class Settings(BaseSettings):
     api_tokens_file: Path | None = Field(None, description="YAML or JSON file with more token entries "
                                          "(a list, or {tokens: [...]}); read at start-up.")
     audit_file: Path | None = Field(None, description="Also append every audit record to this JSON-lines file.")
+    webhooks_file: Path | None = Field(None, description="YAML file of webhook subscriptions (stream/webhooks.py); "
+                                       "none: no webhook sink runs.")
+    webhook_dead_letters_topic: str = Field("webhook-dead-letters", description="Webhook deliveries that failed "
+                                            "for good (after retries, or a 4xx), with the message and the error.")
 
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="Kafka security protocol, for every Kafka client of the tagger.")
