@@ -24,6 +24,7 @@ from stream.settings import Settings
 from stream.topics import declare_topics
 
 from .api import install_api
+from .dashboard import install_dashboard
 from .evaluate import Evaluator, facts_schema
 from .observability import install as install_observability
 from .runtime import Runtime
@@ -149,7 +150,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             runtime.evaluator.ruleset = candidate
             await command_own_partitions({"cmd": "rules", "version": candidate.version})
 
-    install_api(app, table, runtime, settings, topics)  # /customers, /tags, /privacy: tokens, roles, audit
+    api = install_api(app, table, runtime, settings, topics)  # /customers, /tags, /privacy: tokens, roles, audit
+    install_dashboard(app, table, api, settings)  # /dashboard: page, live feed, tier counts, lookup (same roles)
 
     @app.page("/healthz")
     async def healthz(web: View, request: Request) -> Response:

@@ -22,7 +22,7 @@ import orjson
 from .auth import Principal
 from .events import format_ts
 
-ACTIONS = ("customer.read", "tag.list", "manual.command", "privacy.request", "privacy.erase")
+ACTIONS = ("customer.read", "tag.list", "manual.command", "privacy.request", "privacy.erase", "dashboard.feed")
 #: extra fields an audit record may carry, with the JSON types allowed for each
 DETAIL_FIELDS: dict[str, tuple[type, ...]] = {
     "tag": (str,), "command_id": (str,), "command": (str,), "request_id": (str,), "reason": (str,),

@@ -36,6 +36,7 @@ _NAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,128}$")
 ACTION_ROLES: dict[str, frozenset[Role]] = {
     "customer.read": frozenset(ROLES),
     "tag.list": frozenset(ROLES),
+    "dashboard.feed": frozenset(ROLES),  # the dashboard's live feed and tier counts (agents/dashboard.py)
     "manual.command": frozenset({"sales", "admin"}),
     "privacy.request": frozenset({"admin"}),
 }
