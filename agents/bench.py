@@ -35,8 +35,39 @@ def _stats(port: int) -> dict[str, Any] | None:
         return None
 
 
-def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
-    """Run the measurement; return its figures."""
+def produce_batches(bootstrap: str, config: DemoConfig, events: int, partitions: int, size: int) -> int:
+    """Produce ``events`` demo events as batch envelopes of up to ``size`` events per topic partition."""
+    from stream.demo import DemoGenerator
+    from stream.kafka_admin import expected_partition, make_producer
+
+    producer = make_producer(bootstrap)
+    pending: dict[tuple[str, int], list[bytes]] = {}
+    batches = 0
+
+    def send(topic: str, partition: int, values: list[bytes]) -> None:
+        nonlocal batches
+        batches += 1
+        value = b'{"batch_id":"b%d","events":[' % batches + b",".join(values) + b"]}"
+        producer.produce(topic, value, None, partition=partition)
+        producer.poll(0)
+
+    for topic, key, value in DemoGenerator(config).take(events):
+        slot = (topic, expected_partition(key, partitions))
+        values = pending.setdefault(slot, [])
+        values.append(value)
+        if len(values) >= size:
+            send(*slot, values)
+            pending[slot] = []
+    for slot, values in pending.items():
+        if values:
+            send(*slot, values)
+    if producer.flush(60):
+        raise click.ClickException("batch envelopes not delivered")
+    return events
+
+
+def run_bench(events: int, customers: int, partitions: int, batch: int = 0) -> dict[str, float]:
+    """Run the measurement; return its figures. ``batch`` > 0: produce batch envelopes of that size."""
     workdir = Path(tempfile.mkdtemp(prefix="tagger-bench-"))
     with ServiceGroup() as services:
         settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url,
@@ -45,7 +76,10 @@ def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
         config = DemoConfig(customers=customers, rate=0, start_ms=int(time.time() * 1000) - 86_400_000 * 300,
                             time_step_ms=60_000)
         started = time.monotonic()
-        produced = asyncio.run(run_demo(services.bootstrap, config, limit=events))
+        if batch > 0:
+            produced = produce_batches(services.bootstrap, config, events, partitions, batch)
+        else:
+            produced = asyncio.run(run_demo(services.bootstrap, config, limit=events))
         produce_s = time.monotonic() - started
         port = free_port()
         env = worker_env(services.bootstrap, services.redis_url, port, workdir / "data", embedded=True)
@@ -56,7 +90,8 @@ def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
             done = 0
             while done < produced:
                 stats = _stats(port)
-                done = sum(stats["outcomes"].values()) if stats else 0
+                outcomes = stats["outcomes"] if stats else {}
+                done = sum(n for outcome, n in outcomes.items() if outcome not in ("batch", "command"))
                 now = time.monotonic()
                 if done and first is None:
                     first = (now, done)
@@ -68,7 +103,7 @@ def run_bench(events: int, customers: int, partitions: int) -> dict[str, float]:
             terminate(proc, grace=15.0)
     assert first is not None and last is not None
     seconds = last[0] - first[0]
-    return {"events": produced, "customers": customers, "partitions": partitions,
+    return {"events": produced, "customers": customers, "partitions": partitions, "batch": batch,
             "produce_events_per_s": produced / produce_s,
             "worker_seconds": seconds, "worker_events_per_s": (last[1] - first[1]) / max(seconds, 1e-9)}
 

@@ -156,13 +156,15 @@ def bench_sweep(customers: int) -> None:
 @click.option("--events", default=50_000, show_default=True)
 @click.option("--customers", default=5_000, show_default=True)
 @click.option("--partitions", default=8, show_default=True)
-def bench(events: int, customers: int, partitions: int) -> None:
+@click.option("--batch", default=0, show_default=True,
+              help="produce batch envelopes of this many events per topic partition (0: one event per message)")
+def bench(events: int, customers: int, partitions: int, batch: int) -> None:
     """Measure one worker's sustained events/s on the embedded broker and Redis."""
     import json
 
     from .bench import run_bench
 
-    click.echo(json.dumps(run_bench(events, customers, partitions), indent=2))
+    click.echo(json.dumps(run_bench(events, customers, partitions, batch), indent=2))
 
 
 main.add_command(replay_command)

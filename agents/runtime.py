@@ -1,7 +1,8 @@
 """Per-message handling for the tagger agent: decode, route, dedupe, apply, evaluate, emit.
 
 Every message ends in exactly one outcome, counted in :attr:`Runtime.outcomes`:
-``ok``, ``duplicate``, ``dead_letter``, ``rekeyed`` or ``command``.
+``ok``, ``duplicate``, ``dead_letter``, ``rekeyed`` or ``command``; a batch envelope
+counts as ``batch`` and each of its events in one of the first four.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
+from functools import partial
 from typing import Any, Protocol
 
 import orjson
@@ -19,7 +21,7 @@ from stream.audit import AuditLog, audit_record
 from stream.clock import Clock
 from stream.deadletter import dead_letter
 from stream.due import DueIndex, due_after_restore, next_due
-from stream.events import Event, parse_event
+from stream.events import Batch, Event, parse_message
 from stream.exceptions import InvalidEvent
 from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
@@ -99,7 +101,8 @@ class Runtime:
         self._last_offset[(topic, partition)] = offset
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
-        self.metrics.events.labels(topic, outcome).inc()
+        if outcome != "batch":  # a batch envelope's events were counted one by one
+            self.metrics.events.labels(topic, outcome).inc()
         self.metrics.processing.observe(time.time() - self._arrival[0])
         return outcome
 
@@ -112,6 +115,8 @@ class Runtime:
         try:
             if kind is not None:
                 item = self._parse(kind, key, value)
+                if isinstance(item, Batch):
+                    return await self.apply_batch(kind, item, topic, partition, offset, f"{topic}:{partition}", key)
                 cid = _customer_of(item)
                 if key != cid.encode() or partition != self.partition_of(cid):
                     envelope = {"kind": kind, "topic": topic, "source": f"{topic}:{partition}",
@@ -123,7 +128,11 @@ class Runtime:
                 env = orjson.loads(value or b"")
                 raw = None if env["raw"] is None else env["raw"].encode()
                 item = self._parse(env["kind"], key, raw)
-                return await self.apply(env["kind"], item, env["topic"], f"rekey:{env['source']}", int(env["offset"]))
+                source = f"rekey:{env['source']}"
+                if isinstance(item, Batch):  # one customer's part of a batch envelope
+                    return await self.apply_batch(env["kind"], item, env["topic"], partition, int(env["offset"]),
+                                                  source, key)
+                return await self.apply(env["kind"], item, env["topic"], source, int(env["offset"]))
             if topic == self.settings.commands_topic:
                 await self.command(partition, orjson.loads(value or b""))
                 return "command"
@@ -135,7 +144,7 @@ class Runtime:
             await self.dead_letter(topic, partition, offset, key, value, f"malformed internal message: {exc!r}")
             return "dead_letter"
 
-    def _parse(self, kind: str, key: bytes | None, value: bytes | None) -> Event | dict[str, Any]:
+    def _parse(self, kind: str, key: bytes | None, value: bytes | None) -> Event | Batch | dict[str, Any]:
         max_bytes = self.settings.max_event_bytes
         if kind == "profile":
             if value is None and key:  # a tombstone on the compacted topic deletes the profile
@@ -145,7 +154,7 @@ class Runtime:
             return parse_command(value or b"", max_bytes=max_bytes, now_ms=self.clock.now())
         if kind == "privacy":
             return parse_privacy_request(value or b"", max_bytes=max_bytes)
-        return parse_event(kind, value or b"", currency=self.settings.currency, max_bytes=max_bytes)
+        return parse_message(kind, value or b"", currency=self.settings.currency, max_bytes=max_bytes)
 
     async def apply(self, kind: str, item: Event | dict[str, Any], topic: str, source: str, offset: int) -> str:
         """Apply one valid message to its customer exactly once, then re-evaluate."""
@@ -184,6 +193,73 @@ class Runtime:
         if priority is not None:
             await self.flush_priority()
         return "ok"
+
+    async def apply_batch(self, kind: str, batch: Batch, topic: str, partition: int, offset: int, source: str,
+                          key: bytes | None) -> str:
+        """A batch envelope: each customer's events applied together and evaluated once.
+
+        Bad elements are dead-lettered one by one; customers of other partitions are sent
+        on through the re-key topic as one envelope each. Outcomes are counted per event.
+        """
+        for _, reason, element in batch.rejects:
+            await self.dead_letter(topic, partition, offset, key, element, reason)
+            self._count(topic, "dead_letter")
+        groups: dict[str, list[tuple[Event, bytes]]] = {}
+        for _, event, element in batch.events:
+            groups.setdefault(event.customer_id, []).append((event, element))
+        for cid, items in groups.items():
+            if self.partition_of(cid) != partition:
+                raw = orjson.dumps({"batch_id": batch.batch_id, "events": [orjson.Fragment(e) for _, e in items]})
+                envelope = {"kind": kind, "topic": topic, "source": source, "offset": offset, "raw": raw.decode()}
+                await self.senders["rekey"].send(key=cid.encode(), value=orjson.dumps(envelope))
+                self._count(topic, "rekeyed", len(items))
+                continue
+            applied = await self.apply_events(kind, cid, [event for event, _ in items], topic, source, offset,
+                                              batch.batch_id)
+            self._count(topic, "ok", applied)
+            self._count(topic, "duplicate", len(items) - applied)
+        return "batch"
+
+    async def apply_events(self, kind: str, cid: str, events: list[Event], topic: str, source: str, offset: int,
+                           batch_id: str) -> int:
+        """Apply one customer's events from one envelope exactly once, evaluate once; the number applied.
+
+        The envelope is marked by its offset (redelivery) and ``batch:<batch_id>`` (a producer's
+        retry of the whole envelope); each event also by its id (the same event sent again in
+        another envelope or alone). State is written once, after all of them.
+        """
+        state = self.table.get(cid)
+        if state is None:
+            state = CustomerState()
+        if state.is_duplicate(source, offset, f"batch:{batch_id}"):
+            return 0
+        applied, latest, priority = 0, None, None
+        for event in events:
+            dedupe_id = f"{kind}:{event.event_id}"
+            if state.is_duplicate(source, -1, dedupe_id):
+                continue
+            self.clock.observe(event.ts)
+            if priority is None and kind != "login":
+                priority = priority_of(event, state.aggregates(self.clock.now()), self.settings.big_order_multiple,
+                                       self.settings.big_order_amount)
+            state.apply(event, source, -1, dedupe_id)  # -1: the id only; the offset is marked below
+            applied += 1
+            latest = event if latest is None or event.ts >= latest.ts else latest
+        state.mark(source, offset, f"batch:{batch_id}")
+        trigger: dict[str, Any] = {"kind": "event", "topic": topic, "event_id": latest.event_id if latest else None,
+                                   "batch_id": batch_id, "events": applied}
+        if priority is not None:
+            trigger["priority"], trigger["reason"] = priority
+        await self.reevaluate(cid, state, trigger, latest.ts if latest else None, changed=True)
+        if priority is not None:
+            await self.flush_priority()
+        return applied
+
+    def _count(self, topic: str, outcome: str, n: int = 1) -> None:
+        """Count ``n`` events of a batch envelope under ``outcome``."""
+        if n:
+            self.outcomes[outcome] += n
+            self.metrics.events.labels(topic, outcome).inc(n)
 
     async def erase(self, request: dict[str, Any], topic: str) -> str:
         """Erase a customer: table state (changelog tombstone), due entry, Redis keys, then tell and audit.
@@ -237,7 +313,7 @@ class Runtime:
         if changed or change is not None or alert is not None:
             self.table[cid] = state
         self.due.set(self.partition_of(cid), cid, next_due(state, now))
-        self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+        self.view.stage(cid, partial(self.evaluator.view_json, cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
             self._observe_emit("tag_change", trigger)
@@ -402,7 +478,7 @@ class Runtime:
             state = self.table.get(cid)
             if state is not None:
                 facts = self.evaluator.facts(state, now)
-                self.view.stage(cid, self.evaluator.view_json(cid, state, facts), facts["spend_365d"])
+                self.view.stage(cid, partial(self.evaluator.view_json, cid, state, facts), facts["spend_365d"])
 
     def restore_clock(self) -> None:
         """Raise the clock to the latest event time held in the (recovered) table."""

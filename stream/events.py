@@ -304,6 +304,55 @@ def parse_event(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Even
     return parser(decode_object(raw, max_bytes), currency)
 
 
+MAX_BATCH_EVENTS = 10_000
+
+
+@dataclass(slots=True, frozen=True)
+class Batch:
+    """A batch envelope: many events of one kind in one Kafka message (``{"batch_id", "events": [...]}``).
+
+    ``events`` holds ``(index, event, element)`` for the valid elements, ``rejects``
+    ``(index, reason, element)`` for the others; ``element`` is the element's own JSON,
+    for re-keying and dead letters. The events may belong to many customers.
+    """
+
+    batch_id: str
+    events: list[tuple[int, Event, bytes]]
+    rejects: list[tuple[int, str, bytes]]
+
+
+def parse_message(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Event | Batch:
+    """One event, or a batch envelope of events (an object with ``events``); raises InvalidEvent only.
+
+    The envelope itself must be sound (``batch_id``, a non-empty ``events`` array of at
+    most MAX_BATCH_EVENTS); each element is checked on its own and a bad one is rejected
+    alone, with its index in the reason.
+    """
+    parser = _PARSERS.get(kind)
+    if parser is None:
+        raise ValueError(f"unknown event kind {kind!r}; expected one of {', '.join(KINDS)}")
+    d = decode_object(raw, max_bytes)
+    elements = d.get("events")
+    if elements is None:
+        return parser(d, currency)
+    batch_id = _id(d, "batch_id")
+    if type(elements) is not list or not elements:
+        raise _fail("events", f"must be a non-empty array, got {_show(elements)}")
+    if len(elements) > MAX_BATCH_EVENTS:
+        raise _fail("events", f"must have at most {MAX_BATCH_EVENTS} events, got {len(elements)}")
+    events: list[tuple[int, Event, bytes]] = []
+    rejects: list[tuple[int, str, bytes]] = []
+    for index, element in enumerate(elements):
+        text = orjson.dumps(element)
+        try:
+            if type(element) is not dict:
+                raise InvalidEvent(f"must be an object, got {_tname(element)}")
+            events.append((index, parser(element, currency), text))
+        except InvalidEvent as exc:
+            rejects.append((index, f"events[{index}]: {exc.reason}", text))
+    return Batch(batch_id, events, rejects)
+
+
 def dedupe_key(event: Event) -> str:
     """The producer-retry dedupe id of an event, e.g. ``order:<event_id>``."""
     return f"{event.kind}:{event.event_id}"

@@ -19,6 +19,7 @@ Keys (``P`` is the configured prefix):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import orjson
@@ -69,7 +70,7 @@ class RedisView:
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._pending: dict[str, tuple[bytes, float]] = {}
+        self._pending: dict[str, tuple[bytes | Callable[[], bytes], float]] = {}
         self._max = client.register_script(_MAX_SCRIPT)
         self._write = client.register_script(_WRITE_SCRIPT)
         self.errors = 0
@@ -98,9 +99,13 @@ class RedisView:
         """Number of customers whose view waits to be written."""
         return len(self._pending)
 
-    def stage(self, customer_id: str, view_json: bytes, spend_365d: float) -> None:
-        """Queue a customer's latest view; only the newest per customer is written."""
-        self._pending[customer_id] = (view_json, spend_365d)
+    def stage(self, customer_id: str, view: bytes | Callable[[], bytes], spend_365d: float) -> None:
+        """Queue a customer's latest view; only the newest per customer is written.
+
+        ``view`` may be a function that renders the JSON: it is called at flush time, so a
+        customer evaluated many times between two flushes is rendered once.
+        """
+        self._pending[customer_id] = (view, spend_365d)
 
     def stage_erase(self, customer_id: str) -> None:
         """Queue the removal of every key and index membership of a customer (privacy erasure)."""
@@ -113,7 +118,8 @@ class RedisView:
             chunk = list(self._pending.items())[:batch]
             pipe = self.client.pipeline(transaction=False)
             rank_key, tag_prefix = f"{self.prefix}:spend365", f"{self.prefix}:tag:"
-            for cid, (view_json, spend) in chunk:
+            for cid, (view, spend) in chunk:
+                view_json = view() if callable(view) else view
                 tags = orjson.loads(view_json).get("tags", []) if view_json else []
                 await self._write(keys=[self.key(cid), rank_key, self.tags_key(cid)],
                                   args=[cid, tag_prefix, view_json, repr(float(spend)), *tags], client=pipe)
