@@ -28,7 +28,7 @@ def dumps(value: Any) -> bytes:
 def _valid(kind: str, rng: random.Random, i: int) -> dict[str, Any]:
     cid = rng.choice(_CIDS)
     ts = 1_767_225_600_000 + rng.randrange(400) * 86_400_000
-    return {
+    shapes: dict[str, dict[str, Any]] = {
         "order": {"event_id": f"e{i}", "customer_id": cid, "ts": ts, "order_id": f"o{i}",
                   "amount": round(rng.uniform(0, 900), 2), "status": rng.choice(["paid", "refunded", "placed"])},
         "login": {"event_id": f"e{i}", "customer_id": cid, "ts": ts},
@@ -39,7 +39,8 @@ def _valid(kind: str, rng: random.Random, i: int) -> dict[str, Any]:
                     "attributes": {f"a{j}": j for j in range(rng.randrange(4))}},
         "manual": {"command_id": f"m{i}", "customer_id": cid, "action": "add_tag", "tag": f"t{rng.randrange(300)}",
                    "author": "fuzz"},
-    }[kind]
+    }
+    return shapes[kind]
 
 
 def _deep(depth: int) -> bytes:

@@ -153,12 +153,18 @@ def start_workers(ns: Namespace, n: int = WORKERS) -> list[Worker]:
     return workers
 
 
+def begin(ns: Namespace, events: list[tuple[str, dict[str, Any]]], fraction: float) -> tuple[list[Worker], Stream]:
+    """Start the workers and the stream; return once ``fraction`` of it is produced."""
+    workers = start_workers(ns)
+    stream = Stream(ns, events).start()
+    stream.wait_produced(fraction)
+    return workers, stream
+
+
 def test_three_workers_with_sigkill_restart_and_sigterm(namespace: Namespace, events: Any, want: Any,
                                                         tmp_path: Path) -> None:
     ns, report = namespace, {}
-    workers = start_workers(ns)
-    stream = Stream(ns, events).start()
-    stream.wait_produced(0.3)
+    workers, stream = begin(ns, events, 0.3)
     workers[0].signal(signal.SIGKILL)
     killed = time.monotonic()
     restarted = ns.worker(sweep_interval=3600, redis_flush_interval=0.5)
@@ -174,9 +180,7 @@ def test_three_workers_with_sigkill_restart_and_sigterm(namespace: Namespace, ev
 def test_redis_down_30s_then_back_empty(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
                                         tmp_path: Path) -> None:
     ns, report = namespace, {}
-    workers = start_workers(ns)
-    stream = Stream(ns, events).start()
-    stream.wait_produced(0.4)
+    workers, stream = begin(ns, events, 0.4)
     services.redis.stop()
     down = time.monotonic()
     before = ok_count(workers)
@@ -195,9 +199,7 @@ def test_redis_down_30s_then_back_empty(namespace: Namespace, services: ServiceG
 def test_broker_connections_cut_for_20s(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
                                         tmp_path: Path) -> None:
     ns, report = namespace, {}
-    workers = start_workers(ns)
-    stream = Stream(ns, events).start()
-    stream.wait_produced(0.4)
+    workers, stream = begin(ns, events, 0.4)
     proxy = services.broker.proxy  # type: ignore[attr-defined]
     proxy.cut(20)
     cut = time.monotonic()

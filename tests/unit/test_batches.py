@@ -7,34 +7,15 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.evaluate import Evaluator, facts_schema
 from agents.runtime import Runtime
-from rules import default_rules_dir, load_ruleset
-from stream.clock import Clock
 from stream.events import MAX_BATCH_EVENTS, Batch, parse_message
 from stream.exceptions import InvalidEvent
 from stream.settings import Settings
 from stream.state import CustomerState
 
+from .fakes import FakeSender, make_runtime
+
 T = 1_767_225_600_000
-
-
-class Sender:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-
-    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> None:
-        self.sent.append((key, value))
-
-
-class View:
-    pending = 0
-
-    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
-        pass
-
-    async def flush(self) -> int:
-        return 0
 
 
 def order(i: int, cid: str, amount: float = 10.0) -> dict[str, Any]:
@@ -45,12 +26,9 @@ def envelope(batch_id: str, events: list[Any]) -> bytes:
     return orjson.dumps({"batch_id": batch_id, "events": events})
 
 
-def runtime(partitions: int = 1) -> tuple[Runtime, dict[str, CustomerState], dict[str, Sender]]:
-    senders = {n: Sender() for n in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
+def runtime(partitions: int = 1) -> tuple[Runtime, dict[str, CustomerState], dict[str, FakeSender]]:
     table: dict[str, CustomerState] = {}
-    rt = Runtime(Settings(partitions=partitions), table,  # type: ignore[call-arg]
-                 Evaluator(load_ruleset(default_rules_dir(), facts_schema())), View(),  # type: ignore[arg-type]
-                 Clock("stream"), senders)  # type: ignore[arg-type]
+    rt, senders = make_runtime(Settings(partitions=partitions), table)  # type: ignore[call-arg]
     return rt, table, senders
 
 
@@ -75,7 +53,7 @@ async def test_envelope_applies_each_event_once_and_evaluates_each_customer_once
     dead = orjson.loads(senders["dead_letters"].sent[0][1])
     assert dead["error"].startswith("events[2]: ") and dead["offset"] == 10
     assert table["c1"].orders_total == 2 and table["c2"].orders_total == 1
-    changes = [orjson.loads(v) for _, v in senders["tag_changes"].sent]
+    changes = [orjson.loads(v) for _, v, _ in senders["tag_changes"].sent]
     big = next(c for c in changes if c["customer_id"] == "c1")  # one evaluation for both of c1's orders
     assert "big_spender" in big["added"] and big["trigger"]["batch_id"] == "b1" and big["trigger"]["events"] == 2
     assert sum(c["customer_id"] == "c1" for c in changes) == 1
@@ -100,7 +78,7 @@ async def test_customers_of_other_partitions_go_on_as_one_envelope_each() -> Non
     assert sorted(table) == sorted(mine)
     rekeyed = senders["rekey"].sent
     assert len(rekeyed) == len(customers) - len(mine)  # one message per foreign customer
-    for key, value in rekeyed:  # the owner of each receives its customer's part, from the re-key topic
+    for key, value, _ in rekeyed:  # the owner of each receives its customer's part, from the re-key topic
         part = rt.partition_of(key.decode())
         assert await rt.handle(rt.settings.rekey_topic, part, 0, key, value) == "batch"
         assert await rt.handle(rt.settings.rekey_topic, part, 0, key, value) == "batch"  # redelivered: duplicate

@@ -8,9 +8,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.evaluate import Evaluator, facts_schema
 from agents.runtime import Runtime
-from rules import default_rules_dir, load_ruleset
 from stream.clock import Clock
 from stream.due import DueIndex, due_after_restore, next_due
 from stream.events import dedupe_key
@@ -18,6 +16,7 @@ from stream.manual import apply_command
 from stream.settings import Settings
 from stream.state import DAY_MS, CustomerState
 
+from .fakes import FakeSender, FakeView, make_runtime
 from .test_state import NOW, SOURCE, event_lists, login, order
 
 HOUR = 3_600_000
@@ -92,33 +91,6 @@ def test_index_compacts_superseded_entries() -> None:
     assert len(index._heaps[3]) < 2000 and index.pop_due(3, 10**9, 10) == ["x"]
 
 
-class FakeSender:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes, int | None]] = []
-
-    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
-        self.sent.append((key, value, partition))
-
-
-class FakeView:
-    def __init__(self) -> None:
-        self.staged: list[str] = []
-        self.spend: dict[str, float] = {}
-
-    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
-        self.staged.append(cid)
-        self.spend[cid] = spend
-
-    async def flush(self) -> int:
-        return 0
-
-    async def customers_between(self, low: float, high: float) -> list[str]:
-        return [c for c, s in self.spend.items() if low <= s <= high and s > 0]
-
-    async def spend_ranks(self, positions: list[int]) -> Any:
-        raise AssertionError("not used here")
-
-
 async def run_sweep(runtime: Runtime, sender: FakeSender) -> int:
     """Run one sweep of partition 0 to the end; the number of command messages it took."""
     cmd: dict[str, Any] = {"cmd": "sweep"}
@@ -135,11 +107,9 @@ async def test_sweeps_look_only_at_due_customers() -> None:
     clock = Clock("stream")
     clock.observe(NOW)
     settings_ = Settings(partitions=1, sweep_chunk=3, clock="stream")  # type: ignore[call-arg]
-    senders = {name: FakeSender() for name in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
     view = FakeView()
     table: dict[str, CustomerState] = {}
-    runtime = Runtime(settings_, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
-                      view, clock, senders)  # type: ignore[arg-type]
+    runtime, senders = make_runtime(settings_, table, clock, view)
     for i in range(7):  # customers evaluated an hour apart, before the worker's index existed
         table[f"c{i}"] = state_of([order(NOW - 40 * DAY_MS + i * HOUR)])
     # first sweep: builds the index in chunks of 3 (3 messages), then evaluates all 7 (never evaluated)
@@ -186,11 +156,8 @@ def test_big_orders_and_complaints_are_priority() -> None:
 async def test_sweep_metrics_count_whole_sweeps() -> None:
     clock = Clock("stream")
     clock.observe(NOW)
-    senders = {name: FakeSender() for name in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
     table = {f"c{i}": state_of([order(NOW - 3 * DAY_MS)]) for i in range(5)}
-    runtime = Runtime(Settings(partitions=1, sweep_chunk=2), table,  # type: ignore[call-arg]
-                      Evaluator(load_ruleset(default_rules_dir(), facts_schema())), FakeView(), clock,
-                      senders)  # type: ignore[arg-type]
+    runtime, senders = make_runtime(Settings(partitions=1, sweep_chunk=2), table, clock)  # type: ignore[call-arg]
     await run_sweep(runtime, senders["commands"])  # 3 chunks build the index, 3 evaluate 2 + 2 + 1
     text = runtime.metrics.render().decode()
     assert "tagger_sweep_customers_count 1.0" in text and "tagger_sweep_customers_sum 5.0" in text

@@ -16,35 +16,14 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.evaluate import Evaluator, facts_schema
-from agents.runtime import Runtime
-from rules import default_rules_dir, load_ruleset
-from stream.clock import Clock
 from stream.settings import Settings
 from stream.state import CustomerState
 
 from ..hostile import dumps, hostile_message
+from .fakes import FakeView, make_runtime
 
 EXAMPLES, PER_EXAMPLE = 420, 25  # 10,500 generated messages, plus hypothesis' own JSON
 MAX_STATE_BYTES = 64 * 1024
-
-
-class Sender:
-    def __init__(self) -> None:
-        self.sent: list[tuple[bytes, bytes]] = []
-
-    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> None:
-        self.sent.append((key, value))
-
-
-class View:
-    pending = 0
-
-    def stage(self, cid: str, view: Any, spend: float) -> None:
-        assert orjson.loads(view())["customer_id"] == cid  # rendered lazily at flush time in the worker
-
-    async def flush(self) -> int:
-        return 0
 
 
 json_values = st.recursive(
@@ -56,10 +35,9 @@ json_values = st.recursive(
 
 def test_every_hostile_message_ends_in_exactly_one_place() -> None:
     config = Settings(partitions=1)  # type: ignore[call-arg]
-    senders = {n: Sender() for n in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
     table: dict[str, CustomerState] = {}
-    runtime = Runtime(config, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())), View(),  # type: ignore[arg-type]
-                      Clock("stream"), senders)  # type: ignore[arg-type]
+    view = FakeView()
+    runtime, senders = make_runtime(config, table, view=view)
     topic_of = {kind: topic for topic, kind in config.keyed_topics.items()}
     topic_of["ticket"] = config.tickets_topic
     loop = asyncio.new_event_loop()
@@ -76,7 +54,7 @@ def test_every_hostile_message_ends_in_exactly_one_place() -> None:
         if dead:
             record = orjson.loads(dead[0][1])
             assert record["error"] and record["topic"] == topic, record
-        for rkey, rvalue in senders["rekey"].sent:  # follow re-keyed events to their owner
+        for rkey, rvalue, _ in senders["rekey"].sent:  # follow re-keyed events to their owner
             senders["rekey"].sent = []
             await deliver(config.rekey_topic, rkey, rvalue)
 
@@ -104,3 +82,4 @@ def test_every_hostile_message_ends_in_exactly_one_place() -> None:
     assert len(table) < 200, len(table)
     biggest = max(len(s.to_bytes()) for s in table.values())
     assert biggest < MAX_STATE_BYTES, biggest
+    assert all(orjson.loads(render())["customer_id"] == cid for cid, render in view.views.items())

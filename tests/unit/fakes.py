@@ -1,0 +1,59 @@
+"""Stand-ins for the broker and Redis, to drive the real Runtime in unit tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from agents.evaluate import Evaluator, facts_schema
+from agents.runtime import Runtime
+from rules import default_rules_dir, load_ruleset
+from stream.clock import Clock
+from stream.settings import Settings
+from stream.state import CustomerState
+
+SENDERS = ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")
+
+
+class FakeSender:
+    """Records what would have been produced."""
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[bytes, bytes, int | None]] = []
+
+    async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
+        self.sent.append((key, value, partition))
+
+
+class FakeView:
+    """Records staged views (rendered on demand), spends and acknowledgements."""
+
+    def __init__(self) -> None:
+        self.staged: list[str] = []
+        self.views: dict[str, Any] = {}
+        self.spend: dict[str, float] = {}
+        self.acks: list[tuple[str, str, int]] = []
+        self.pending = 0
+
+    def stage(self, cid: str, view: Any, spend: float) -> None:
+        self.staged.append(cid)
+        self.views[cid] = view
+        self.spend[cid] = spend
+
+    async def flush(self) -> int:
+        return len(self.staged)
+
+    async def ack(self, request_id: str, phase: str, partition: int) -> None:
+        self.acks.append((request_id, phase, partition))
+
+    async def customers_between(self, low: float, high: float) -> list[str]:
+        return [c for c, s in self.spend.items() if low <= s <= high and s > 0]
+
+
+def make_runtime(settings: Settings | None = None, table: dict[str, CustomerState] | None = None,
+                 clock: Clock | None = None, view: FakeView | None = None) -> tuple[Runtime, dict[str, FakeSender]]:
+    """A Runtime on the default ruleset with fake senders (returned by name) and view."""
+    senders = {name: FakeSender() for name in SENDERS}
+    runtime = Runtime(settings or Settings(partitions=1),  # type: ignore[call-arg]
+                      {} if table is None else table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
+                      view or FakeView(), clock or Clock("stream"), senders)  # type: ignore[arg-type]
+    return runtime, senders
