@@ -112,7 +112,8 @@ class CustomerTable(faust.Table):
 
 def customers_table(app: faust.App, settings: Settings) -> faust.Table:
     """The per-customer state table, keyed by customer_id."""
-    table = CustomerTable(app, name=TABLE_NAME, default=None, key_type=str, partitions=settings.partitions)
+    table = CustomerTable(app, name=TABLE_NAME, default=None, key_type=str, partitions=settings.partitions,
+                          options=settings.table_options)
     producer = app.producer
     faust_flush = producer.flush
 

@@ -95,6 +95,9 @@ class Settings(BaseSettings):
     rules_dir: Path | None = Field(None, description="Ruleset directory (default: shipped rules).")
     store: str = Field("memory://", description="Faust table store: memory:// or rocksdb://.")
     datadir: Path = Field(Path(".tagger-data"), description="Faust data directory.")
+    rocksdb_write_buffer_mb: int = Field(16, ge=1, description="RocksDB store: memtable size per partition (MiB); "
+                                         "at most 2 per partition are held before a flush to disk.")
+    rocksdb_block_cache_mb: int = Field(64, ge=1, description="RocksDB store: block cache per partition (MiB).")
     rules_reload_interval: float = Field(5.0, description="Seconds between checks of the rules directory.")
     sweep_chunk: int = Field(2000, description="Customers re-evaluated per command message; the rest of a "
                              "sweep queues behind new events so intake never waits long.")
@@ -126,6 +129,20 @@ class Settings(BaseSettings):
         if any(tls_files) and not self.redis_url.get_secret_value().startswith("rediss://"):
             raise ValueError("TAGGER_REDIS_SSL_* need a rediss:// REDIS_URL")
         return self
+
+    @property
+    def table_options(self) -> dict[str, int] | None:
+        """Faust store options of the customers table: RocksDB's memory bounds (None: not RocksDB).
+
+        Faust's defaults (3 x 64 MiB memtables and a 2 GiB block cache per partition) grow
+        without a useful bound on a worker owning many partitions. A fresh dict each time:
+        Faust's store pops keys from the one it gets.
+        """
+        if not self.store.startswith("rocksdb:"):
+            return None
+        mib = 1 << 20
+        return {"write_buffer_size": self.rocksdb_write_buffer_mb * mib, "max_write_buffer_number": 2,
+                "block_cache_size": self.rocksdb_block_cache_mb * mib}
 
     @property
     def broker_url(self) -> str:

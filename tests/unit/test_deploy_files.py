@@ -317,3 +317,18 @@ def test_rocksdb_url_selects_faust_rocksdict_store() -> None:
     assert faust_rocksdb.rocksdict is not None, "rocksdict is not installed"
     assert by_url("rocksdb://") is faust_rocksdb.Store
     assert Settings(store="rocksdb://").store == "rocksdb://"  # type: ignore[call-arg]
+
+
+def test_rocksdb_memory_bounds_reach_faust_store(tmp_path: Path) -> None:
+    from faust.stores import rocksdb as faust_rocksdb
+
+    from stream.app import create_app, customers_table
+
+    settings = Settings(store="rocksdb://", datadir=tmp_path, rocksdb_write_buffer_mb=8,  # type: ignore[call-arg]
+                        rocksdb_block_cache_mb=32)
+    store = customers_table(create_app(settings), settings).data
+    assert isinstance(store, faust_rocksdb.Store) and store.use_rocksdict
+    options = store.rocksdb_options
+    assert (options.write_buffer_size, options.max_write_buffer_number, options.block_cache_size) == (
+        8 << 20, 2, 32 << 20)
+    assert Settings(store="memory://").table_options is None  # type: ignore[call-arg]
