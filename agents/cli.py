@@ -55,8 +55,8 @@ def worker() -> None:
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
-async def _reevaluate(settings: Settings, timeout: float) -> dict[str, float]:
-    from stream.kafka_admin import make_producer
+async def _reevaluate(settings: Settings, timeout: float, customer: str | None = None) -> dict[str, float]:
+    from stream.kafka_admin import expected_partition, make_producer
     from stream.redis_view import RedisView
     from stream.security import librdkafka_config, redis_client
 
@@ -66,19 +66,27 @@ async def _reevaluate(settings: Settings, timeout: float) -> dict[str, float]:
     request_id = uuid.uuid4().hex
     timings: dict[str, float] = {}
     try:
-        for phase in ("rank", "evaluate"):
+        # one customer: only its partition, only phase 2 (its own rank entry is rewritten with its view)
+        phases: tuple[str, ...] = ("rank", "evaluate")
+        partitions = list(range(settings.partitions))
+        if customer is not None:
+            phases, partitions = ("evaluate",), [expected_partition(customer.encode(), settings.partitions)]
+        for phase in phases:
             started = time.monotonic()
-            value = orjson.dumps({"cmd": phase, "request_id": request_id})
-            for p in range(settings.partitions):
+            body: dict[str, str] = {"cmd": phase, "request_id": request_id}
+            if customer is not None:
+                body["customer_id"] = customer
+            value = orjson.dumps(body)
+            for p in partitions:
                 producer.produce(settings.commands_topic, key=b"reevaluate", value=value, partition=p)
             producer.flush(10)
             deadline = started + timeout
-            while len(await view.acked(request_id, phase)) < settings.partitions:
+            while len(await view.acked(request_id, phase)) < len(partitions):
                 if time.monotonic() > deadline:
                     done = sorted(await view.acked(request_id, phase))
                     raise click.ClickException(
                         f"phase {phase!r} timed out after {timeout}s; partitions done: {done} "
-                        f"of {settings.partitions}. Are workers running and Redis reachable?")
+                        f"of {partitions}. Are workers running and Redis reachable?")
                 await asyncio.sleep(0.1)
             timings[phase] = time.monotonic() - started
     finally:
@@ -88,17 +96,18 @@ async def _reevaluate(settings: Settings, timeout: float) -> dict[str, float]:
 
 @main.command()
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait for each phase.")
-def reevaluate(timeout: float) -> None:
-    """Re-evaluate every customer now (e.g. after a bulk replay).
+@click.option("--customer", help="Re-evaluate only this customer (at the current cut-offs).")
+def reevaluate(timeout: float, customer: str | None) -> None:
+    """Re-evaluate every customer now (e.g. after a bulk replay), or one with --customer.
 
     Phase 1 refreshes every customer's spend in the global rank; phase 2
     re-reads the tier cut-offs and re-evaluates everyone, so tiers match the
-    rank definition exactly.
+    rank definition exactly. With --customer only phase 2 runs, for that customer.
     """
     settings = _settings()
-    timings = asyncio.run(_reevaluate(settings, timeout))
-    click.echo(f"re-evaluated all {settings.partitions} partitions: "
-               + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
+    timings = asyncio.run(_reevaluate(settings, timeout, customer))
+    what = f"customer {customer}" if customer else f"all {settings.partitions} partitions"
+    click.echo(f"re-evaluated {what}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
 
 
 @main.command()

@@ -65,11 +65,13 @@ def run_dev(*, customers: int, rate: float, web_port: int) -> int:
         lookup = f"http://127.0.0.1:{web_port}/customers/cust-00001"
         if env.get("TAGGER_API_TOKENS") or env.get("TAGGER_API_TOKENS_FILE"):
             click.echo(click.style(f"customer lookup (with one of your tokens): {lookup}", dim=True))
+            click.echo(click.style(f"dashboard: http://127.0.0.1:{web_port}/dashboard#token=<your token>", dim=True))
         else:  # a throw-away admin token for this session only, printed here and nowhere else
             token = new_token()
             env["TAGGER_API_TOKENS"] = orjson.dumps([{"name": "dev", "role": "admin",
                                                       "sha256": hash_token(token)}]).decode()
             click.echo(click.style(f"customer lookup: curl -H 'Authorization: Bearer {token}' {lookup}", dim=True))
+            click.echo(click.style(f"dashboard: http://127.0.0.1:{web_port}/dashboard#token={token}", dim=True))
         settings = Settings(kafka_bootstrap_servers=bootstrap, redis_url=redis_url)  # type: ignore[call-arg]
         ensure_all_topics(settings)
         proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=log_path)

@@ -362,7 +362,10 @@ class Runtime:
         else:
             if name == "evaluate" and pos == 0:
                 await self.refresh_cutoffs()
-            customers = sorted(self.customers_in(partition))
+            only = cmd.get("customer_id")  # `tagger reevaluate --customer`: one customer of this partition
+            if only is not None and not isinstance(only, str):
+                raise InvalidEvent("field 'customer_id': must be a string")
+            customers = ([only] if only in self.table else []) if only else sorted(self.customers_in(partition))
             chunk = customers[pos:pos + self.settings.sweep_chunk]
             if name == "rank":
                 self.stage_views(chunk)
