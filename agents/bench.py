@@ -12,6 +12,7 @@ import json
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -66,9 +67,118 @@ def produce_batches(bootstrap: str, config: DemoConfig, events: int, partitions:
     return events
 
 
-def run_bench(events: int, customers: int, partitions: int, batch: int = 0) -> dict[str, float]:
-    """Run the measurement; return its figures. ``batch`` > 0: produce batch envelopes of that size."""
+def _done(port: int) -> int:
+    """Events the worker has finished with (commands and envelope messages not counted)."""
+    stats = _stats(port)
+    outcomes = stats["outcomes"] if stats else {}
+    return sum(n for outcome, n in outcomes.items() if outcome not in ("batch", "command"))
+
+
+def _get(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, b""
+    except OSError:
+        return 0, b""
+
+
+def _rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def latency_buckets(metrics_text: str, output: str = "tag_change",
+                    since: str = "kafka_timestamp") -> list[tuple[float, float]]:
+    """Cumulative (upper bound, count) pairs of the emit-latency histogram in a /metrics page."""
+    out = []
+    prefix = "tagger_emit_latency_seconds_bucket{"
+    for line in metrics_text.splitlines():
+        if line.startswith(prefix) and f'output="{output}"' in line and f'since="{since}"' in line:
+            labels, value = line[len(prefix):].rsplit("} ", 1)
+            le = labels.split('le="', 1)[1].split('"', 1)[0]
+            out.append((float("inf") if le == "+Inf" else float(le), float(value)))
+    return sorted(out)
+
+
+def percentile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
+    """The q-quantile (0..1) of the observations made between two histogram snapshots (linear in a bucket)."""
+    counts = dict(before)
+    delta = [(le, n - counts.get(le, 0.0)) for le, n in after]
+    total = delta[-1][1] if delta else 0.0
+    if total <= 0:
+        return None
+    rank, lower, below = q * total, 0.0, 0.0
+    for le, cumulative in delta:
+        if cumulative >= rank:
+            if le == float("inf"):
+                return lower
+            return lower + (le - lower) * (rank - below) / max(cumulative - below, 1e-12)
+        lower, below = le, cumulative
+    return lower
+
+
+def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
+    """Messages/s of a plain aiokafka ``getmany`` loop reading ``topics`` from the start (no group)."""
+    from aiokafka import AIOKafkaConsumer
+    from aiokafka.structs import TopicPartition
+
+    async def run() -> float:
+        consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                                    auto_offset_reset="earliest")
+        await consumer.start()
+        try:
+            tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
+            consumer.assign(tps)
+            await consumer.seek_to_beginning(*tps)
+            read, began = 0, time.monotonic()
+            while read < expected and time.monotonic() - began < 120:
+                batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
+                read += sum(len(records) for records in batches.values())
+            return read / (time.monotonic() - began)
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[bytes, int]:
+    """Size of the latest record per key of a changelog topic (read until ``idle_s`` without records)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from stream.kafka_admin import client_config
+
+    consumer = Consumer({**client_config(bootstrap), "group.id": "tagger-bench-sizes", "enable.auto.commit": False})
+    try:
+        partitions = consumer.list_topics(topic, timeout=20).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
+        latest: dict[bytes, int] = {}
+        quiet_since = time.monotonic()
+        while time.monotonic() - quiet_since < idle_s:
+            batch = consumer.consume(10_000, timeout=0.5)
+            if batch:
+                quiet_since = time.monotonic()
+            for msg in batch:
+                key, value = msg.key(), msg.value()
+                if msg.error() is not None or key is None:
+                    continue
+                if value is None:
+                    latest.pop(key, None)  # a tombstone (erasure)
+                else:
+                    latest[key] = len(value)
+        return latest
+    finally:
+        consumer.close()
+
+
+def run_bench(events: int, customers: int, partitions: int, batch: int = 0,
+              latency_seconds: float = 10.0) -> dict[str, Any]:
+    """The whole benchmark on embedded services; returns its figures (see ``tagger bench --help``)."""
+    import redis as redis_sync
+
     workdir = Path(tempfile.mkdtemp(prefix="tagger-bench-"))
+    result: dict[str, Any] = {"events": events, "customers": customers, "partitions": partitions, "batch": batch}
     with ServiceGroup() as services:
         settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url,
                             partitions=partitions)  # type: ignore[call-arg]
@@ -80,7 +190,10 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0) -> d
             produced = produce_batches(services.bootstrap, config, events, partitions, batch)
         else:
             produced = asyncio.run(run_demo(services.bootstrap, config, limit=events))
-        produce_s = time.monotonic() - started
+        result["produce_events_per_s"] = produced / (time.monotonic() - started)
+        sources = list(settings.input_topics)
+        messages = produced if batch <= 0 else -(-produced // batch)
+        result["raw_aiokafka_messages_per_s"] = raw_consume_rate(services.bootstrap, sources, messages)
         port = free_port()
         env = worker_env(services.bootstrap, services.redis_url, port, workdir / "data", embedded=True)
         env["TAGGER_PARTITIONS"] = str(partitions)
@@ -88,24 +201,57 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0) -> d
         try:
             first = last = None
             done = 0
-            while done < produced:
-                stats = _stats(port)
-                outcomes = stats["outcomes"] if stats else {}
-                done = sum(n for outcome, n in outcomes.items() if outcome not in ("batch", "command"))
-                now = time.monotonic()
+            while done < produced:  # 1. sustained throughput on the backlog, until lag is 0
+                done, now = _done(port), time.monotonic()
                 if done and first is None:
                     first = (now, done)
                 last = (now, done)
                 if proc.poll() is not None:
                     raise click.ClickException(f"worker exited; see {workdir / 'worker.log'}")
                 time.sleep(0.25)
+            assert first is not None and last is not None
+            seconds = last[0] - first[0]
+            rate = (last[1] - first[1]) / max(seconds, 1e-9)
+            raw = result["raw_aiokafka_messages_per_s"] * (batch if batch > 0 else 1)
+            result.update(worker_seconds=seconds, worker_events_per_s=rate, tagger_vs_raw_aiokafka=rate / raw)
+            # 2. latency from the producer's timestamp to the tag change, at half the measured capacity
+            offered = max(1.0, rate / 2)
+            before = latency_buckets(_get(port, "/metrics")[1].decode())
+            live = DemoConfig(customers=customers, rate=offered, seed=99)
+            extra = asyncio.run(run_demo(services.bootstrap, live, limit=int(offered * latency_seconds)))
+            deadline = time.monotonic() + 120
+            while _done(port) < produced + extra and time.monotonic() < deadline:
+                time.sleep(0.25)
+            after = latency_buckets(_get(port, "/metrics")[1].decode())
+            result["latency_offered_events_per_s"] = offered
+            for q in (0.5, 0.95, 0.99):
+                result[f"latency_p{round(q * 100)}_s"] = percentile(before, after, q)
+            # 3. memory: worker RSS, state bytes per customer (latest changelog record per key), Redis
+            result["worker_rss_mb"] = _rss_mb(proc.pid)
+            latest = changelog_sizes(services.bootstrap, f"{settings.app_id}-customers-changelog")
+            result["state_bytes_per_customer"] = sum(latest.values()) / max(len(latest), 1)
+            result["customers_in_state"] = len(latest)
+            info = redis_sync.Redis.from_url(services.redis_url).info("memory")
+            result["redis_bytes_per_customer"] = info["used_memory"] / max(len(latest), 1)
+            # 4. recovery: stop the worker, start another on the same (memory) store: time to ready
+            terminate(proc, grace=15.0)
+            began = time.monotonic()
+            proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=workdir / "worker-2.log")
+            while _get(port, "/readyz")[0] != 200 and time.monotonic() - began < 300:
+                time.sleep(0.25)
+            result["recovery_to_ready_s"] = time.monotonic() - began
         finally:
             terminate(proc, grace=15.0)
-    assert first is not None and last is not None
-    seconds = last[0] - first[0]
-    return {"events": produced, "customers": customers, "partitions": partitions, "batch": batch,
-            "produce_events_per_s": produced / produce_s,
-            "worker_seconds": seconds, "worker_events_per_s": (last[1] - first[1]) / max(seconds, 1e-9)}
+    return result
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The figures as a short two-column table."""
+    def show(value: Any) -> str:
+        return f"{value:,.3f}" if isinstance(value, float) and value < 10 else (
+            f"{value:,.0f}" if isinstance(value, float) else str(value))
+    width = max(len(k) for k in result)
+    return "\n".join(f"{key:<{width}}  {show(value)}" for key, value in result.items())
 
 
 class _Null:

@@ -6,6 +6,7 @@ import asyncio
 import sys
 import time
 import uuid
+from pathlib import Path
 
 import click
 import orjson
@@ -167,13 +168,26 @@ def bench_sweep(customers: int) -> None:
 @click.option("--partitions", default=8, show_default=True)
 @click.option("--batch", default=0, show_default=True,
               help="produce batch envelopes of this many events per topic partition (0: one event per message)")
-def bench(events: int, customers: int, partitions: int, batch: int) -> None:
-    """Measure one worker's sustained events/s on the embedded broker and Redis."""
+@click.option("--latency-seconds", default=10.0, show_default=True,
+              help="length of the fixed-rate phase that measures latency (at half the measured capacity)")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the JSON here")
+def bench(events: int, customers: int, partitions: int, batch: int, latency_seconds: float, out: Path | None) -> None:
+    """Benchmark one worker on the embedded broker and Redis.
+
+    In one run: a raw aiokafka getmany baseline over the same messages; the tagger's
+    sustained events/s on the backlog until lag is 0 (and its ratio to the baseline);
+    p50/p95/p99 from each event's Kafka timestamp to its tag change at half that rate;
+    worker RSS, state bytes per customer (latest changelog record per key) and Redis
+    bytes per customer; time for a restarted worker to recover and be ready.
+    """
     import json
 
-    from .bench import run_bench
+    from .bench import render_table, run_bench
 
-    click.echo(json.dumps(run_bench(events, customers, partitions, batch), indent=2))
+    result = run_bench(events, customers, partitions, batch, latency_seconds)
+    if out is not None:
+        out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    click.echo(render_table(result))
 
 
 main.add_command(replay_command)
