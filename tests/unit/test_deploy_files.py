@@ -332,3 +332,17 @@ def test_rocksdb_memory_bounds_reach_faust_store(tmp_path: Path) -> None:
     assert (options.write_buffer_size, options.max_write_buffer_number, options.block_cache_size) == (
         8 << 20, 2, 32 << 20)
     assert Settings(store="memory://").table_options is None  # type: ignore[call-arg]
+
+
+def test_every_tagger_variable_in_the_deploy_files_is_a_setting(resolved: dict[str, Any]) -> None:
+    """A misspelt variable would be ignored silently (settings ignore unknown variables)."""
+    known = {f"TAGGER_{name.upper()}" for name in Settings.model_fields} | {"KAFKA_BOOTSTRAP_SERVERS", "REDIS_URL"}
+    docs = k8s_docs()
+    container = k8s_kind(docs, "StatefulSet")["spec"]["template"]["spec"]["containers"][0]
+    names = {*k8s_kind(docs, "ConfigMap")["data"], *k8s_kind(docs, "Secret")["stringData"],
+             *(e["name"] for e in container["env"] if e["name"].startswith("TAGGER_"))}
+    for service in resolved["services"].values():
+        names |= {k for k in service.get("environment") or {} if k.startswith(("TAGGER_", "KAFKA_B", "REDIS_"))}
+    names |= {n for line in dockerfile_stages()[-1] for n in re.findall(r"\b(TAGGER_[A-Z_]+)=", line)}
+    names = {n for n in names if n.startswith(("TAGGER_", "KAFKA_BOOTSTRAP", "REDIS_URL"))}
+    assert names and names <= known, sorted(names - known)
