@@ -22,6 +22,7 @@ class Weights:
             if value < 0:
                 raise RulesetError(f"weight '{name}' must be non-negative, got {value}")
             object.__setattr__(self, name, float(value))
+        object.__setattr__(self, "_pairs", tuple((name, float(value)) for name, value in values.items()))
         total = math.fsum(values.values())
         if abs(total - 1.0) > 1e-9:
             raise RulesetError(f"{self.label} weights sum to {total:g}, not 1",
@@ -29,5 +30,8 @@ class Weights:
 
     def as_dict(self) -> dict[str, float]:
         """Name -> weight, in declaration order."""
+        pairs = getattr(self, "_pairs", None)  # set once the weights are validated (hot path: no fields())
+        if pairs is not None:
+            return dict(pairs)
         this: Any = self
         return {f.name: getattr(self, f.name) for f in fields(this)}
