@@ -161,37 +161,24 @@ class Runtime:
         if kind == "privacy" and isinstance(item, dict):
             return await self.erase(item, topic)
         cid = _customer_of(item)
-        state = self.table.get(cid)
+        if not isinstance(item, dict):
+            return "ok" if await self.apply_events(kind, cid, [item], topic, source, offset) else "duplicate"
+        state = self.table.get(cid)  # a profile or a manual command from here on
         if state is None:
             state = CustomerState()
-        if isinstance(item, dict):
-            msg_id = item.get("command_id") or f"{source}@{offset}"
-            dedupe_id = f"{kind}:{msg_id}"
-            if state.is_duplicate(source, offset, dedupe_id):
-                return "duplicate"
-            manual = apply_command(state.manual, item, self.clock.now()) if kind == "manual" else None
-            state.mark(source, offset, dedupe_id)  # after apply_command, which may reject the command
-            if kind == "profile":
-                state.profile = None if item.get("deleted") else item
-                trigger = {"kind": "event", "topic": topic, "event_id": None}
-            else:
-                state.manual = manual
-                trigger = {"kind": "manual", "topic": topic, "event_id": msg_id}
-            await self.reevaluate(cid, state, trigger, changed=True)
-            return "ok"
-        dedupe_id = f"{kind}:{item.event_id}"
+        msg_id = item.get("command_id") or f"{source}@{offset}"
+        dedupe_id = f"{kind}:{msg_id}"
         if state.is_duplicate(source, offset, dedupe_id):
             return "duplicate"
-        self.clock.observe(item.ts)
-        trigger = {"kind": "event", "topic": topic, "event_id": item.event_id}
-        priority = priority_of(item, state.aggregates(self.clock.now()), self.settings.big_order_multiple,
-                               self.settings.big_order_amount) if kind != "login" else None
-        if priority is not None:
-            trigger["priority"], trigger["reason"] = priority
-        state.apply(item, source, offset, dedupe_id)
-        await self.reevaluate(cid, state, trigger, item.ts, changed=True)
-        if priority is not None:
-            await self.flush_priority()
+        manual = apply_command(state.manual, item, self.clock.now()) if kind == "manual" else None
+        state.mark(source, offset, dedupe_id)  # after apply_command, which may reject the command
+        if kind == "profile":
+            state.profile = None if item.get("deleted") else item
+            trigger = {"kind": "event", "topic": topic, "event_id": None}
+        else:
+            state.manual = manual
+            trigger = {"kind": "manual", "topic": topic, "event_id": msg_id}
+        await self.reevaluate(cid, state, trigger, changed=True)
         return "ok"
 
     async def apply_batch(self, kind: str, batch: Batch, topic: str, partition: int, offset: int, source: str,
@@ -221,33 +208,38 @@ class Runtime:
         return "batch"
 
     async def apply_events(self, kind: str, cid: str, events: list[Event], topic: str, source: str, offset: int,
-                           batch_id: str) -> int:
-        """Apply one customer's events from one envelope exactly once, evaluate once; the number applied.
+                           batch_id: str | None = None) -> int:
+        """Apply one customer's events exactly once and evaluate once; return how many were applied.
 
-        The envelope is marked by its offset (redelivery) and ``batch:<batch_id>`` (a producer's
-        retry of the whole envelope); each event also by its id (the same event sent again in
-        another envelope or alone). State is written once, after all of them.
+        A single event is marked by its offset (redelivery) and its id (producer retry). Events
+        of an envelope (``batch_id``) are marked by their ids, and the envelope by its offset and
+        ``batch:<batch_id>`` (a producer's retry of the whole envelope). State is written once,
+        after all of them. Big orders and complaints flush the Redis views at once.
         """
         state = self.table.get(cid)
         if state is None:
             state = CustomerState()
-        if state.is_duplicate(source, offset, f"batch:{batch_id}"):
+        if batch_id is not None and state.is_duplicate(source, offset, f"batch:{batch_id}"):
             return 0
+        position = offset if batch_id is None else -1  # -1: ids only; the envelope's offset is marked below
         applied, latest, priority = 0, None, None
         for event in events:
             dedupe_id = f"{kind}:{event.event_id}"
-            if state.is_duplicate(source, -1, dedupe_id):
+            if state.is_duplicate(source, position, dedupe_id):
                 continue
             self.clock.observe(event.ts)
             if priority is None and kind != "login":
                 priority = priority_of(event, state.aggregates(self.clock.now()), self.settings.big_order_multiple,
                                        self.settings.big_order_amount)
-            state.apply(event, source, -1, dedupe_id)  # -1: the id only; the offset is marked below
+            state.apply(event, source, position, dedupe_id)
             applied += 1
             latest = event if latest is None or event.ts >= latest.ts else latest
-        state.mark(source, offset, f"batch:{batch_id}")
-        trigger: dict[str, Any] = {"kind": "event", "topic": topic, "event_id": latest.event_id if latest else None,
-                                   "batch_id": batch_id, "events": applied}
+        if batch_id is None and not applied:
+            return 0
+        trigger: dict[str, Any] = {"kind": "event", "topic": topic, "event_id": latest.event_id if latest else None}
+        if batch_id is not None:
+            state.mark(source, offset, f"batch:{batch_id}")
+            trigger.update(batch_id=batch_id, events=applied)
         if priority is not None:
             trigger["priority"], trigger["reason"] = priority
         await self.reevaluate(cid, state, trigger, latest.ts if latest else None, changed=True)
