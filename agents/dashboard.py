@@ -147,7 +147,7 @@ class Dashboard:
                     await response.write(b": keep-alive\n\n")
                     continue
                 await self._send(response, kind, message, principal)
-        except (ConnectionResetError, asyncio.CancelledError):
+        except ConnectionResetError:  # the page went away (a shutdown cancels us: that propagates)
             pass
         finally:
             self.feed.queues.discard(queue)
