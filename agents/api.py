@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import faust
@@ -22,7 +22,7 @@ from faust.web import Request, Response, View
 
 from stream.access import TagRules, can_see_tag, filter_customer
 from stream.audit import AuditLog, audit_record
-from stream.auth import Decision, TokenRegistry, authorize, load_registry
+from stream.auth import Decision, Principal, TokenRegistry, authorize, load_registry
 from stream.events import MAX_ID_CHARS
 from stream.exceptions import InvalidEvent
 from stream.manual import TAG, parse_command
@@ -86,8 +86,12 @@ class Api:
         return await self.answer(web, {"error": decision.reason}, decision.status, decision, action, outcome,
                                  customer_id, detail={"reason": decision.reason, **(detail or {})})
 
-    async def read_customer(self, web: View, request: Request, table: Any, customer_id: str) -> Response:
-        """``GET /customers/{id}``: the customer as the caller's role may see it."""
+    async def read_customer(self, web: View, request: Request, table: Any, customer_id: str,
+                            extra: Callable[[Any, int, Principal], dict[str, Any]] | None = None) -> Response:
+        """``GET /customers/{id}``: the customer as the caller's role may see it.
+
+        ``extra(state, now, principal)`` may add fields for this caller (disclosed and audited too).
+        """
         action = "customer.read"
         decision = self.authorize(request, action)
         if decision.principal is None or decision.status != 200:
@@ -96,9 +100,13 @@ class Api:
         if state is None:
             return await self.answer(web, {"error": "unknown customer", "customer_id": customer_id}, 404,
                                      decision, action, "not_found", customer_id, detail={"found": False})
-        evaluator = self.runtime.evaluator
-        doc = evaluator.view_document(customer_id, state, evaluator.facts(state, self.runtime.clock.now()))
+        now, evaluator = self.runtime.clock.now(), self.runtime.evaluator
+        doc = evaluator.view_document(customer_id, state, evaluator.facts(state, now))
         body, disclosed = filter_customer(doc, decision.principal, self.rules())
+        if extra is not None:
+            added = extra(state, now, decision.principal)
+            body.update(added)
+            disclosed = [*disclosed, *added]
         return await self.answer(web, body, 200, decision, action, "allowed", customer_id, disclosed,
                                  detail={"found": True})
 

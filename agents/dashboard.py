@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
-from stream.access import filter_customer, sees_money
+from stream.access import sees_money
 from stream.audit import audit_record
 from stream.auth import Principal
 from stream.dashboard import feed_item, spend_series, tier_counts
@@ -160,23 +160,12 @@ class Dashboard:
             await response.write(b"event: " + kind.encode() + b"\ndata: " + orjson.dumps(item) + b"\n\n")
 
     async def customer(self, web: View, request: Request, table: Any, customer_id: str) -> Response:
-        api, action = self.api, "customer.read"
-        decision = api.authorize(request, action)
-        if decision.principal is None or decision.status != 200:
-            return await api.refuse(web, decision, action, customer_id)
-        state = table.get(customer_id)
-        if state is None:
-            return await api.answer(web, {"error": "unknown customer", "customer_id": customer_id}, 404,
-                                    decision, action, "not_found", customer_id, detail={"found": False})
-        now = api.runtime.clock.now()
-        evaluator = api.runtime.evaluator
-        doc = evaluator.view_document(customer_id, state, evaluator.facts(state, now))
-        body, disclosed = filter_customer(doc, decision.principal, api.rules())
-        if sees_money(decision.principal):
-            body["spend_by_month"] = spend_series(state.days, now)
-            disclosed = [*disclosed, "spend_by_month"]
-        return await api.answer(web, body, 200, decision, action, "allowed", customer_id, disclosed,
-                                detail={"found": True})
+        """The API's customer read, plus the spend per month for roles that see money."""
+        return await self.api.read_customer(web, request, table, customer_id, extra=_spend_by_month)
+
+
+def _spend_by_month(state: Any, now: int, principal: Principal) -> dict[str, Any]:
+    return {"spend_by_month": spend_series(state.days, now)} if sees_money(principal) else {}
 
 
 def install_dashboard(app: Any, table: Any, api: Api, settings: Any) -> Dashboard:
