@@ -1,19 +1,89 @@
-"""``tagger bench``: sustained events/s of one worker on the embedded broker.
+"""``tagger bench``: the issue-7 benchmark harness on embedded Tansu and Redis.
 
-Produces N demo events first, then starts one worker and times it from its
-first processed message until every message has an outcome. A first figure,
-not yet the full harness (see issue 7).
+Every measured *group* (``agents/bench_workers.py``) is its own consumer group with its
+own app id, input/output topics and Redis prefix, and reads the same backlog (``--events``
+demo events over ``--customers``, or batch envelopes of ``--batch``) from its start. The
+phases, in order:
+
+1. **Throughput.** For each group: start its workers on *empty* topics, wait until every
+   worker answers /readyz 200 in two polls a second apart (all joined, partitions
+   assigned, no rebalance in between), only then produce the backlog (well under a
+   second) and time from the start of production until every event is finished (the sum
+   over the workers' /stats outcomes, without ``batch`` and ``command``). Starting on empty topics
+   is what makes N workers measurable on Tansu: a join takes half the 6 s session
+   timeout, and a worker that started draining alone would be interrupted by a rebalance
+   inside the timed window. Groups: the do-nothing Faust agent (``baseline-worker``) with
+   ``--workers`` N workers, then with 1 if N > 1; the tagger with N, then with 1 if N > 1.
+   A raw aiokafka ``getmany`` loop reads the first group's input topics (no group).
+2. **Latency against offered rate**, on the one-worker tagger group: single demo events at
+   each ``--rates`` fraction of the *reference capacity* for ``--latency-seconds``;
+   p50/p95/p99 of the worker's histogram (Kafka timestamp → tag change sent) between
+   before and after. Then the same at a fixed 1,000 events/s, if the reference capacity
+   reaches it (else null). The reference capacity is the one-worker rate; with ``--batch``
+   that rate is of envelopes, and single events cost more, so it is capped at
+   ``--latency-capacity``.
+3. **Immediate path**: normal traffic at the highest ``--rates`` fraction plus 5 priority
+   events/s (big orders of 20,000, complaint tickets; new customers, so each yields a tag
+   change), measured end to end from the outside (``agents/bench_latency.py``).
+4. **Memory**: worker RSS, state bytes per customer (latest changelog record per key),
+   Redis bytes per customer (whole instance, flushed before this group started).
+5. **Whole-base re-evaluation under load**: steady traffic at 50% of the reference capacity;
+   intake and p99 for ``--latency-seconds`` before, then ``tagger reevaluate`` (rank, then
+   evaluate, every partition, acks in Redis) and the same during it (the p99 window runs
+   until a second after the last ack, so events queued behind it count). Also the
+   in-process incremental-sweep cost (``sweep_cost``, as ``tagger bench-sweep``).
+6. **Recovery**: the worker is stopped and restarted on the same (memory) store; seconds
+   until /readyz is 200.
+
+JSON keys (``--out``); rates are per second, latencies in seconds, null where not measured:
+
+- ``events``, ``customers``, ``partitions``, ``batch``, ``workers``, ``rates``: the run's options.
+- ``cpu_count``, ``load_average_start``, ``load_average_end``: the machine (1-minute load).
+- ``backlog_messages``: messages in the backlog (= events, or envelopes with ``--batch``).
+- ``produce_events_per_s``: how fast the bench produced the backlog (first group).
+- ``raw_aiokafka_messages_per_s``: plain aiokafka ``getmany`` over the backlog, no group.
+- ``faust_noop_messages_per_s``: the do-nothing Faust agent, N workers together.
+- ``faust_noop_one_worker_messages_per_s``, ``faust_noop_scaling_ratio``: the same with one
+  worker, and N / 1 (null if N = 1).
+- ``worker_events_per_s``: the tagger, N workers together (events, not envelopes).
+- ``one_worker_events_per_s``, ``scaling_ratio``: the tagger with one worker, and N / 1
+  (null if N = 1).
+- ``tagger_vs_faust_noop``, ``tagger_vs_raw_aiokafka``: ``worker_events_per_s`` over the
+  N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
+- ``latency_reference_events_per_s``: the capacity ``--rates`` are fractions of.
+- ``latency_by_rate``: one entry per ``--rates`` fraction: ``fraction``,
+  ``offered_events_per_s``, ``events``, ``p50_s``, ``p95_s``, ``p99_s``.
+- ``latency_1k_reachable``, ``latency_1k_p50_s``, ``latency_1k_p95_s``, ``latency_1k_p99_s``:
+  the same at 1,000 events/s (issue 7 target: p99 ≤ 0.1 s).
+- ``immediate_offered_events_per_s``, ``immediate_events``, ``immediate_matched``,
+  ``immediate_p50_s``, ``immediate_p99_s``, ``immediate_max_s``: the immediate path: normal
+  traffic rate, priority events sent and matched to their tag change, and their end-to-end
+  latency (bench's produce call → tag change consumed by the bench).
+- ``worker_rss_mb``, ``state_bytes_per_customer``, ``customers_in_state``,
+  ``redis_bytes_per_customer``: memory after the latency phases (the customers include
+  the immediate path's new ones). State is the latest changelog record per customer;
+  ``state_bytes_per_customer_without_recent_ids`` leaves out its recent-ID dedupe list
+  (``recent_ids_bytes_per_customer``, ``recent_ids_per_customer`` entries on average; at
+  most ``RECENT_IDS`` = 64 per customer, see README).
+- ``reevaluate_offered_events_per_s``, ``reevaluate_seconds``, ``reevaluate_rank_seconds``,
+  ``reevaluate_evaluate_seconds``, ``reevaluate_customers_per_s`` (``customers_in_state`` /
+  ``reevaluate_seconds``), ``intake_before_reevaluate_events_per_s``,
+  ``intake_during_reevaluate_events_per_s``, ``p99_before_reevaluate_s``,
+  ``p99_during_reevaluate_s``: the whole-base re-evaluation under load.
+- ``incremental_sweep_us_per_evaluation``, ``incremental_sweep_cpu_seconds_per_day_per_million``:
+  from ``sweep_cost(customers, hours=6)``.
+- ``recovery_to_ready_s``: restart to /readyz 200.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import sys
+import os
+import shutil
 import tempfile
 import time
-import urllib.error
-import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -21,102 +91,84 @@ import click
 import orjson
 
 from stream.demo import DemoConfig, run_demo
-from stream.embedded import ServiceGroup, free_port, spawn, terminate
+from stream.embedded import ServiceGroup, terminate
 from stream.settings import Settings
-from stream.topics import ensure_all_topics
 
-from .devmode import worker_env
+from .bench_latency import (
+    Buckets,
+    TagChangeWatcher,
+    latencies,
+    percentile,
+    percentiles,
+    plot_latency,
+    priority_traffic,
+    quantile,
+    snapshot,
+)
+from .bench_workers import (
+    Group,
+    Message,
+    backlog,
+    check_alive,
+    done,
+    drain_rate,
+    get,
+    new_group,
+    produce,
+    spawn_worker,
+    stop_group,
+    wait_done,
+    wait_ready,
+)
+
+__all__ = ["parse_rates", "percentile", "plot_latency", "render_table", "run_bench", "sweep_cost"]
+
+PRIORITY_EVENTS_PER_S = 5.0
+ONE_K = 1000.0
 
 
-def _stats(port: int) -> dict[str, Any] | None:
+def progress(what: str) -> None:
+    """One line on stderr per step, so a slow or failing run shows where it is."""
+    click.echo(f"{time.strftime('%H:%M:%S')} bench: {what}", err=True)
+
+
+def parse_rates(text: str) -> list[float]:
+    """``"0.25,0.5,0.8"`` → ``[0.25, 0.5, 0.8]``: fractions of capacity, each in (0, 1.5], sorted."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/stats", timeout=2) as resp:  # noqa: S310
-            return dict(json.loads(resp.read()))
-    except OSError:
-        return None
+        rates = sorted({float(part) for part in text.split(",") if part.strip()})
+    except ValueError as exc:
+        raise click.BadParameter(f"{text!r}: expected comma-separated numbers such as 0.25,0.5,0.8") from exc
+    if not rates or not all(0 < r <= 1.5 for r in rates):
+        raise click.BadParameter(f"{text!r}: every rate must be a fraction of capacity in (0, 1.5]")
+    return rates
 
 
-def produce_batches(bootstrap: str, config: DemoConfig, events: int, partitions: int, size: int) -> int:
-    """Produce ``events`` demo events as batch envelopes of up to ``size`` events per topic partition."""
-    from stream.demo import DemoGenerator
-    from stream.kafka_admin import expected_partition, make_producer
+@dataclass
+class Run:
+    """One benchmark run: services, options and the backlog every group reads."""
 
-    producer = make_producer(bootstrap)
-    pending: dict[tuple[str, int], list[bytes]] = {}
-    batches = 0
+    services: ServiceGroup
+    workdir: Path
+    events: int
+    customers: int
+    partitions: int
+    batch: int
+    messages: list[Message]
 
-    def send(topic: str, partition: int, values: list[bytes]) -> None:
-        nonlocal batches
-        batches += 1
-        value = b'{"batch_id":"b%d","events":[' % batches + b",".join(values) + b"]}"
-        producer.produce(topic, value, None, partition=partition)
-        producer.poll(0)
+    def group(self, name: str, command: str, count: int) -> Group:
+        return new_group(name, command, count, bootstrap=self.services.bootstrap,
+                         redis_url=self.services.redis_url, partitions=self.partitions, workdir=self.workdir)
 
-    for topic, key, value in DemoGenerator(config).take(events):
-        slot = (topic, expected_partition(key, partitions))
-        values = pending.setdefault(slot, [])
-        values.append(value)
-        if len(values) >= size:
-            send(*slot, values)
-            pending[slot] = []
-    for slot, values in pending.items():
-        if values:
-            send(*slot, values)
-    if producer.flush(60):
-        raise click.ClickException("batch envelopes not delivered")
-    return events
-
-
-def _done(port: int) -> int:
-    """Events the worker has finished with (commands and envelope messages not counted)."""
-    stats = _stats(port)
-    outcomes = stats["outcomes"] if stats else {}
-    return sum(n for outcome, n in outcomes.items() if outcome not in ("batch", "command"))
-
-
-def _get(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:  # noqa: S310
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as exc:
-        return exc.code, b""
-    except OSError:
-        return 0, b""
+    def settings(self, group: Group) -> Settings:
+        """Settings of a group's workers, for commands sent from here (reevaluate)."""
+        return Settings(kafka_bootstrap_servers=self.services.bootstrap, redis_url=self.services.redis_url,
+                        partitions=self.partitions, app_id=group.app_id,
+                        redis_prefix=group.redis_prefix)  # type: ignore[call-arg]
 
 
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
-
-
-def latency_buckets(metrics_text: str, output: str = "tag_change",
-                    since: str = "kafka_timestamp") -> list[tuple[float, float]]:
-    """Cumulative (upper bound, count) pairs of the emit-latency histogram in a /metrics page."""
-    out = []
-    prefix = "tagger_emit_latency_seconds_bucket{"
-    for line in metrics_text.splitlines():
-        if line.startswith(prefix) and f'output="{output}"' in line and f'since="{since}"' in line:
-            labels, value = line[len(prefix):].rsplit("} ", 1)
-            le = labels.split('le="', 1)[1].split('"', 1)[0]
-            out.append((float("inf") if le == "+Inf" else float(le), float(value)))
-    return sorted(out)
-
-
-def percentile(before: list[tuple[float, float]], after: list[tuple[float, float]], q: float) -> float | None:
-    """The q-quantile (0..1) of the observations made between two histogram snapshots (linear in a bucket)."""
-    counts = dict(before)
-    delta = [(le, n - counts.get(le, 0.0)) for le, n in after]
-    total = delta[-1][1] if delta else 0.0
-    if total <= 0:
-        return None
-    rank, lower, below = q * total, 0.0, 0.0
-    for le, cumulative in delta:
-        if cumulative >= rank:
-            if le == float("inf"):
-                return lower
-            return lower + (le - lower) * (rank - below) / max(cumulative - below, 1e-12)
-        lower, below = le, cumulative
-    return lower
 
 
 def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
@@ -143,8 +195,9 @@ def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
     return asyncio.run(run())
 
 
-def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[bytes, int]:
-    """Size of the latest record per key of a changelog topic (read until ``idle_s`` without records)."""
+def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[bytes, tuple[int, int, int]]:
+    """Latest record per key of a changelog topic (read until ``idle_s`` without records):
+    its size in bytes, the bytes of its recent-ID dedupe list (``"i":[...],``) and that list's length."""
     from confluent_kafka import Consumer, TopicPartition
 
     from stream.kafka_admin import client_config
@@ -153,7 +206,7 @@ def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[byt
     try:
         partitions = consumer.list_topics(topic, timeout=20).topics[topic].partitions
         consumer.assign([TopicPartition(topic, p, 0) for p in partitions])
-        latest: dict[bytes, int] = {}
+        latest: dict[bytes, tuple[int, int, int]] = {}
         quiet_since = time.monotonic()
         while time.monotonic() - quiet_since < idle_s:
             batch = consumer.consume(10_000, timeout=0.5)
@@ -166,93 +219,270 @@ def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[byt
                 if value is None:
                     latest.pop(key, None)  # a tombstone (erasure)
                 else:
-                    latest[key] = len(value)
+                    ids = orjson.loads(value).get("i", [])
+                    latest[key] = (len(value), len(orjson.dumps(ids)) + 5 if ids else 0, len(ids))
         return latest
     finally:
         consumer.close()
 
 
-def run_bench(events: int, customers: int, partitions: int, batch: int = 0,
-              latency_seconds: float = 10.0) -> dict[str, Any]:
-    """The whole benchmark on embedded services; returns its figures (see ``tagger bench --help``)."""
+# --- 1. throughput ---------------------------------------------------------------------------
+
+
+def measure_drain(run: Run, name: str, command: str, count: int, expected: int,
+                  keep: bool = False) -> tuple[float, Group, float]:
+    """(rate, group, produce seconds): start the group on empty topics, wait ready, produce, time the drain.
+
+    The group is stopped afterwards unless ``keep``.
+    """
+    progress(f"{name}: starting {count} worker(s)")
+    group = run.group(name, command, count)
+    try:
+        progress(f"{name}: ready after {wait_ready(group):.1f}s; producing the backlog, timing the drain")
+        started = time.monotonic()
+        produce_s = produce(run.services.bootstrap, run.messages, group)
+        rate = drain_rate(group, expected, started)
+        group.expected = expected
+        progress(f"{name}: drained {expected:,} at {rate:,.0f}/s")
+    except BaseException:
+        stop_group(group)
+        raise
+    if not keep:
+        stop_group(group)
+    return rate, group, produce_s
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
+    """Phase 1; returns the one-worker tagger group, still running."""
+    counts = [workers, 1] if workers > 1 else [1]
+    per_message = max(run.batch, 1)  # events per backlog message
+    noop: dict[int, float] = {}
+    for n in counts:
+        noop[n], group, produce_s = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
+        if "raw_aiokafka_messages_per_s" not in result:
+            result["produce_events_per_s"] = run.events / produce_s
+            topics = [group.topic(t) for t in ("orders", "logins", "support-tickets")]
+            result["raw_aiokafka_messages_per_s"] = raw_consume_rate(run.services.bootstrap, topics,
+                                                                     len(run.messages))
+    tagger: dict[int, float] = {}
+    for n in counts:
+        if n == 1:
+            _flush_redis(run)  # Redis bytes per customer are measured on this group alone
+        tagger[n], group, _ = measure_drain(run, f"tagger-{n}", "worker", n, run.events, keep=n == 1)
+    result.update(
+        faust_noop_messages_per_s=noop[workers], faust_noop_one_worker_messages_per_s=noop[1],
+        faust_noop_scaling_ratio=_ratio(noop[workers], noop[1]) if workers > 1 else None,
+        worker_events_per_s=tagger[workers], one_worker_events_per_s=tagger[1],
+        scaling_ratio=_ratio(tagger[workers], tagger[1]) if workers > 1 else None,
+        tagger_vs_faust_noop=tagger[workers] / (noop[workers] * per_message),
+        tagger_vs_raw_aiokafka=tagger[workers] / (result["raw_aiokafka_messages_per_s"] * per_message))
+    return group  # the last one measured: one worker
+
+
+def _flush_redis(run: Run) -> None:
     import redis as redis_sync
 
-    workdir = Path(tempfile.mkdtemp(prefix="tagger-bench-"))
-    result: dict[str, Any] = {"events": events, "customers": customers, "partitions": partitions, "batch": batch}
-    with ServiceGroup() as services:
-        settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url,
-                            partitions=partitions)  # type: ignore[call-arg]
-        ensure_all_topics(settings)
-        config = DemoConfig(customers=customers, rate=0, start_ms=int(time.time() * 1000) - 86_400_000 * 300,
-                            time_step_ms=60_000)
-        started = time.monotonic()
-        if batch > 0:
-            produced = produce_batches(services.bootstrap, config, events, partitions, batch)
-        else:
-            produced = asyncio.run(run_demo(services.bootstrap, config, limit=events))
-        result["produce_events_per_s"] = produced / (time.monotonic() - started)
-        sources = list(settings.input_topics)
-        messages = produced if batch <= 0 else -(-produced // batch)
-        result["raw_aiokafka_messages_per_s"] = raw_consume_rate(services.bootstrap, sources, messages)
-        port = free_port()
-        env = worker_env(services.bootstrap, services.redis_url, port, workdir / "data", embedded=True)
-        env["TAGGER_PARTITIONS"] = str(partitions)
-        proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=workdir / "worker.log")
-        try:
-            first = last = None
-            done = 0
-            while done < produced:  # 1. sustained throughput on the backlog, until lag is 0
-                done, now = _done(port), time.monotonic()
-                if done and first is None:
-                    first = (now, done)
-                last = (now, done)
-                if proc.poll() is not None:
-                    raise click.ClickException(f"worker exited; see {workdir / 'worker.log'}")
-                time.sleep(0.25)
-            assert first is not None and last is not None
-            seconds = last[0] - first[0]
-            rate = (last[1] - first[1]) / max(seconds, 1e-9)
-            raw = result["raw_aiokafka_messages_per_s"] * (batch if batch > 0 else 1)
-            result.update(worker_seconds=seconds, worker_events_per_s=rate, tagger_vs_raw_aiokafka=rate / raw)
-            # 2. latency from the producer's timestamp to the tag change, single events at half the measured
-            # capacity (after a batch run, at most 200/s: single events cost far more than batched ones)
-            offered = max(1.0, rate / 2 if batch <= 0 else min(rate / 2, 200.0))
-            before = latency_buckets(_get(port, "/metrics")[1].decode())
-            live = DemoConfig(customers=customers, rate=offered, seed=99)
-            extra = asyncio.run(run_demo(services.bootstrap, live, limit=int(offered * latency_seconds)))
-            deadline = time.monotonic() + 120
-            while _done(port) < produced + extra and time.monotonic() < deadline:
-                time.sleep(0.25)
-            after = latency_buckets(_get(port, "/metrics")[1].decode())
-            result["latency_offered_events_per_s"] = offered
-            for q in (0.5, 0.95, 0.99):
-                result[f"latency_p{round(q * 100)}_s"] = percentile(before, after, q)
-            # 3. memory: worker RSS, state bytes per customer (latest changelog record per key), Redis
-            result["worker_rss_mb"] = _rss_mb(proc.pid)
-            latest = changelog_sizes(services.bootstrap, f"{settings.app_id}-customers-changelog")
-            result["state_bytes_per_customer"] = sum(latest.values()) / max(len(latest), 1)
-            result["customers_in_state"] = len(latest)
-            info = redis_sync.Redis.from_url(services.redis_url).info("memory")
-            result["redis_bytes_per_customer"] = info["used_memory"] / max(len(latest), 1)
-            # 4. recovery: stop the worker, start another on the same (memory) store: time to ready
-            terminate(proc, grace=15.0)
-            began = time.monotonic()
-            proc = spawn([sys.executable, "-m", "agents", "worker"], env=env, log_path=workdir / "worker-2.log")
-            while _get(port, "/readyz")[0] != 200 and time.monotonic() - began < 300:
-                time.sleep(0.25)
-            result["recovery_to_ready_s"] = time.monotonic() - began
-        finally:
-            terminate(proc, grace=15.0)
+    redis_sync.Redis.from_url(run.services.redis_url).flushall()
+
+
+# --- 2. and 3. latency -----------------------------------------------------------------------
+
+
+def _demo(run: Run, group: Group, rate: float, seed: int) -> DemoConfig:
+    return DemoConfig(customers=run.customers, rate=rate, seed=seed, topics=group.demo_topics)
+
+
+def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int) -> dict[str, Any]:
+    """Single demo events at ``offered``/s for ``seconds``: p50/p95/p99 of the worker's histogram."""
+    progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
+    before = snapshot(group)
+    sent = asyncio.run(run_demo(run.services.bootstrap, _demo(run, group, offered, seed),
+                                limit=max(1, round(offered * seconds))))
+    group.expected += sent
+    wait_done(group, group.expected)
+    return {"offered_events_per_s": offered, "events": sent, **percentiles(before, snapshot(group))}
+
+
+def latency_by_rate(run: Run, group: Group, rates: list[float], reference: float, seconds: float,
+                    result: dict[str, Any]) -> None:
+    """Phase 2: each fraction of the reference capacity, then 1,000 events/s if reachable."""
+    result["latency_by_rate"] = [{"fraction": f, **latency_at(run, group, f * reference, seconds, 100 + i)}
+                                 for i, f in enumerate(rates)]
+    reachable = reference >= ONE_K
+    at_1k = latency_at(run, group, ONE_K, seconds, 99) if reachable else {}
+    result["latency_1k_reachable"] = reachable
+    for key in ("p50_s", "p95_s", "p99_s"):
+        result[f"latency_1k_{key}"] = at_1k.get(key)
+
+
+def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> dict[str, Any]:
+    """Phase 3: priority events among normal traffic at ``offered``/s, latency measured end to end."""
+    bootstrap = run.services.bootstrap
+    count = max(2, round(PRIORITY_EVENTS_PER_S * seconds))
+
+    async def traffic() -> tuple[int, dict[str, float]]:
+        normal = run_demo(bootstrap, _demo(run, group, offered, 98), limit=max(1, round(offered * seconds)))
+        special = priority_traffic(bootstrap, group.demo_topics, count, 1 / PRIORITY_EVENTS_PER_S)
+        return await asyncio.gather(normal, special)
+
+    progress(f"immediate path: {count} priority events among {offered:,.0f} events/s")
+    with TagChangeWatcher(bootstrap, group.topic("tag-changes")) as watcher:
+        produced, sent = asyncio.run(traffic())
+        group.expected += produced + len(sent)
+        wait_done(group, group.expected)
+        deadline = time.monotonic() + 30
+        while len(latencies(sent, watcher.arrived)) < len(sent) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        measured = latencies(sent, watcher.arrived)
+    return {"immediate_offered_events_per_s": offered, "immediate_events": len(sent),
+            "immediate_matched": len(measured), "immediate_p50_s": quantile(measured, 0.5),
+            "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None)}
+
+
+# --- 4. memory -------------------------------------------------------------------------------
+
+
+def memory(run: Run, group: Group) -> dict[str, Any]:
+    """Phase 4: RSS of the (first) worker, changelog bytes and Redis bytes per customer."""
+    import redis as redis_sync
+
+    progress("memory: reading the changelog")
+    latest = changelog_sizes(run.services.bootstrap, f"{group.app_id}-customers-changelog")
+    used = redis_sync.Redis.from_url(run.services.redis_url).info("memory")["used_memory"]
+    n = max(len(latest), 1)
+    total, ids_bytes, ids = (sum(column) for column in zip(*latest.values(), strict=True)) if latest else (0, 0, 0)
+    return {"worker_rss_mb": _rss_mb(group.procs[0].pid),
+            "state_bytes_per_customer": total / n,
+            "state_bytes_per_customer_without_recent_ids": (total - ids_bytes) / n,
+            "recent_ids_bytes_per_customer": ids_bytes / n, "recent_ids_per_customer": ids / n,
+            "customers_in_state": len(latest), "redis_bytes_per_customer": used / n}
+
+
+# --- 5. whole-base re-evaluation under load --------------------------------------------------
+
+
+async def _sample(group: Group) -> tuple[Buckets, int, float]:
+    """(latency histogram, finished events, monotonic time) of a group, without blocking the loop."""
+    buckets, finished = await asyncio.to_thread(snapshot, group), await asyncio.to_thread(done, group)
+    return buckets, finished, time.monotonic()
+
+
+async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float) -> dict[str, Any]:
+    from .cli import _reevaluate
+
+    stop = asyncio.Event()
+    demo = asyncio.create_task(run_demo(run.services.bootstrap, _demo(run, group, offered, 97), stop=stop))
+    try:
+        await asyncio.sleep(1.0)  # the producer's pace settles
+        snap0, done0, t0 = await _sample(group)
+        await asyncio.sleep(before_s)
+        snap1, done1, t1 = await _sample(group)
+        progress(f"re-evaluating every customer under {offered:,.0f} events/s")
+        timings = await _reevaluate(run.settings(group), timeout=120.0)
+        _, done2, t2 = await _sample(group)
+        await asyncio.sleep(1.0)  # events queued behind the last chunk are emitted now
+        snap2, _, _ = await _sample(group)
+    finally:
+        stop.set()
+        group.expected += await demo
+    return {"reevaluate_offered_events_per_s": offered, "reevaluate_seconds": t2 - t1,
+            "reevaluate_rank_seconds": timings["rank"], "reevaluate_evaluate_seconds": timings["evaluate"],
+            "intake_before_reevaluate_events_per_s": (done1 - done0) / (t1 - t0),
+            "intake_during_reevaluate_events_per_s": (done2 - done1) / max(t2 - t1, 1e-9),
+            "p99_before_reevaluate_s": percentile(snap0, snap1, 0.99),
+            "p99_during_reevaluate_s": percentile(snap1, snap2, 0.99)}
+
+
+def reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float,
+                          customers: int) -> dict[str, Any]:
+    """Phase 5: ``tagger reevaluate`` of every customer while traffic flows at ``offered``/s."""
+    result = asyncio.run(_reevaluate_under_load(run, group, offered, before_s))
+    wait_done(group, group.expected)
+    result["reevaluate_customers_per_s"] = customers / result["reevaluate_seconds"]
+    cost = sweep_cost(max(customers, 100), hours=6)
+    result["incremental_sweep_us_per_evaluation"] = cost["us_per_evaluation"]
+    result["incremental_sweep_cpu_seconds_per_day_per_million"] = cost["cpu_seconds_per_day_per_million"]
     return result
 
 
-def render_table(result: dict[str, Any]) -> str:
-    """The figures as a short two-column table."""
+# --- 6. recovery -----------------------------------------------------------------------------
+
+
+def recovery(group: Group) -> float:
+    """Phase 6: stop worker 0, start it again on the same store; seconds until /readyz is 200."""
+    progress("recovery: restarting the worker")
+    terminate(group.procs[0], grace=15.0)
+    began = time.monotonic()
+    group.procs[0] = spawn_worker(group, 0)
+    while get(group.ports[0], "/readyz")[0] != 200:
+        check_alive(group)
+        if time.monotonic() - began > 180:
+            raise click.ClickException(f"restarted worker not ready after 180s; see its log {group.logs[0]}")
+        time.sleep(0.25)
+    return time.monotonic() - began
+
+
+# --- the whole run ---------------------------------------------------------------------------
+
+
+def run_bench(events: int, customers: int, partitions: int, batch: int = 0, latency_seconds: float = 10.0,
+              workers: int = 1, rates: list[float] | None = None,
+              latency_capacity: float = 400.0) -> dict[str, Any]:
+    """The whole benchmark on embedded services; returns its figures (keys: the module docstring)."""
+    rates = rates or [0.25, 0.5, 0.8]
+    result: dict[str, Any] = {"events": events, "customers": customers, "partitions": partitions, "batch": batch,
+                              "workers": workers, "rates": rates, "cpu_count": os.cpu_count(),
+                              "load_average_start": os.getloadavg()[0]}
+    config = DemoConfig(customers=customers, rate=0, start_ms=int(time.time() * 1000) - 86_400_000 * 300,
+                        time_step_ms=60_000)
+    messages = backlog(config, events, partitions, batch)
+    result["backlog_messages"] = len(messages)
+    with ServiceGroup() as services:
+        run = Run(services, Path(tempfile.mkdtemp(prefix="tagger-bench-")), events, customers, partitions,
+                  batch, messages)
+        progress(f"broker {services.bootstrap}, redis {services.redis_url}; worker logs in {run.workdir}")
+        group = throughput(run, workers, result)
+        try:
+            one = result["one_worker_events_per_s"]
+            reference = one if batch <= 0 else min(one, latency_capacity)
+            result["latency_reference_events_per_s"] = reference
+            latency_by_rate(run, group, rates, reference, latency_seconds, result)
+            result.update(immediate_path(run, group, max(rates) * reference, latency_seconds))
+            result.update(memory(run, group))
+            result.update(reevaluate_under_load(run, group, reference / 2, latency_seconds,
+                                                result["customers_in_state"]))
+            result["recovery_to_ready_s"] = recovery(group)
+        finally:
+            stop_group(group)
+    shutil.rmtree(run.workdir, ignore_errors=True)  # kept when a phase failed: its error names the logs
+    result["load_average_end"] = os.getloadavg()[0]
+    return result
+
+
+def _rows(result: dict[str, Any]) -> Iterator[tuple[str, str]]:
     def show(value: Any) -> str:
-        return f"{value:,.3f}" if isinstance(value, float) and value < 10 else (
-            f"{value:,.0f}" if isinstance(value, float) else str(value))
-    width = max(len(k) for k in result)
-    return "\n".join(f"{key:<{width}}  {show(value)}" for key, value in result.items())
+        if isinstance(value, float):
+            return f"{value:,.3f}" if value < 10 else f"{value:,.0f}"
+        return "—" if value is None else str(value)
+
+    for key, value in result.items():
+        if isinstance(value, list) and value and isinstance(value[0], dict):
+            for item in value:
+                label = f"{key}[{show(item.get('fraction'))}]"
+                yield label, "  ".join(f"{k}={show(v)}" for k, v in item.items() if k != "fraction")
+        else:
+            yield key, show(value)
+
+
+def render_table(result: dict[str, Any]) -> str:
+    """The figures as a short two-column table (entries of a list on rows of their own)."""
+    rows = list(_rows(result))
+    width = max(len(key) for key, _ in rows)
+    return "\n".join(f"{key:<{width}}  {value}" for key, value in rows)
 
 
 class _Null:

@@ -38,6 +38,7 @@ def worker() -> None:
     from faust.worker import Worker
 
     from rules import RulesetError
+    from stream.app import tune_gc
     from stream.auth import TokenConfigError
     from stream.webhooks import WebhookConfigError
 
@@ -53,6 +54,23 @@ def worker() -> None:
     except WebhookConfigError as exc:
         raise click.ClickException(f"invalid webhooks file: {exc}") from exc
     ensure_all_topics(settings)
+    tune_gc()
+    Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
+
+
+@main.command("baseline-worker", hidden=True)
+def baseline_worker() -> None:
+    """A do-nothing Faust agent on the tagger's topics (the benchmark's yardstick)."""
+    from faust.worker import Worker
+
+    from stream.app import tune_gc
+
+    from .baseline import build_baseline
+
+    settings = _settings()
+    ensure_all_topics(settings)
+    app = build_baseline(settings)
+    tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
 
@@ -162,31 +180,53 @@ def bench_sweep(customers: int) -> None:
     click.echo(json.dumps(sweep_cost(customers), indent=2))
 
 
+def _rates(ctx: click.Context, param: click.Parameter, value: str) -> list[float]:
+    from .bench import parse_rates
+
+    return parse_rates(value)
+
+
 @main.command()
-@click.option("--events", default=50_000, show_default=True)
+@click.option("--events", default=50_000, show_default=True, help="demo events in the backlog")
 @click.option("--customers", default=5_000, show_default=True)
 @click.option("--partitions", default=8, show_default=True)
 @click.option("--batch", default=0, show_default=True,
               help="produce batch envelopes of this many events per topic partition (0: one event per message)")
+@click.option("--workers", default=1, show_default=True, type=click.IntRange(1, 16),
+              help="workers in one consumer group; with N > 1 the run also measures 1 worker (scaling_ratio)")
+@click.option("--rates", default="0.25,0.5,0.8", show_default=True, callback=_rates,
+              help="offered rates of the latency phase, as fractions of one worker's measured capacity")
 @click.option("--latency-seconds", default=10.0, show_default=True,
-              help="length of the fixed-rate phase that measures latency (at half the measured capacity)")
+              help="length of each fixed-rate phase (each rate, 1,000 ev/s, immediate path, re-evaluation)")
+@click.option("--latency-capacity", default=400.0, show_default=True,
+              help="with --batch: cap of the capacity --rates are fractions of (single events cost more than "
+                   "batched ones; take it from a run without --batch)")
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the JSON here")
-def bench(events: int, customers: int, partitions: int, batch: int, latency_seconds: float, out: Path | None) -> None:
-    """Benchmark one worker on the embedded broker and Redis.
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="write a PNG of p50/p95/p99 against offered rate here")
+def bench(events: int, customers: int, partitions: int, batch: int, workers: int, rates: list[float],
+          latency_seconds: float, latency_capacity: float, out: Path | None, plot: Path | None) -> None:
+    """Benchmark the tagger on the embedded broker and Redis (issue 7).
 
-    In one run: a raw aiokafka getmany baseline over the same messages; the tagger's
-    sustained events/s on the backlog until lag is 0 (and its ratio to the baseline);
-    p50/p95/p99 from each event's Kafka timestamp to its tag change at half that rate;
-    worker RSS, state bytes per customer (latest changelog record per key) and Redis
-    bytes per customer; time for a restarted worker to recover and be ready.
+    Each measured group of workers starts on empty topics and is timed only once
+    all its workers hold partitions. In one run: a raw aiokafka getmany baseline; a do-nothing
+    Faust agent and the tagger draining the same backlog with --workers N (and 1, for
+    the scaling ratio); p50/p95/p99 at each --rates fraction of one worker's capacity
+    and at 1,000 events/s; big orders and complaints among traffic at the highest
+    rate, end to end; RSS, state and Redis bytes per customer; a whole-base
+    `tagger reevaluate` under 50% load (its duration, customers/s, intake and p99
+    before and during); time for a restarted worker to be ready. Every JSON key is
+    explained in the docstring of agents/bench.py.
     """
     import json
 
-    from .bench import render_table, run_bench
+    from .bench import plot_latency, render_table, run_bench
 
-    result = run_bench(events, customers, partitions, batch, latency_seconds)
+    result = run_bench(events, customers, partitions, batch, latency_seconds, workers, rates, latency_capacity)
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    if plot is not None:
+        plot_latency(result, plot)
     click.echo(render_table(result))
 
 

@@ -78,13 +78,16 @@ def _manual_document(manual: Mapping[str, Any] | None) -> dict[str, Any]:
     }
 
 
+_TIMESTAMP_FIELDS = frozenset(k for k in AGGREGATE_FIELDS if k.endswith("_at"))
+
+
 def public_aggregates(facts: Mapping[str, Any]) -> dict[str, Any]:
     """Facts as shown to people: epoch-ms timestamps as RFC 3339 text."""
-    return {
-        k: (format_ts(v) if k.endswith("_at") and v is not None else v)
-        for k, v in facts.items()
-        if k in AGGREGATE_FIELDS
-    }
+    shown = {k: facts[k] for k in AGGREGATE_FIELDS}
+    for k in _TIMESTAMP_FIELDS:
+        if shown[k] is not None:
+            shown[k] = format_ts(shown[k])
+    return shown
 
 
 class Evaluator:

@@ -11,7 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
-from functools import partial
+from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import orjson
@@ -43,6 +43,11 @@ class Sender(Protocol):
     """What the runtime needs of a topic: an async ``send``."""
 
     async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any: ...
+
+
+@lru_cache(maxsize=4096)  # label values are few (topics, outcomes, tags, levels); labels() takes a lock
+def _child(metric: Any, *values: str) -> Any:
+    return metric.labels(*values)
 
 
 def _customer_of(item: Event | dict[str, Any]) -> str:
@@ -91,6 +96,8 @@ class Runtime:
         if last is None and self.gaps is not None:  # first message since an assignment: from the committed offset
             start = self.gaps.start_of(topic, partition)
             last = None if start is None else start - 1
+            log.info("%s[%s]: first message since the assignment at offset %s (committed: %s)",
+                     topic, partition, offset, start)
         if last is not None and offset > last + 1 and self.gaps is not None:
             missed = await self.gaps.fetch(topic, partition, last + 1, offset)
             log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
@@ -102,7 +109,7 @@ class Runtime:
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
         if outcome != "batch":  # a batch envelope's events were counted one by one
-            self.metrics.events.labels(topic, outcome).inc()
+            _child(self.metrics.events, topic, outcome).inc()
         self.metrics.processing.observe(time.time() - self._arrival[0])
         return outcome
 
@@ -251,7 +258,7 @@ class Runtime:
         """Count ``n`` events of a batch envelope under ``outcome``."""
         if n:
             self.outcomes[outcome] += n
-            self.metrics.events.labels(topic, outcome).inc(n)
+            _child(self.metrics.events, topic, outcome).inc(n)
 
     async def erase(self, request: dict[str, Any], topic: str) -> str:
         """Erase a customer: table state (changelog tombstone), due entry, Redis keys, then tell and audit.
@@ -311,20 +318,20 @@ class Runtime:
             self._observe_emit("tag_change", trigger)
             for direction in ("added", "removed"):
                 for tag in change[direction]:
-                    self.metrics.tag_changes.labels(tag, direction).inc()
+                    _child(self.metrics.tag_changes, tag, direction).inc()
         if alert is not None:
             await self.senders["churn_alerts"].send(key=cid.encode(), value=orjson.dumps(alert))
             self._observe_emit("churn_alert", trigger)
-            self.metrics.churn_alerts.labels(alert["level"]).inc()
+            _child(self.metrics.churn_alerts, alert["level"]).inc()
 
     def _observe_emit(self, output: str, trigger: dict[str, Any]) -> None:
         if trigger.get("kind") not in ("event", "manual") or trigger.get("topic") is None:
             return  # timers and reloads have no arrival to measure from
         now = time.time()
         arrived, kafka_ts = self._arrival
-        self.metrics.emit_latency.labels(output, "arrival").observe(now - arrived)
+        _child(self.metrics.emit_latency, output, "arrival").observe(now - arrived)
         if kafka_ts is not None:
-            self.metrics.emit_latency.labels(output, "kafka_timestamp").observe(max(0.0, now - kafka_ts))
+            _child(self.metrics.emit_latency, output, "kafka_timestamp").observe(max(0.0, now - kafka_ts))
 
     async def dead_letter(self, topic: str, partition: int, offset: int, key: bytes | None,
                           value: bytes | None, reason: str) -> None:

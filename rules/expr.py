@@ -99,6 +99,11 @@ def macro_depth(source: str) -> int:
 
 def format_value(value: Any) -> str:
     """Format a fact value for a reason: floats with 2 decimals, None as null."""
+    kind = value.__class__
+    if kind is float:  # the usual cases first: this runs for every fact of every reason
+        return f"{value:.2f}"
+    if kind is int:
+        return str(value)
     if value is None:
         return "null"
     if isinstance(value, bool):

@@ -9,6 +9,8 @@ from rules.model import ScoreWeights
 
 
 def _clamp(value: float) -> float:
+    if value.__class__ is float and 0.0 <= value <= 100.0:  # the usual case (a NaN fails the test)
+        return value
     if not isinstance(value, int | float) or math.isnan(value):
         return 0.0
     return min(100.0, max(0.0, float(value)))
@@ -23,8 +25,6 @@ def weighted_score(
     dimensions are ignored. Returns the score rounded to 2 decimals and the
     per-dimension weighted contribution (also rounded to 2 decimals).
     """
-    contributions = {
-        name: weight * _clamp(dims.get(name, 0.0)) for name, weight in weights.as_dict().items()
-    }
-    score = min(100.0, max(0.0, round(math.fsum(contributions.values()), 2)))
-    return score, {name: round(value, 2) for name, value in contributions.items()}
+    contributions = [(name, weight * _clamp(dims.get(name, 0.0))) for name, weight in weights.pairs()]
+    score = min(100.0, max(0.0, round(math.fsum(value for _, value in contributions), 2)))
+    return score, {name: round(value, 2) for name, value in contributions}

@@ -28,6 +28,10 @@ class Weights:
             raise RulesetError(f"{self.label} weights sum to {total:g}, not 1",
                                hint=f"adjust them so {' + '.join(values)} = 1")
 
+    def pairs(self) -> tuple[tuple[str, float], ...]:
+        """(name, weight) in declaration order, computed once (the hot path reads these)."""
+        return getattr(self, "_pairs", None) or tuple(self.as_dict().items())
+
     def as_dict(self) -> dict[str, float]:
         """Name -> weight, in declaration order."""
         pairs = getattr(self, "_pairs", None)  # set once the weights are validated (hot path: no fields())

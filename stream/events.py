@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from decimal import ROUND_HALF_EVEN, Context, Decimal
+from functools import lru_cache
 from typing import Any, ClassVar
 
 import orjson
@@ -170,6 +171,7 @@ def parse_ts(value: object) -> int:
     return ms  # type: ignore[no-any-return]
 
 
+@lru_cache(maxsize=8192)  # views show the same few timestamps of a customer again and again (~1 MB)
 def format_ts(ms: int) -> str:
     """Epoch ms -> RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.000Z``."""
     days, rest = divmod(ms, _DAY_MS)

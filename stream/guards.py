@@ -25,12 +25,18 @@ every aggregate with an independent recomputation:
    commit could pass a dropped message before the agent had read it: a
    SIGKILL then lost it. The replacement ignores Faust's gap; only offsets
    the agent processed (acked, or marked done after a gap fill) are committed.
+5. Faust records offsets as committed when the commit failed (a rebalance
+   overtook it). The partition then resumed below Faust's committed offset,
+   Faust ignored the acks of what it read again and the head check (3) held
+   commits forever: :func:`keep_committed_on_failure` undoes that record
+   (with :func:`note_failed_commit`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -44,6 +50,7 @@ def install_ack_guard() -> None:
     if _installed:
         return
     from faust.transport.consumer import Consumer
+    from faust.transport.drivers.aiokafka import Consumer as DriverConsumer
 
     original = Consumer.ack
 
@@ -58,6 +65,9 @@ def install_ack_guard() -> None:
 
     Consumer.ack = ack  # type: ignore[method-assign]
     Consumer._new_offset = new_offset  # type: ignore[method-assign]
+    Consumer._commit_offsets = keep_committed_on_failure(  # type: ignore[method-assign,assignment]
+        Consumer._commit_offsets)
+    DriverConsumer._commit = note_failed_commit(DriverConsumer._commit)  # type: ignore[method-assign,assignment]
     _installed = True
 
 
@@ -79,6 +89,50 @@ def new_offset(self: Any, tp: Any) -> int | None:
     acked[: len(batch)] = []
     self._acked_index[tp].difference_update(batch)
     return int(batch[-1]) + 1
+
+
+def note_failed_commit(commit: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:
+    """Wrap the consumer's ``_commit``: when it fails, keep the committed offsets of that moment.
+
+    That is right before Faust records the offsets it tried (see
+    :func:`keep_committed_on_failure`), and after any seek a rebalance did while
+    the commit was in flight.
+    """
+
+    async def wrapper(self: Any, offsets: Mapping[Any, int]) -> bool:
+        did_commit = await commit(self, offsets)
+        if not did_commit:
+            self._tagger_failed_commit = {tp: (tried, self._committed_offset.get(tp)) for tp, tried in offsets.items()}
+        return did_commit
+
+    return wrapper
+
+
+def keep_committed_on_failure(commit_offsets: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:
+    """Wrap Faust's ``Consumer._commit_offsets`` so a failed commit leaves the committed offsets as they were.
+
+    Faust records the offsets it tried as committed even when the broker refused
+    them (a commit that ends in a rebalance returns False). The next assignment then
+    resumed below Faust's idea of "committed": Faust dropped the acks of the messages
+    read again, and our head check (guard 3) waited forever for an offset it had
+    thrown away. Seen in the broker-cut fault test: partitions stopped committing.
+    The offsets put back are the ones :func:`note_failed_commit` saw, so a seek made
+    by a rebalance during the commit is kept.
+    """
+
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> bool:
+        self._tagger_failed_commit = {}
+        did_commit = await commit_offsets(self, *args, **kwargs)
+        failed, self._tagger_failed_commit = self._tagger_failed_commit, {}
+        for tp, (tried, before) in failed.items():
+            if self._committed_offset.get(tp) == tried:  # recorded although not committed
+                if before is None:
+                    self._committed_offset.pop(tp, None)
+                else:
+                    self._committed_offset[tp] = before
+        return did_commit
+
+    return wrapper
 
 
 class GapFiller:

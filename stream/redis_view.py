@@ -18,12 +18,16 @@ Keys (``P`` is the configured prefix):
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import islice
 
 import orjson
 import redis.asyncio as aioredis
+from hiredis import pack_command
+from redis.exceptions import NoScriptError
 
 _MAX_SCRIPT = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -72,7 +76,8 @@ class RedisView:
         self.prefix = prefix
         self._pending: dict[str, tuple[bytes | Callable[[], bytes], float]] = {}
         self._max = client.register_script(_MAX_SCRIPT)
-        self._write = client.register_script(_WRITE_SCRIPT)
+        self._write_sha = client.register_script(_WRITE_SCRIPT).sha
+        self._flushing = asyncio.Lock()
         self.errors = 0
 
     def key(self, customer_id: str) -> str:
@@ -111,24 +116,58 @@ class RedisView:
         """Queue the removal of every key and index membership of a customer (privacy erasure)."""
         self._pending[customer_id] = _ERASE
 
-    async def flush(self, batch: int = 2000) -> int:
-        """Write staged views; on error they stay staged and the error is raised."""
+    async def flush(self, batch: int = 500) -> int:
+        """Write staged views; on error they stay staged and the error is raised.
+
+        Flushes run one at a time (a priority flush waits for the timer's), each taking
+        its chunk out of the staging area first, so no view is written twice and an
+        older view never lands after a newer one. One pipelined EVALSHA per customer;
+        the script is loaded once, and again only if Redis lost it (a restart).
+        """
         written = 0
-        while self._pending:
-            chunk = list(self._pending.items())[:batch]
-            pipe = self.client.pipeline(transaction=False)
-            rank_key, tag_prefix = f"{self.prefix}:spend365", f"{self.prefix}:tag:"
-            for cid, (view, spend) in chunk:
-                view_json = view() if callable(view) else view
-                tags = orjson.loads(view_json).get("tags", []) if view_json else []
-                await self._write(keys=[self.key(cid), rank_key, self.tags_key(cid)],
-                                  args=[cid, tag_prefix, view_json, repr(float(spend)), *tags], client=pipe)
-            await pipe.execute()
-            for cid, item in chunk:
-                if self._pending.get(cid) is item:
+        async with self._flushing:
+            while self._pending:
+                chunk = list(islice(self._pending.items(), batch))
+                for cid, _ in chunk:
                     del self._pending[cid]
-            written += len(chunk)
+                try:
+                    try:
+                        await self._write_chunk(chunk)
+                    except NoScriptError:
+                        await self.client.script_load(_WRITE_SCRIPT)
+                        await self._write_chunk(chunk)
+                except BaseException:
+                    for cid, item in chunk:
+                        self._pending.setdefault(cid, item)  # unless staged anew meanwhile
+                    raise
+                written += len(chunk)
         return written
+
+    async def _write_chunk(self, chunk: list[tuple[str, tuple[bytes | Callable[[], bytes], float]]]) -> None:
+        """One round trip for the chunk: the EVALSHA commands packed by hiredis, replies read in order.
+
+        Cheaper than a redis-py pipeline by about half per customer. A connection that saw an
+        error is dropped, so a half-read reply stream is never reused.
+        """
+        rank_key, tag_prefix, sha = f"{self.prefix}:spend365", f"{self.prefix}:tag:", self._write_sha
+        packed = []
+        for cid, (view, spend) in chunk:
+            view_json = view() if callable(view) else view
+            tags = orjson.loads(view_json).get("tags", ()) if view_json else ()
+            packed.append(pack_command(("EVALSHA", sha, 3, self.key(cid), rank_key,
+                                        self.tags_key(cid), cid, tag_prefix, view_json,
+                                        repr(float(spend)), *tags)))
+        pool = self.client.connection_pool
+        conn = await pool.get_connection()
+        try:
+            await conn.send_packed_command(b"".join(packed), check_health=False)
+            for _ in packed:
+                await conn.read_response()
+        except BaseException:
+            await conn.disconnect()
+            raise
+        finally:
+            await pool.release(conn)
 
     async def spend_ranks(self, positions: list[int]) -> SpendRanks:
         """Spend at the given 1-based descending rank positions (None if out of range)."""

@@ -99,7 +99,7 @@ class Settings(BaseSettings):
                                          "at most 2 per partition are held before a flush to disk.")
     rocksdb_block_cache_mb: int = Field(64, ge=1, description="RocksDB store: block cache per partition (MiB).")
     rules_reload_interval: float = Field(5.0, description="Seconds between checks of the rules directory.")
-    sweep_chunk: int = Field(2000, description="Customers re-evaluated per command message; the rest of a "
+    sweep_chunk: int = Field(250, description="Customers re-evaluated per command message; the rest of a "
                              "sweep queues behind new events so intake never waits long.")
     sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
     redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes (big orders and "

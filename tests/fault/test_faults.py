@@ -53,8 +53,13 @@ class Stream:
         producer = self.ns.producer
         started = time.monotonic()
         for i, (kind, event) in enumerate(self.events):
-            producer.produce(self.ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event),
-                             on_delivery=self._delivered)
+            while True:
+                try:
+                    producer.produce(self.ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event),
+                                     on_delivery=self._delivered)
+                    break
+                except BufferError:  # librdkafka's queue is full while the broker is cut: wait for room
+                    producer.poll(0.5)
             self.produced = i + 1
             if i % 1000 == 999:
                 producer.poll(0)
@@ -75,8 +80,8 @@ class Stream:
         assert not self.thread.is_alive() and not self.errors, self.errors[:5]
 
 
-def committed(ns: Namespace, ends: dict[tuple[str, int], int]) -> int:
-    """Messages still unconsumed by the tagger's group (committed offsets against the produced ends)."""
+def behind(ns: Namespace, ends: dict[tuple[str, int], int]) -> dict[tuple[str, int], int]:
+    """Messages still unconsumed by the tagger's group per partition (committed offsets against the produced ends)."""
     consumer = Consumer({**client_config(ns.settings.kafka_bootstrap_servers), "group.id": ns.settings.app_id,
                          "enable.auto.commit": False})
     try:
@@ -84,7 +89,8 @@ def committed(ns: Namespace, ends: dict[tuple[str, int], int]) -> int:
     finally:
         consumer.close()
     done = {(tp.topic, tp.partition): tp.offset for tp in tps}
-    return sum(max(0, end + 1 - max(done.get(key, 0), 0)) for key, end in ends.items())
+    left = {key: end + 1 - max(done.get(key, 0), 0) for key, end in ends.items()}
+    return {key: n for key, n in left.items() if n > 0}
 
 
 def views(ns: Namespace, customers: list[str]) -> dict[str, dict[str, Any] | None]:
@@ -115,7 +121,12 @@ def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, 
                        report: dict[str, Any]) -> None:
     stream.finish()
     began = time.monotonic()
-    wait_for(lambda: committed(ns, stream.ends) == 0, 900, "every event consumed", interval=2)
+    try:
+        wait_for(lambda: not behind(ns, stream.ends), 900, "every event consumed", interval=2)
+    except AssertionError:
+        for w in ns.workers:  # what each worker was doing: the failure is otherwise silent in CI
+            print(f"\n--- worker {w.web_port} /stats {w.get('/stats')}\n{w.log()}")
+        raise AssertionError(f"partitions behind after 900 s: {behind(ns, stream.ends)}") from None
     report["drain_after_last_produce_s"] = round(time.monotonic() - began, 1)
     customers = sorted(want)
     bad: list[str] = []

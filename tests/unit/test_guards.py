@@ -6,7 +6,7 @@ from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
-from stream.guards import GapFiller, new_offset
+from stream.guards import GapFiller, keep_committed_on_failure, new_offset, note_failed_commit
 
 TP = ("orders", 0)
 
@@ -30,3 +30,30 @@ def test_offsets_filled_by_the_agent_let_the_commit_through() -> None:
     gaps.faust_consumer = c
     gaps.mark_done("orders", 0, 31, 33)
     assert new_offset(c, TP) == 35 and c._acked[TP] == []
+
+
+async def test_a_failed_commit_leaves_the_committed_offsets_as_they_were() -> None:
+    other = ("orders", 1)
+    c = consumer(31, [])  # partition 0 committed up to 31 before; partition 1 never
+    seek_during_commit: dict[Any, int] = {}
+
+    async def driver_commit(self: Any, offsets: dict[Any, int]) -> bool:
+        self._committed_offset.update(seek_during_commit)  # a rebalance's seek while the commit was in flight
+        return outcome
+
+    commit = note_failed_commit(driver_commit)
+
+    async def faust_commit_offsets(self: Any, offsets: dict[Any, int], start_new_transaction: bool = True) -> bool:
+        did_commit = await commit(self, offsets)
+        self._committed_offset.update(offsets)  # what Faust does whether or not the broker took them
+        return did_commit
+
+    wrapped = keep_committed_on_failure(faust_commit_offsets)
+    outcome = False  # e.g. CommitFailedError "already rebalanced": the broker still has 31
+    assert await wrapped(c, {TP: 40, other: 7}) is False
+    assert c._committed_offset[TP] == 31 and other not in c._committed_offset
+    seek_during_commit[TP] = 35  # the new assignment resumed at the broker's 35: keep that, not 31
+    assert await wrapped(c, {TP: 40}) is False and c._committed_offset[TP] == 35
+    outcome = True
+    assert await wrapped(c, {TP: 40, other: 7}) is True
+    assert c._committed_offset[TP] == 40 and c._committed_offset[other] == 7
