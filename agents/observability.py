@@ -15,10 +15,12 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import faust
+from faust.types import TP
 from faust.web import Request, Response, View
 
+from stream.guards import partition_report, rejoin_group, restart_partition
 from stream.health import RedisHealth, readiness, recovery_remaining
-from stream.lag import PartitionProbe, Probed, next_offset, oldest_ages, partition_lag
+from stream.lag import PartitionProbe, Probed, StallWatch, next_offset, oldest_ages, partition_lag
 from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
 from stream.security import aiokafka_options
 from stream.settings import Settings
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 REDIS_PING_INTERVAL = 2.0  # seconds between Redis health pings
 REDIS_PING_TIMEOUT = 1.0
+STALL_CHECK_INTERVAL = 5.0  # seconds between checks for partitions that stopped moving (see StallWatch)
 PROBE_INTERVAL = 5.0  # seconds between side reads of lagging partitions (oldest unprocessed message)
 TALLY_INTERVAL = 10.0  # seconds between customer tallies (stretched on big tables, see _tally)
 TALLY_MAX_DUTY = 0.02  # a tally may use at most this share of the worker's time
@@ -88,14 +91,15 @@ class WorkerSources:
     def partitions_assigned(self) -> int:
         return len({tp.partition for tp in self.owned()})
 
-    def _positions(self) -> list[tuple[tuple[str, int], int | None, int | None]]:
-        """(topic/partition, high watermark, next offset to process) of every owned source partition."""
+    def _positions(self) -> list[tuple[tuple[str, int], int | None, int | None, int | None]]:
+        """(topic/partition, high watermark, next offset to process, committed offset) of every owned
+        source partition."""
         owned = self.owned()
         if not owned:
             return []
         consumer = self.app.consumer
         committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
-        processed: Mapping[tuple[str, int], int] = self.runtime._last_offset  # noqa: SLF001 - read-only
+        processed: Mapping[tuple[str, int], int] = self.runtime.last_offset
         rows = []
         for tp in owned:
             key = (tp.topic, tp.partition)
@@ -106,13 +110,13 @@ class WorkerSources:
             if highwater is None and key in self.probed:
                 highwater = self.probed[key].highwater  # paused (recovery): read by the probe
             known = committed.get(tp)
-            rows.append((key, highwater, next_offset(processed.get(key),
-                                                      known if known is not None else self.side_committed.get(key))))
+            known = known if known is not None else self.side_committed.get(key)
+            rows.append((key, highwater, next_offset(processed.get(key), known), known))
         return rows
 
     def consumer_lag(self) -> list[PartitionLag]:
         lags = []
-        for (topic, partition), highwater, nxt in self._positions():
+        for (topic, partition), highwater, nxt, _ in self._positions():
             lag = partition_lag(highwater, nxt)
             if lag is not None:
                 lags.append(PartitionLag(topic, partition, lag))
@@ -124,15 +128,23 @@ class WorkerSources:
 
     def unknown_positions(self) -> list[tuple[str, int]]:
         """Owned partitions whose next offset to process is not known yet (during the first recovery)."""
-        return [key for key, _, nxt in self._positions() if nxt is None]
+        return [key for key, _, nxt, _ in self._positions() if nxt is None]
 
     def to_probe(self) -> dict[tuple[str, int], int]:
         """Partitions worth a side read, with their next offset: lagging, or high watermark unknown."""
         wanted = {}
-        for key, highwater, nxt in self._positions():
+        for key, highwater, nxt, _ in self._positions():
             if nxt is not None and (highwater is None or highwater > nxt):
                 wanted[key] = nxt
         return wanted
+
+    def commit_rows(self) -> list[tuple[tuple[str, int], int | None, int | None]]:
+        """(topic/partition, committed offset, high watermark) of every owned source partition."""
+        return [(key, committed, highwater) for key, highwater, _, committed in self._positions()]
+
+    def busy(self) -> bool:
+        """Rebalancing, recovering or paused: partitions are expected to stand still."""
+        return bool(self.app.rebalancing) or self.recovery().in_progress or not self.app.flow_control.is_active()
 
     def recovery(self) -> Recovery:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]
@@ -193,7 +205,9 @@ class OpsLoop:
         self.sources = sources
         self.probe = probe
         self.started = False
-        self._due = {"ping": 0.0, "probe": 0.0, "tally": 0.0}
+        self.stalls = StallWatch(sources.settings.stall_timeout)
+        self._restarted: dict[tuple[str, int], int] = {}  # partitions read again: from which offset
+        self._due = {"ping": 0.0, "probe": 0.0, "tally": 0.0, "stall": 0.0}
 
     def start(self) -> None:
         """Start the loop once; the app waits for it (and it ends) when the app stops."""
@@ -220,6 +234,9 @@ class OpsLoop:
                 due["probe"] = now + PROBE_INTERVAL
                 self.sources.side_committed.update(await self.probe.committed(self.sources.unknown_positions()))
                 self.sources.probed = await self.probe.probe(self.sources.to_probe())
+            if now >= due["stall"]:
+                due["stall"] = now + STALL_CHECK_INTERVAL
+                await self.restart_stalled(now)
             if now >= due["tally"]:
                 runtime = self.sources.runtime
                 owned = {tp.partition for tp in self.sources.owned()}
@@ -228,6 +245,31 @@ class OpsLoop:
                 due["tally"] = now + max(TALLY_INTERVAL, elapsed / TALLY_MAX_DUTY)
         except Exception:  # noqa: BLE001 - metrics only: never take the worker down
             log.exception("observability loop failed; retrying")
+
+
+    async def restart_stalled(self, now: float) -> None:
+        """Read partitions whose committed offset stood still while messages waited again (guard 6).
+
+        A partition still stuck at the same offset after that gets a new assignment: the group rebalances.
+        """
+        sources = self.sources
+        rows = sources.commit_rows()
+        for key in self.stalls.check(rows, now, busy=sources.busy()):
+            report = partition_report(self.app.consumer, sources.runtime.last_offset).get(f"{key[0]}[{key[1]}]")
+            where = f"{key[0]}[{key[1]}]: committed offset unchanged for {self.stalls.after:.0f} s while messages wait"
+            restart = sources.runtime.metrics.partition_restarts
+            if self._restarted.get(key) == next(committed for k, committed, _ in rows if k == key):
+                log.warning("%s, also after reading it again (%s); asking the group to rebalance", where, report)
+                rejoin_group(self.app.consumer)
+                restart.labels(key[0], "rejoin").inc()
+                continue
+            committed = (await self.probe.committed([key])).get(key)
+            log.warning("%s (%s); reading it again from the group's committed offset %s", where, report, committed)
+            if committed is not None:
+                await restart_partition(self.app.consumer, TP(*key), committed)
+                self._restarted[key] = committed
+                sources.runtime.last_offset.pop(key, None)
+                restart.labels(key[0], "seek").inc()
 
 
 def install(app: faust.App, runtime: Runtime, settings: Settings) -> WorkerSources:

@@ -78,7 +78,7 @@ class Runtime:
         self.reload_errors = 0
         self._kinds = settings.keyed_topics
         self._partition_of: dict[str, int] = {}
-        self._last_offset: dict[tuple[str, int], int] = {}
+        self.last_offset: dict[tuple[str, int], int] = {}
         self.gaps: GapFiller | None = None
         self.audit: AuditLog | None = None  # erasures are audited (agents.api sets it)
         self.metrics = create_metrics()
@@ -92,7 +92,7 @@ class Runtime:
                      timestamp: float | None = None) -> str:
         """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds."""
         self._arrival = (time.time(), timestamp)
-        last = self._last_offset.get((topic, partition))
+        last = self.last_offset.get((topic, partition))
         if last is None and self.gaps is not None:  # first message since an assignment: from the committed offset
             start = self.gaps.start_of(topic, partition)
             last = None if start is None else start - 1
@@ -105,7 +105,7 @@ class Runtime:
             for record in missed:
                 self.outcomes[await self._route(topic, partition, record.offset, record.key, record.value)] += 1
             self.gaps.mark_done(topic, partition, last + 1, offset)
-        self._last_offset[(topic, partition)] = offset
+        self.last_offset[(topic, partition)] = offset
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
         if outcome != "batch":  # a batch envelope's events were counted one by one
@@ -115,7 +115,7 @@ class Runtime:
 
     def forget_offsets(self) -> None:
         """After a rebalance partitions restart from their committed offsets: no gap to see."""
-        self._last_offset.clear()
+        self.last_offset.clear()
 
     async def _route(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
         kind = self._kinds.get(topic)

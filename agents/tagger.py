@@ -18,7 +18,7 @@ from faust.web import Request, Response, View
 from rules import RulesetError, default_rules_dir, load_ruleset
 from stream.app import create_app, customers_table
 from stream.clock import Clock
-from stream.guards import GapFiller
+from stream.guards import GapFiller, partition_report
 from stream.metrics import Metrics
 from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
@@ -183,7 +183,9 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         return web.json({"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
                          "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
                          "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
-                         "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled})
+                         "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,
+                         "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts),
+                         "partitions": partition_report(app.consumer, runtime.last_offset)})
 
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)

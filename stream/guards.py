@@ -30,6 +30,13 @@ every aggregate with an independent recomputation:
    Faust ignored the acks of what it read again and the head check (3) held
    commits forever: :func:`keep_committed_on_failure` undoes that record
    (with :func:`note_failed_commit`).
+6. Whatever else leaves a partition stuck (its committed offset stands still
+   while messages wait: :class:`stream.lag.StallWatch`), the worker reads it
+   again from the group's committed offset, as a new assignment would:
+   :func:`restart_partition`; if it is still stuck at the same offset one
+   period later, the worker asks the group for a new assignment
+   (:func:`rejoin_group`). Seen in CI after a broker cut, never reproduced
+   here; the warning logged carries :func:`partition_report`.
 """
 
 from __future__ import annotations
@@ -133,6 +140,57 @@ def keep_committed_on_failure(commit_offsets: Callable[..., Awaitable[bool]]) ->
         return did_commit
 
     return wrapper
+
+
+async def restart_partition(consumer: Any, tp: Any, offset: int) -> None:
+    """Read ``tp`` again from ``offset`` (the group's committed offset), as a fresh assignment would.
+
+    Faust's bookkeeping of the partition (acks, gaps, read offset) is dropped,
+    its committed offset set, the partition fetched again and the consumer moved
+    back. Messages read twice are duplicates to the per-customer offsets.
+    """
+    for book in (consumer._acked, consumer._acked_index, consumer._gap, consumer._read_offset):
+        book.pop(tp, None)
+    consumer._committed_offset[tp] = offset
+    consumer._paused_partitions.discard(tp)
+    consumer._buffered_partitions.discard(tp)
+    consumer._get_active_partitions().add(tp)
+    await consumer.seek_wait({tp: offset})  # on the consumer's thread, like Faust's own seeks
+
+
+def rejoin_group(consumer: Any) -> None:
+    """Ask the group coordinator for a rebalance, from the consumer's own thread (a full reset of every partition)."""
+    thread = consumer._thread
+    thread.thread_loop.call_soon_threadsafe(thread._ensure_consumer()._coordinator.request_rejoin)
+
+
+def partition_report(consumer: Any, last_seen: Mapping[tuple[str, int], int]) -> dict[str, dict[str, Any]]:
+    """Where each assigned partition stands: what the fetcher, Faust's offset bookkeeping and the agent saw.
+
+    For /stats: a partition that stops moving shows here why (paused, not fetched,
+    or acked but not committable). ``consumer`` is the Faust app's consumer;
+    ``last_seen`` the agent's last offset per (topic, partition).
+    """
+    client = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    if client is None:
+        return {}
+    subscription = client._subscription.subscription
+    assignment = None if subscription is None else subscription.assignment
+    if assignment is None:
+        return {}
+    active = consumer._active_partitions or set()
+    report: dict[str, dict[str, Any]] = {}
+    for tp in sorted(assignment.tps):
+        state = assignment.state_value(tp)
+        acked = consumer._acked.get(tp) or []
+        report[f"{tp.topic}[{tp.partition}]"] = {
+            "position": state.position if state.has_valid_position else None,
+            "highwater": client.highwater(tp), "committed": consumer._committed_offset.get(tp),
+            "acked": len(acked), "acked_min": min(acked) if acked else None,
+            "last_seen": last_seen.get((tp.topic, tp.partition)),
+            "paused": state.paused, "active": tp in active, "buffered": tp in consumer._buffered_partitions,
+        }
+    return report
 
 
 class GapFiller:

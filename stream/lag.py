@@ -69,6 +69,41 @@ def oldest_ages(lags: Iterable[PartitionLag], timestamps: Mapping[TopicPartition
     return {topic: age for topic, age in ages.items() if topic not in unknown}
 
 
+class StallWatch:
+    """Notices partitions whose committed offset stopped moving although messages wait.
+
+    Whatever the cause (a fetch that never resumed, an ack Faust dropped so its
+    commits wait forever), the symptom is the same: the group's committed offset
+    of a partition with messages beyond it does not move. :meth:`check` names the
+    partitions stuck for ``after`` seconds, again every ``after`` seconds while
+    they stay stuck. Nothing counts while the worker is rebalancing or recovering.
+    """
+
+    def __init__(self, after: float) -> None:
+        self.after = after
+        self._since: dict[TopicPartition, tuple[int, float]] = {}  # committed offset, seen unchanged since
+
+    def check(self, rows: Iterable[tuple[TopicPartition, int | None, int | None]], now: float,
+              busy: bool = False) -> list[TopicPartition]:
+        """``rows``: (partition, committed offset, high watermark) of every owned partition."""
+        if busy:
+            self._since.clear()
+            return []
+        stalled, since = [], {}
+        for key, committed, highwater in rows:
+            if committed is None or highwater is None or highwater <= committed:
+                continue  # nothing waits (or unknown): not stuck
+            mark = self._since.get(key)
+            if mark is None or mark[0] != committed:
+                mark = (committed, now)
+            elif now - mark[1] >= self.after:
+                stalled.append(key)
+                mark = (committed, now)
+            since[key] = mark
+        self._since = since
+        return stalled
+
+
 @dataclass(frozen=True)
 class Probed:
     """What a side read of one partition found."""

@@ -205,6 +205,7 @@ class Metrics:
     sweep_customers: Histogram
     kafka_produce_errors: Counter
     rebalances: Counter
+    partition_restarts: Counter
     customers: Gauge
     customers_by_tier: Gauge
     customers_by_tag: Gauge
@@ -214,6 +215,11 @@ class Metrics:
     def render(self) -> bytes:
         """Prometheus text exposition."""
         return bytes(generate_latest(self.registry))
+
+    @staticmethod
+    def total(counter: Counter) -> float:
+        """The sum of a counter over all its label sets."""
+        return sum(s.value for m in counter.collect() for s in m.samples if s.name.endswith("_total"))
 
     def bind(self, sources: Sources) -> None:
         """Read the scrape-time metrics from ``sources`` from now on."""
@@ -276,6 +282,10 @@ def create_metrics() -> Metrics:
                                      ["error"], registry=registry),
         rebalances=Counter("tagger_rebalances_total", "Consumer-group rebalances this worker went through.",
                            registry=registry),
+        partition_restarts=Counter("tagger_partition_restarts_total", "Partitions whose committed offset stood "
+                                   "still while messages waited (settings: stall_timeout), by topic and action: "
+                                   "seek (read again from the committed offset) or rejoin (still stuck after "
+                                   "that: the group rebalanced).", ["topic", "action"], registry=registry),
         customers=Gauge("tagger_customers", "Customers in the partitions this worker owns (sum over workers).",
                         registry=registry),
         customers_by_tier=Gauge("tagger_customers_by_tier", "Customers per tier in the partitions this worker "

@@ -109,6 +109,9 @@ class Settings(BaseSettings):
     big_order_amount: float = Field(10000.0, ge=0, description="A paid order of at least this amount is big "
                                     "whatever the customer's average. 0: off.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
+    stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
+                                 "still while messages wait before the worker reads it again from there (logged; "
+                                 "tagger_partition_restarts_total).")
     session_timeout: float = Field(60.0, description="Kafka consumer group session timeout (s).")
     heartbeat_interval: float = Field(3.0, description="Kafka consumer heartbeat interval (s).")
     tansu_compat: bool = Field(

@@ -196,7 +196,7 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(namespace: Na
     for kind, event in history[half:]:
         ns.producer.produce(ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event))
     ns.producer.flush(30)
-    ns.worker()
+    second = ns.worker()
 
     expected = _expected(history)
     fields = ["spend_30d", "spend_90d", "spend_365d", "orders_30d", "orders_90d", "orders_365d",
@@ -219,3 +219,10 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(namespace: Na
         wait_for(settled, 120, "aggregates to equal the batch recomputation", interval=1)
     finally:
         assert mismatches() == [], "\n".join(mismatches())
+
+    def orders_partitions() -> dict[str, dict[str, Any]]:  # /stats: where each assigned partition stands
+        return {tp: s for tp, s in second.get("/stats")[1]["partitions"].items() if tp.startswith(ns.topic("order"))}
+
+    wait_for(lambda: orders_partitions() and all(s["committed"] == s["highwater"] == s["position"]
+                                                 for s in orders_partitions().values()), 30, "everything committed")
+    assert all(s["active"] and not s["paused"] and s["acked"] == 0 for s in orders_partitions().values())

@@ -57,3 +57,28 @@ def make_runtime(settings: Settings | None = None, table: dict[str, CustomerStat
                       {} if table is None else table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
                       view or FakeView(), clock or Clock("stream"), senders)  # type: ignore[arg-type]
     return runtime, senders
+
+
+class FakeFaustConsumer:
+    """The part of Faust's consumer the commit guards read and write, for one or more partitions."""
+
+    def __init__(self, committed: dict[Any, int | None], acked: dict[Any, list[int]] | None = None) -> None:
+        from collections import defaultdict
+
+        acked = acked or {}
+        self._acked = defaultdict(list, {tp: list(offsets) for tp, offsets in acked.items()})
+        self._acked_index = defaultdict(set, {tp: set(offsets) for tp, offsets in acked.items()})
+        self._gap: dict[Any, Any] = defaultdict(lambda: None)
+        self._committed_offset: dict[Any, int | None] = defaultdict(lambda: None, committed)
+        self._read_offset: dict[Any, int] = {}
+        self._active_partitions: set[Any] = set()
+        self._paused_partitions: set[Any] = set()
+        self._buffered_partitions: set[Any] = set()
+        self.seeks: list[tuple[Any, int]] = []
+
+    def _get_active_partitions(self) -> set[Any]:
+        return self._active_partitions
+
+    async def seek_wait(self, partitions: dict[Any, int]) -> None:
+        self.seeks += partitions.items()
+        self._read_offset.update(partitions)

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from collections import defaultdict
 from types import SimpleNamespace
 from typing import Any
 
-from stream.guards import GapFiller, keep_committed_on_failure, new_offset, note_failed_commit
+from stream.guards import (
+    GapFiller,
+    keep_committed_on_failure,
+    new_offset,
+    note_failed_commit,
+    partition_report,
+    restart_partition,
+)
+
+from .fakes import FakeFaustConsumer
 
 TP = ("orders", 0)
 
 
 def consumer(committed: int | None, acked: list[int]) -> Any:
-    return SimpleNamespace(_acked=defaultdict(list, {TP: list(acked)}), _acked_index=defaultdict(set, {TP: set(acked)}),
-                           _gap=defaultdict(lambda: None), _committed_offset=defaultdict(lambda: None, {TP: committed}))
+    return FakeFaustConsumer({TP: committed}, {TP: acked})
 
 
 def test_a_hole_at_the_committed_offset_blocks_the_commit() -> None:
@@ -57,3 +64,21 @@ async def test_a_failed_commit_leaves_the_committed_offsets_as_they_were() -> No
     outcome = True
     assert await wrapped(c, {TP: 40, other: 7}) is True
     assert c._committed_offset[TP] == 40 and c._committed_offset[other] == 7
+
+
+async def test_a_restarted_partition_is_read_again_from_the_committed_offset() -> None:
+    other = ("orders", 1)
+    c = FakeFaustConsumer({TP: 31, other: 5}, {TP: [33, 34], other: [5, 6]})  # 32 was never acked: stuck
+    c._paused_partitions.add(TP)
+    await restart_partition(c, TP, 30)  # the group's committed offset
+    assert c.seeks == [(TP, 30)] and c._committed_offset[TP] == 30 and TP not in c._acked
+    assert TP in c._active_partitions and TP not in c._paused_partitions  # fetched again
+    assert new_offset(c, other) == 7  # the other partitions keep their bookkeeping
+    for offset in (30, 31, 32):  # what the agent acks when it has read them again
+        c._acked[TP].append(offset)
+    assert new_offset(c, TP) == 33
+
+
+def test_partition_report_needs_a_started_consumer() -> None:
+    assert partition_report(SimpleNamespace(_thread=SimpleNamespace(_consumer=None)), {}) == {}
+    assert partition_report(SimpleNamespace(), {}) == {}

@@ -17,7 +17,7 @@ from stream.clock import Clock
 from stream.events import parse_event
 from stream.exceptions import InvalidEvent
 from stream.health import PARTITIONS, RECOVERY, REDIS, RedisHealth, readiness, recovery_remaining
-from stream.lag import next_offset, oldest_ages, partition_lag
+from stream.lag import StallWatch, next_offset, oldest_ages, partition_lag
 from stream.metrics import (
     DEAD_LETTER_REASONS,
     CustomerTally,
@@ -30,6 +30,7 @@ from stream.metrics import (
 )
 from stream.settings import Settings
 from tests.deploy_checks import exported_names, promtool
+from tests.unit.fakes import FakeFaustConsumer
 
 
 def reason_of(raw: bytes, kind: str = "order", max_bytes: int = 1000) -> str:
@@ -274,6 +275,22 @@ def test_oldest_age_per_topic() -> None:
     assert oldest_ages([PartitionLag("orders", 0, 1)], {("orders", 0): 170.0}, now=160.0) == {"orders": 0.0}
 
 
+def test_stall_watch_names_partitions_whose_committed_offset_stands_still() -> None:
+    key, watch = ("orders", 0), StallWatch(after=60)
+    assert watch.check([(key, 10, 50)], now=0) == [] and watch.check([(key, 10, 50)], now=59) == []
+    assert watch.check([(key, 10, 50)], now=60) == [key]
+    assert watch.check([(key, 10, 50)], now=61) == []  # named once per period while it stays stuck
+    assert watch.check([(key, 10, 50)], now=120) == [key]
+    assert watch.check([(key, 11, 50)], now=121) == [] and watch.check([(key, 11, 50)], now=180) == []  # it moved
+    assert watch.check([(key, 50, 50)], now=300) == [] and watch.check([(key, 50, 50)], now=900) == []  # caught up
+    assert watch.check([(key, 50, 70)], now=901) == []  # new messages: the clock starts now
+    assert watch.check([(key, None, 70)], now=2000) == [] and watch.check([(key, 50, None)], now=3000) == []
+    busy = StallWatch(after=60)
+    busy.check([(key, 10, 50)], now=0)
+    assert busy.check([(key, 10, 50)], now=100, busy=True) == []  # a rebalance: standing still is expected
+    assert busy.check([(key, 10, 50)], now=101) == [] and busy.check([(key, 10, 50)], now=161) == [key]
+
+
 # -- the runtime and Faust hooks count what they should ------------------------------------
 
 
@@ -329,6 +346,7 @@ class FakeApp:
 
     def __init__(self) -> None:
         self.futures: list[Any] = []
+        self.consumer = FakeFaustConsumer({})
 
     def add_future(self, coro: Any) -> None:
         self.futures.append(coro)
@@ -336,10 +354,20 @@ class FakeApp:
 
 class FakeWorkerSources:
     def __init__(self) -> None:
-        self.runtime = type("R", (), {"metrics": create_metrics(), "table": {}, "partition_of": lambda self, c: 0})()
+        self.runtime = type("R", (), {"metrics": create_metrics(), "table": {}, "partition_of": lambda self, c: 0,
+                                      "last_offset": {("orders", 0): 12}})()
         self.pings = 0
         self.probed: dict[Any, Any] = {}
         self.side_committed: dict[Any, int] = {}
+        self.settings = Settings(partitions=1, stall_timeout=60)  # type: ignore[call-arg]
+        self.rows: list[tuple[tuple[str, int], int | None, int | None]] = []
+        self.rebalancing = False
+
+    def commit_rows(self) -> list[tuple[tuple[str, int], int | None, int | None]]:
+        return self.rows
+
+    def busy(self) -> bool:
+        return self.rebalancing
 
     def unknown_positions(self) -> list[tuple[str, int]]:
         return [("logins", 1)]
@@ -387,3 +415,36 @@ async def test_monitor_does_what_is_due_and_survives_failures(caplog: pytest.Log
     failing = OpsLoop(app, FakeWorkerSources(), FakeProbe(fail=True))  # type: ignore[arg-type]
     await failing.tick()  # logged, not raised
     assert "observability loop failed" in caplog.text
+
+
+async def test_monitor_reads_a_stalled_partition_again_then_asks_for_a_rebalance(
+        caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    from faust.types import TP
+
+    from agents import observability
+    from agents.observability import OpsLoop
+
+    app, sources = FakeApp(), FakeWorkerSources()
+    tp = TP("orders", 0)
+    app.consumer = FakeFaustConsumer({tp: 7}, {tp: [9]})  # offsets 7 and 8 never acked: commits wait forever
+    sources.rows = [(("orders", 0), 7, 50)]
+    rejoins: list[Any] = []
+    monkeypatch.setattr(observability, "rejoin_group", rejoins.append)
+    monitor = OpsLoop(app, sources, FakeProbe())  # type: ignore[arg-type]
+    await monitor.restart_stalled(0.0)
+    await monitor.restart_stalled(59.0)
+    assert app.consumer.seeks == []
+    await monitor.restart_stalled(60.0)
+    assert app.consumer.seeks == [(tp, 7)] and app.consumer._committed_offset[tp] == 7  # FakeProbe: committed 7
+    assert tp not in app.consumer._acked and ("orders", 0) not in sources.runtime.last_offset
+    metrics = sources.runtime.metrics
+    assert samples(metrics)[("tagger_partition_restarts_total", (("action", "seek"), ("topic", "orders")))] == 1
+    assert "reading it again from the group's committed offset 7" in caplog.text
+    await monitor.restart_stalled(119.0)
+    assert rejoins == []
+    await monitor.restart_stalled(120.0)  # still at 7 a period after the seek: the group rebalances
+    assert rejoins == [app.consumer] and len(app.consumer.seeks) == 1
+    assert metrics.total(metrics.partition_restarts) == 2 and "asking the group to rebalance" in caplog.text
+    sources.rebalancing = True
+    await monitor.restart_stalled(500.0)
+    assert len(app.consumer.seeks) == 1 and len(rejoins) == 1  # never while rebalancing or recovering
