@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from types import SimpleNamespace
 from typing import Any
 
@@ -11,6 +12,7 @@ from stream.guards import (
     new_offset,
     note_failed_commit,
     partition_report,
+    rejoin_group,
     restart_partition,
 )
 
@@ -82,3 +84,14 @@ async def test_a_restarted_partition_is_read_again_from_the_committed_offset() -
 def test_partition_report_needs_a_started_consumer() -> None:
     assert partition_report(SimpleNamespace(_thread=SimpleNamespace(_consumer=None)), {}) == {}
     assert partition_report(SimpleNamespace(), {}) == {}
+
+
+async def test_a_rebalance_is_requested_on_the_consumer_thread_loop() -> None:
+    calls: list[str] = []
+    coordinator = SimpleNamespace(request_rejoin=lambda: calls.append("rejoin"))
+    thread = SimpleNamespace(thread_loop=asyncio.get_running_loop(),
+                             _ensure_consumer=lambda: SimpleNamespace(_coordinator=coordinator))
+    rejoin_group(SimpleNamespace(_thread=thread))
+    assert calls == []  # scheduled on that loop, not called from this thread
+    await asyncio.sleep(0)
+    assert calls == ["rejoin"]
