@@ -246,9 +246,8 @@ class OpsLoop:
         except Exception:  # noqa: BLE001 - metrics only: never take the worker down
             log.exception("observability loop failed; retrying")
 
-
     async def restart_stalled(self, now: float) -> None:
-        """Read partitions whose committed offset stood still while messages waited again (guard 6).
+        """Read again the partitions whose committed offset stood still while messages waited (guard 6).
 
         A partition still stuck at the same offset after that gets a new assignment: the group rebalances.
         """
