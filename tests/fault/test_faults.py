@@ -119,13 +119,25 @@ NOISE = re.compile(r"Unable connect|Unable to update metadata|NodeNotReady|Faile
                    r"Coordinator Request failed|rdkafka|KafkaConnectionError")
 
 
-def diagnosis(worker: Worker, lines: int = 40) -> str:
-    """A worker's partitions (one line each) and its log without the connection noise: short enough for CI."""
-    status, stats = worker.get("/stats")
+def diagnosis(worker: Worker, lines: int = 15) -> str:
+    """A worker's source partitions (one line each) and its log without the connection noise: short for CI."""
+    status, stats = worker.get("/stats") if worker.proc.poll() is None else (None, {})
     partitions = stats.pop("partitions", {}) if status == 200 else {}
     log = [line for line in worker.log_path.read_text(errors="replace").splitlines() if not NOISE.search(line)]
     return "\n".join([f"\n--- worker {worker.web_port}: {status} {stats}",
-                      *(f"  {tp} {state}" for tp, state in partitions.items()), *log[-lines:]])
+                      *(f"  {tp} {state}" for tp, state in partitions.items() if "changelog" not in tp),
+                      *log[-lines:]])
+
+
+def owners(ns: Namespace, stuck: dict[tuple[str, int], int]) -> dict[str, str]:
+    """Which worker reports each stuck partition as assigned, and what it says of it."""
+    found = {f"{t}[{p}]": "no worker has it assigned" for t, p in stuck}
+    for w in ns.workers:
+        status, stats = w.get("/stats") if w.proc.poll() is None else (None, {})
+        for tp, state in (stats.get("partitions", {}) if status == 200 else {}).items():
+            if tp in found:
+                found[tp] = f"worker {w.web_port}: {state}"
+    return found
 
 
 def ready_after(worker: Worker, since: float, timeout: float = 180) -> float:
@@ -143,7 +155,8 @@ def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, 
     except AssertionError:
         for w in ns.workers:  # what each worker was doing: the failure is otherwise silent in CI
             print(diagnosis(w))
-        raise AssertionError(f"partitions behind after 900 s: {behind(ns, stream.ends)}") from None
+        stuck = behind(ns, stream.ends)
+        raise AssertionError(f"partitions behind after 900 s: {stuck}; {owners(ns, stuck)}") from None
     report["drain_after_last_produce_s"] = round(time.monotonic() - began, 1)
     live = [w for w in ns.workers if w.proc.poll() is None]
     report["partition_restarts"] = sum(w.get("/stats")[1]["partition_restarts"] for w in live)
