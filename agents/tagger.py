@@ -180,12 +180,14 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.page("/stats")
     async def stats(web: View, request: Request) -> Response:
-        return web.json({"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
-                         "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
-                         "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
-                         "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,
-                         "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts),
-                         "partitions": partition_report(app.consumer, runtime.last_offset)})
+        doc = {"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
+               "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
+               "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
+               "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,
+               "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts)}
+        if "partitions" in request.query:  # each assigned partition's fetch/commit state (costs a walk over them)
+            doc["partitions"] = partition_report(app.consumer, runtime.last_offset)
+        return web.json(doc)
 
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)

@@ -121,7 +121,7 @@ NOISE = re.compile(r"Unable connect|Unable to update metadata|NodeNotReady|Faile
 
 def diagnosis(worker: Worker, lines: int = 15) -> str:
     """A worker's source partitions (one line each) and its log without the connection noise: short for CI."""
-    status, stats = worker.get("/stats") if worker.proc.poll() is None else (None, {})
+    status, stats = worker.get("/stats?partitions") if worker.proc.poll() is None else (None, {})
     partitions = stats.pop("partitions", {}) if status == 200 else {}
     log = [line for line in worker.log_path.read_text(errors="replace").splitlines() if not NOISE.search(line)]
     return "\n".join([f"\n--- worker {worker.web_port}: {status} {stats}",
@@ -133,7 +133,7 @@ def owners(ns: Namespace, stuck: dict[tuple[str, int], int]) -> dict[str, str]:
     """Which worker reports each stuck partition as assigned, and what it says of it."""
     found = {f"{t}[{p}]": "no worker has it assigned" for t, p in stuck}
     for w in ns.workers:
-        status, stats = w.get("/stats") if w.proc.poll() is None else (None, {})
+        status, stats = w.get("/stats?partitions") if w.proc.poll() is None else (None, {})
         for tp, state in (stats.get("partitions", {}) if status == 200 else {}).items():
             if tp in found:
                 found[tp] = f"worker {w.web_port}: {state}"

@@ -221,7 +221,8 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(namespace: Na
         assert mismatches() == [], "\n".join(mismatches())
 
     def orders_partitions() -> dict[str, dict[str, Any]]:  # /stats: where each assigned partition stands
-        return {tp: s for tp, s in second.get("/stats")[1]["partitions"].items() if tp.startswith(ns.topic("order"))}
+        stats = second.get("/stats?partitions")[1]
+        return {tp: s for tp, s in stats["partitions"].items() if tp.startswith(ns.topic("order"))}
 
     wait_for(lambda: orders_partitions() and all(s["committed"] == s["highwater"] == s["position"]
                                                  for s in orders_partitions().values()), 30, "everything committed")
