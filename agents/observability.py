@@ -253,11 +253,12 @@ class OpsLoop:
         """
         sources = self.sources
         rows = sources.commit_rows()
+        committed_now = {key: committed for key, committed, _ in rows}
         for key in self.stalls.check(rows, now, busy=sources.busy()):
             report = partition_report(self.app.consumer, sources.runtime.last_offset).get(f"{key[0]}[{key[1]}]")
             where = f"{key[0]}[{key[1]}]: committed offset unchanged for {self.stalls.after:.0f} s while messages wait"
             restart = sources.runtime.metrics.partition_restarts
-            if self._restarted.get(key) == next(committed for k, committed, _ in rows if k == key):
+            if self._restarted.get(key) == committed_now[key]:
                 log.warning("%s, also after reading it again (%s); asking the group to rebalance", where, report)
                 rejoin_group(self.app.consumer)
                 restart.labels(key[0], "rejoin").inc()
