@@ -254,6 +254,7 @@ class OpsLoop:
         sources = self.sources
         rows = sources.commit_rows()
         committed_now = {key: committed for key, committed, _ in rows}
+        self._restarted = {key: at for key, at in self._restarted.items() if committed_now.get(key) == at}  # moved on
         for key in self.stalls.check(rows, now, busy=sources.busy()):
             report = partition_report(self.app.consumer, sources.runtime.last_offset).get(f"{key[0]}[{key[1]}]")
             where = f"{key[0]}[{key[1]}]: committed offset unchanged for {self.stalls.after:.0f} s while messages wait"

@@ -445,6 +445,10 @@ async def test_monitor_reads_a_stalled_partition_again_then_asks_for_a_rebalance
     await monitor.restart_stalled(120.0)  # still at 7 a period after the seek: the group rebalances
     assert rejoins == [app.consumer] and len(app.consumer.seeks) == 1
     assert metrics.total(metrics.partition_restarts) == 2 and "asking the group to rebalance" in caplog.text
+    sources.rows = [(("orders", 0), 8, 50)]  # it moved on, then stood still again: a seek first, once more
+    await monitor.restart_stalled(130.0)
+    await monitor.restart_stalled(190.0)
+    assert len(app.consumer.seeks) == 2 and len(rejoins) == 1
     sources.rebalancing = True
     await monitor.restart_stalled(500.0)
-    assert len(app.consumer.seeks) == 1 and len(rejoins) == 1  # never while rebalancing or recovering
+    assert len(app.consumer.seeks) == 2 and len(rejoins) == 1  # never while rebalancing or recovering
