@@ -119,12 +119,20 @@ NOISE = re.compile(r"Unable connect|Unable to update metadata|NodeNotReady|Faile
                    r"Coordinator Request failed|rdkafka|KafkaConnectionError")
 
 
+def live_stats(worker: Worker) -> dict[str, Any] | None:
+    """A running worker's /stats with its partitions; None if it is not running or does not answer."""
+    if worker.proc.poll() is not None:
+        return None
+    status, stats = worker.get("/stats?partitions")
+    return stats if status == 200 else None
+
+
 def diagnosis(worker: Worker, lines: int = 15) -> str:
     """A worker's source partitions (one line each) and its log without the connection noise: short for CI."""
-    status, stats = worker.get("/stats?partitions") if worker.proc.poll() is None else (None, {})
-    partitions = stats.pop("partitions", {}) if status == 200 else {}
+    stats = live_stats(worker) or {}
+    partitions = stats.pop("partitions", {})
     log = [line for line in worker.log_path.read_text(errors="replace").splitlines() if not NOISE.search(line)]
-    return "\n".join([f"\n--- worker {worker.web_port}: {status} {stats}",
+    return "\n".join([f"\n--- worker {worker.web_port}: {stats or 'not running or not answering'}",
                       *(f"  {tp} {state}" for tp, state in partitions.items() if "changelog" not in tp),
                       *log[-lines:]])
 
@@ -133,8 +141,7 @@ def owners(ns: Namespace, stuck: dict[tuple[str, int], int]) -> dict[str, str]:
     """Which worker reports each stuck partition as assigned, and what it says of it."""
     found = {f"{t}[{p}]": "no worker has it assigned" for t, p in stuck}
     for w in ns.workers:
-        status, stats = w.get("/stats?partitions") if w.proc.poll() is None else (None, {})
-        for tp, state in (stats.get("partitions", {}) if status == 200 else {}).items():
+        for tp, state in (live_stats(w) or {}).get("partitions", {}).items():
             if tp in found:
                 found[tp] = f"worker {w.web_port}: {state}"
     return found
@@ -158,8 +165,7 @@ def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, 
         stuck = behind(ns, stream.ends)
         raise AssertionError(f"partitions behind after 900 s: {stuck}; {owners(ns, stuck)}") from None
     report["drain_after_last_produce_s"] = round(time.monotonic() - began, 1)
-    live = [w for w in ns.workers if w.proc.poll() is None]
-    report["partition_restarts"] = sum(w.get("/stats")[1]["partition_restarts"] for w in live)
+    report["partition_restarts"] = sum(stats["partition_restarts"] for stats in map(live_stats, ns.workers) if stats)
     customers = sorted(want)
     bad: list[str] = []
     for _ in range(3):  # views are written at each customer's last evaluation: bring all to "now"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections import defaultdict
 from typing import Any
 
 from agents.evaluate import Evaluator, facts_schema
@@ -63,8 +64,6 @@ class FakeFaustConsumer:
     """The part of Faust's consumer the commit guards read and write, for one or more partitions."""
 
     def __init__(self, committed: dict[Any, int | None], acked: dict[Any, list[int]] | None = None) -> None:
-        from collections import defaultdict
-
         acked = acked or {}
         self._acked = defaultdict(list, {tp: list(offsets) for tp, offsets in acked.items()})
         self._acked_index = defaultdict(set, {tp: set(offsets) for tp, offsets in acked.items()})
