@@ -38,6 +38,12 @@ every aggregate with an independent recomputation:
    (:func:`rejoin_group`). In CI two broker-cut runs stalled for good; here
    three partitions once got no message for 34 s after the cut. The warning
    logged carries :func:`partition_report`.
+7. A rebalance (and a stop) waits for Faust's producer flush, which is our
+   changelog write-and-wait (:class:`stream.app.CustomerTable`). In a CI run a
+   worker hung there for good after the broker cut, and the whole group with
+   it. :func:`bounded_flush` gives up after ``FLUSH_TIMEOUT`` seconds: nothing
+   is committed on that path, so the messages are applied again (idempotently)
+   wherever the partitions go; the commit path keeps its unbounded wait.
 """
 
 from __future__ import annotations
@@ -49,6 +55,8 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+FLUSH_TIMEOUT = 30.0  # seconds a rebalance or stop waits for the producer flush (guard 7)
+
 _installed = False
 
 
@@ -57,6 +65,7 @@ def install_ack_guard() -> None:
     global _installed
     if _installed:
         return
+    from faust.app.base import App
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import Consumer as DriverConsumer
 
@@ -76,6 +85,7 @@ def install_ack_guard() -> None:
     Consumer._commit_offsets = keep_committed_on_failure(  # type: ignore[method-assign,assignment]
         Consumer._commit_offsets)
     DriverConsumer._commit = note_failed_commit(DriverConsumer._commit)  # type: ignore[method-assign,assignment]
+    App._producer_flush = bounded_flush(App._producer_flush)  # type: ignore[method-assign,assignment]
     _installed = True
 
 
@@ -97,6 +107,21 @@ def new_offset(self: Any, tp: Any) -> int | None:
     acked[: len(batch)] = []
     self._acked_index[tp].difference_update(batch)
     return int(batch[-1]) + 1
+
+
+def bounded_flush(flush: Callable[..., Awaitable[None]],
+                  timeout: float | None = None) -> Callable[..., Awaitable[None]]:
+    """Wrap Faust's ``App._producer_flush`` (rebalance and stop only) so it gives up after ``timeout`` s."""
+
+    async def wrapper(self: Any, logger: Any) -> None:
+        limit = FLUSH_TIMEOUT if timeout is None else timeout
+        try:
+            await asyncio.wait_for(flush(self, logger), limit)
+        except TimeoutError:
+            log.warning("producer flush not done after %.0f s during a rebalance or stop; going on without it "
+                        "(nothing is committed there: the messages are applied again)", limit)
+
+    return wrapper
 
 
 def note_failed_commit(commit: Callable[..., Awaitable[bool]]) -> Callable[..., Awaitable[bool]]:

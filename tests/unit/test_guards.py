@@ -8,6 +8,7 @@ from typing import Any
 
 from stream.guards import (
     GapFiller,
+    bounded_flush,
     keep_committed_on_failure,
     new_offset,
     note_failed_commit,
@@ -95,3 +96,18 @@ async def test_a_rebalance_is_requested_on_the_consumer_thread_loop() -> None:
     assert calls == []  # scheduled on that loop, not called from this thread
     await asyncio.sleep(0)
     assert calls == ["rejoin"]
+
+
+async def test_a_rebalance_stops_waiting_for_a_flush_that_never_ends(caplog: Any) -> None:
+    flushed: list[str] = []
+
+    async def hangs(self: Any, logger: Any) -> None:
+        await asyncio.Event().wait()
+
+    async def finishes(self: Any, logger: Any) -> None:
+        flushed.append("done")
+
+    await bounded_flush(hangs, timeout=0.05)(None, None)  # returns instead of holding the whole group
+    assert "producer flush not done after 0 s" in caplog.text
+    await bounded_flush(finishes, timeout=5)(None, None)
+    assert flushed == ["done"]
