@@ -75,3 +75,24 @@ def test_a_failed_flush_keeps_every_view_staged(server: RedisServer, tmp_path: P
         await rv.client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_flush_writes_what_was_staged_when_it_began(server: RedisServer) -> None:
+    """Views staged while a flush runs wait for the next flush instead of trickling in as tiny chunks."""
+    sync = redis.Redis.from_url(server.url)
+
+    async def run() -> None:
+        rv = RedisView(aioredis.Redis.from_url(server.url), "t")
+        for i in range(450):
+            rv.stage(f"a{i}", view(f"a{i}", ["first"]), 1.0)
+        flush = asyncio.ensure_future(rv.flush(batch=200))
+        while rv.pending == 450:  # the first chunk is on its way
+            await asyncio.sleep(0)
+        for i in range(30):
+            rv.stage(f"b{i}", view(f"b{i}", ["later"]), 1.0)
+        assert await flush == 450 and rv.pending == 30
+        assert sync.zcard("t:tag:first") == 450 and not sync.exists("t:tag:later")
+        assert await rv.flush() == 30 and sync.zcard("t:tag:later") == 30
+        await rv.client.aclose()
+
+    asyncio.run(run())
