@@ -16,12 +16,15 @@ phases, in order:
    ``--workers`` N workers, then with 1 if N > 1; the tagger with N, then with 1 if N > 1.
    A raw aiokafka ``getmany`` loop reads the first group's input topics (no group).
 2. **Latency against offered rate**, on the one-worker tagger group: single demo events at
-   each ``--rates`` fraction of the *reference capacity* for ``--latency-seconds``;
-   p50/p95/p99 of the worker's histogram (Kafka timestamp → tag change sent) between
-   before and after. Then the same at a fixed 1,000 events/s, if the reference capacity
-   reaches it (else null). The reference capacity is the one-worker rate; with ``--batch``
-   that rate is of envelopes, and single events cost more, so it is capped at
-   ``--latency-capacity``.
+   a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
+   (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
+   of the worker's histogram (Kafka timestamp → tag change sent) between before and after.
+   The reference capacity is the one-worker rate; with ``--batch`` that rate is of
+   envelopes, and single events cost more, so it is capped at ``--latency-capacity``.
+   Tansu's CPU per fetch grows with the partition's log (at a steady 920 msg/s read by a
+   plain aiokafka consumer: 21% of a core in the first 11 s, 94% in the fifth; flat 6-7%
+   with no consumer), so every phase runs on a slower broker than the one before: each
+   reports the broker's CPU.
 3. **Immediate path**: normal traffic at the highest ``--rates`` fraction plus 5 priority
    events/s (big orders of 20,000, complaint tickets; new customers, so each yields a tag
    change), measured end to end from the outside (``agents/bench_latency.py``).
@@ -52,9 +55,11 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
 - ``latency_reference_events_per_s``: the capacity ``--rates`` are fractions of.
 - ``latency_by_rate``: one entry per ``--rates`` fraction: ``fraction``,
-  ``offered_events_per_s``, ``events``, ``p50_s``, ``p95_s``, ``p99_s``.
-- ``latency_1k_reachable``, ``latency_1k_p50_s``, ``latency_1k_p95_s``, ``latency_1k_p99_s``:
-  the same at 1,000 events/s (issue 7 target: p99 ≤ 0.1 s).
+  ``offered_events_per_s``, ``events``, ``p50_s``, ``p95_s``, ``p99_s``, and
+  ``broker_cpu_percent`` (of one core) and ``worker_cpu_us_per_event`` during the phase.
+- ``latency_1k_reachable``, ``latency_1k_p50_s``, ``latency_1k_p95_s``, ``latency_1k_p99_s``,
+  ``latency_1k_broker_cpu_percent``, ``latency_1k_worker_cpu_us_per_event``: the same at
+  1,000 events/s (issue 7 target: p99 ≤ 0.1 s).
 - ``immediate_offered_events_per_s``, ``immediate_events``, ``immediate_matched``,
   ``immediate_p50_s``, ``immediate_p99_s``, ``immediate_max_s``: the immediate path: normal
   traffic rate, priority events sent and matched to their tag change, and their end-to-end
@@ -169,6 +174,13 @@ class Run:
 def _rss_mb(pid: int) -> float:
     with open(f"/proc/{pid}/status") as f:
         return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:")) / 1024
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
@@ -297,26 +309,35 @@ def _demo(run: Run, group: Group, rate: float, seed: int) -> DemoConfig:
 
 
 def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int) -> dict[str, Any]:
-    """Single demo events at ``offered``/s for ``seconds``: p50/p95/p99 of the worker's histogram."""
+    """Single demo events at ``offered``/s for ``seconds``: p50/p95/p99 of the worker's histogram.
+
+    Also the CPU the broker and the (first) worker used meanwhile: Tansu's cost per fetch grows
+    with the partition's log, so at one rate its CPU rises phase after phase.
+    """
     progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
     before = snapshot(group)
+    pids = (run.services.broker.pid or 0, group.procs[0].pid)  # the broker runs for the whole bench
+    (broker0, worker0), started = (_cpu_seconds(pid) for pid in pids), time.monotonic()
     sent = asyncio.run(run_demo(run.services.bootstrap, _demo(run, group, offered, seed),
                                 limit=max(1, round(offered * seconds))))
     group.expected += sent
     wait_done(group, group.expected)
-    return {"offered_events_per_s": offered, "events": sent, **percentiles(before, snapshot(group))}
+    broker1, worker1 = (_cpu_seconds(pid) for pid in pids)
+    return {"offered_events_per_s": offered, "events": sent, **percentiles(before, snapshot(group)),
+            "broker_cpu_percent": 100 * (broker1 - broker0) / (time.monotonic() - started),
+            "worker_cpu_us_per_event": 1e6 * (worker1 - worker0) / max(sent, 1)}
 
 
 def latency_by_rate(run: Run, group: Group, rates: list[float], reference: float, seconds: float,
                     result: dict[str, Any]) -> None:
-    """Phase 2: each fraction of the reference capacity, then 1,000 events/s if reachable."""
-    result["latency_by_rate"] = [{"fraction": f, **latency_at(run, group, f * reference, seconds, 100 + i)}
-                                 for i, f in enumerate(rates)]
+    """Phase 2: 1,000 events/s if reachable, then each fraction of the reference capacity."""
     reachable = reference >= ONE_K
     at_1k = latency_at(run, group, ONE_K, seconds, 99) if reachable else {}
     result["latency_1k_reachable"] = reachable
-    for key in ("p50_s", "p95_s", "p99_s"):
+    for key in ("p50_s", "p95_s", "p99_s", "broker_cpu_percent", "worker_cpu_us_per_event"):
         result[f"latency_1k_{key}"] = at_1k.get(key)
+    result["latency_by_rate"] = [{"fraction": f, **latency_at(run, group, f * reference, seconds, 100 + i)}
+                                 for i, f in enumerate(rates)]
 
 
 def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> dict[str, Any]:
