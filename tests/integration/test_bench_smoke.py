@@ -44,6 +44,7 @@ def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None
     assert [row["fraction"] for row in result["latency_by_rate"]] == [0.25, 0.5]
     for row in result["latency_by_rate"]:
         assert row["events"] > 0 and 0 < row["p50_s"] <= row["p95_s"] <= row["p99_s"], row
+        assert row["broker_cpu_percent"] > 0 and row["worker_cpu_us_per_event"] > 0, row
     assert result["immediate_matched"] == result["immediate_events"] >= 2  # every priority event seen
     # 1,000 ev/s is measured only when one worker reaches it; either way the keys are there
     assert (result["latency_1k_p99_s"] is not None) == result["latency_1k_reachable"]
