@@ -123,7 +123,17 @@ def test_every_caller_against_every_endpoint_is_answered_and_audited(
 
 @pytest.mark.parametrize("who", ["viewer", "sales", "support", "finance", "admin"])
 def test_the_customer_document_is_filtered_by_role(api: tuple[Namespace, Worker], who: str) -> None:
+    """Money in the reasons is masked for sales and support.
+
+    Orders and tickets are different topics, so the ticket may be applied after the second
+    order (the tag is then held: the exit reason) or before it (the entry reason).
+    """
     _, worker = api
+
+    def reason_shows(spend: str) -> bool:
+        return doc["reasons"]["big_spender"] in (f"spend_365d={spend} >= 10000",
+                                                 f"held: not yet spend_365d={spend} < 8000")
+
     status, doc = worker.get("/customers/c-rich", who=who)
     assert status == 200
     tags = set(doc["tags"])
@@ -135,10 +145,10 @@ def test_the_customer_document_is_filtered_by_role(api: tuple[Namespace, Worker]
         assert set(doc) == {"customer_id", "tier", "tags", "evaluated_at", "ruleset_version"}
     elif who in ("sales", "support"):
         assert doc["aggregates"]["orders_total"] == 2 and "spend_365d" not in doc["aggregates"]
-        assert doc["reasons"]["big_spender"] == "spend_365d=… >= 10000"
+        assert reason_shows("…"), doc["reasons"]
     else:
         assert doc["aggregates"]["spend_365d"] == 12840.0
-        assert doc["reasons"]["big_spender"] == "spend_365d=12840.00 >= 10000"
+        assert reason_shows("12840.00"), doc["reasons"]
     assert any(m in text for m in MONEY) == (who in ("finance", "admin"))
 
 
