@@ -316,7 +316,9 @@ def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int
     """
     progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
     before = snapshot(group)
-    pids = (run.services.broker.pid or 0, group.procs[0].pid)  # the broker runs for the whole bench
+    broker = run.services.broker.pid
+    assert broker is not None  # the broker runs for the whole bench
+    pids = (broker, group.procs[0].pid)
     (broker0, worker0), started = (_cpu_seconds(pid) for pid in pids), time.monotonic()
     sent = asyncio.run(run_demo(run.services.bootstrap, _demo(run, group, offered, seed),
                                 limit=max(1, round(offered * seconds))))
