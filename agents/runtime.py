@@ -11,6 +11,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator, MutableMapping
+from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Protocol
 
@@ -54,6 +55,20 @@ def _customer_of(item: Event | dict[str, Any]) -> str:
     return str(item["customer_id"]) if isinstance(item, dict) else item.customer_id
 
 
+Arrival = tuple[float, float | None]
+"""When a message reached the worker (``time.time()``) and its Kafka timestamp in seconds, if any."""
+
+
+@dataclass(slots=True)
+class _Deferred:
+    """A customer whose evaluation waits for the messages queued behind (see :meth:`Runtime.handle`)."""
+
+    trigger: dict[str, Any]  # of the latest message applied
+    event_time: int | None  # latest event time applied
+    arrival: Arrival  # of the first message applied: the emit latency is measured from it
+    events: int  # events applied since the customer's last evaluation
+
+
 class Runtime:
     """State and collaborators of one worker's tagger agent."""
 
@@ -86,12 +101,37 @@ class Runtime:
         self.due = DueIndex()  # when each local customer next needs a sweep (stream.due)
         self._unindexed: dict[int, list[str]] = {}  # partitions whose due index is being built
         self._sweeps: dict[int, tuple[float, int]] = {}  # sweeps in progress: started, customers evaluated
-        self._arrival: tuple[float, float | None] = (time.time(), None)
+        self._arrival: Arrival = (time.time(), None)
+        self._more = False  # messages are waiting behind the one being handled
+        self._handling = False
+        self._deferred: dict[str, _Deferred] = {}  # customers applied, not yet evaluated, in order
+        self._deferred_since = 0.0
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     timestamp: float | None = None) -> str:
-        """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds."""
+                     timestamp: float | None = None, more: bool = False) -> str:
+        """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds.
+
+        ``more``: messages are already waiting behind this one (a backlog). Its events are
+        then applied and the customer's evaluation waits, so that a customer with several
+        events in the backlog is evaluated once (at most ``coalesce_customers`` customers
+        for ``coalesce_window`` seconds). The waiting evaluations run when a message comes
+        with nothing behind it, or the limits are reached. Big orders and complaints are
+        evaluated at once.
+        """
         self._arrival = (time.time(), timestamp)
+        self._more, self._handling = more, True
+        try:
+            outcome = await self._receive(topic, partition, offset, key, value)
+            if self._deferred and (not more or len(self._deferred) >= self.settings.coalesce_customers
+                                   or self._window_over()):
+                await self.evaluate_deferred()
+        finally:
+            self._handling = False
+        self.metrics.processing.observe(time.time() - self._arrival[0])
+        return outcome
+
+    async def _receive(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
+        """Route one message, and first any offsets before it that were never delivered; count the outcome."""
         last = self.last_offset.get((topic, partition))
         if last is None and self.gaps is not None:  # first message since an assignment: from the committed offset
             start = self.gaps.start_of(topic, partition)
@@ -110,8 +150,17 @@ class Runtime:
         self.outcomes[outcome] += 1
         if outcome != "batch":  # a batch envelope's events were counted one by one
             _child(self.metrics.events, topic, outcome).inc()
-        self.metrics.processing.observe(time.time() - self._arrival[0])
         return outcome
+
+    def _window_over(self) -> bool:
+        return time.monotonic() - self._deferred_since >= self.settings.coalesce_window
+
+    async def evaluate_overdue(self) -> int:
+        """From a timer: run the waiting evaluations once their window is over and no message is being
+        handled (the backlog they waited for did not come: a rebalance cleared the fetched messages)."""
+        if self._deferred and not self._handling and self._window_over():
+            return await self.evaluate_deferred()
+        return 0
 
     def forget_offsets(self) -> None:
         """After a rebalance partitions restart from their committed offsets: no gap to see."""
@@ -247,12 +296,56 @@ class Runtime:
         if batch_id is not None:
             state.mark(source, offset, f"batch:{batch_id}")
             trigger.update(batch_id=batch_id, events=applied)
+        event_time = latest.ts if latest else None
         if priority is not None:
             trigger["priority"], trigger["reason"] = priority
-        await self.reevaluate(cid, state, trigger, latest.ts if latest else None, changed=True)
+        elif self._more and self.settings.coalesce_customers:
+            self._defer(cid, state, trigger, event_time, applied)
+            return applied
+        await self.reevaluate(cid, state, trigger, event_time, changed=True)
         if priority is not None:
             await self.flush_priority()
         return applied
+
+    def _defer(self, cid: str, state: CustomerState, trigger: dict[str, Any], event_time: int | None,
+               applied: int) -> None:
+        """Leave ``cid``'s evaluation to :meth:`evaluate_deferred`; its applied events go to the changelog now.
+
+        The state is marked ``stale`` until evaluated, so that a restart (or the next owner
+        after a rebalance) evaluates it at its first sweep (stream.due.due_after_restore).
+        """
+        self.table[cid] = state
+        if state.view is not None:
+            state.view["stale"] = True
+        entry = self._deferred.get(cid)
+        if entry is None:
+            if not self._deferred:
+                self._deferred_since = time.monotonic()
+            self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied)
+            return
+        entry.trigger = trigger
+        entry.events += applied
+        if event_time is not None and (entry.event_time is None or event_time > entry.event_time):
+            entry.event_time = event_time
+
+    async def evaluate_deferred(self) -> int:
+        """Evaluate every customer left by :meth:`_defer`, once each; returns how many.
+
+        The trigger is the latest message's, with ``events``: how many events were applied
+        since the customer's last evaluation (when more than one).
+        """
+        deferred, self._deferred = self._deferred, {}
+        for cid, entry in deferred.items():
+            state = self.table.get(cid)
+            if state is None:
+                continue
+            trigger = entry.trigger if entry.events <= 1 else {**entry.trigger, "events": entry.events}
+            try:
+                await self.reevaluate(cid, state, trigger, entry.event_time, changed=True, arrival=entry.arrival)
+            except Exception:  # noqa: BLE001 - no message to dead-letter: the next sweep evaluates it again
+                log.exception("deferred evaluation of %s failed; due at the next sweep", cid)
+                self.due.mark(self.partition_of(cid), cid)
+        return len(deferred)
 
     def _count(self, topic: str, outcome: str, n: int = 1) -> None:
         """Count ``n`` events of a batch envelope under ``outcome``."""
@@ -268,6 +361,7 @@ class Runtime:
         """
         cid = request["customer_id"]
         found = cid in self.table
+        self._deferred.pop(cid, None)
         if found:
             del self.table[cid]  # Faust writes a tombstone to the changelog
         self.due.set(self.partition_of(cid), cid, None)
@@ -294,13 +388,16 @@ class Runtime:
             log.warning("priority Redis flush failed (%d pending, will retry): %r", self.view.pending, exc)
 
     async def reevaluate(self, cid: str, state: CustomerState, trigger: dict[str, Any],
-                         event_time: int | None = None, changed: bool = False) -> None:
+                         event_time: int | None = None, changed: bool = False, arrival: Arrival | None = None) -> None:
         """Prune, evaluate, store, stage the Redis view and publish any tag change.
 
         The table (and so the changelog) is written when a message was applied
         (``changed``) or the tags or tier changed; a sweep that changes nothing a
-        subscriber sees costs no changelog write.
+        subscriber sees costs no changelog write. A deferred evaluation of the
+        customer is covered by this one. ``arrival``: of the message the emit
+        latency is measured from (default: the current one).
         """
+        self._deferred.pop(cid, None)
         now = self.clock.now()
         state.prune(now)
         errors: list[str] = []
@@ -315,20 +412,20 @@ class Runtime:
         self.view.stage(cid, partial(self.evaluator.view_json, cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
-            self._observe_emit("tag_change", trigger)
+            self._observe_emit("tag_change", trigger, arrival)
             for direction in ("added", "removed"):
                 for tag in change[direction]:
                     _child(self.metrics.tag_changes, tag, direction).inc()
         if alert is not None:
             await self.senders["churn_alerts"].send(key=cid.encode(), value=orjson.dumps(alert))
-            self._observe_emit("churn_alert", trigger)
+            self._observe_emit("churn_alert", trigger, arrival)
             _child(self.metrics.churn_alerts, alert["level"]).inc()
 
-    def _observe_emit(self, output: str, trigger: dict[str, Any]) -> None:
+    def _observe_emit(self, output: str, trigger: dict[str, Any], arrival: Arrival | None) -> None:
         if trigger.get("kind") not in ("event", "manual") or trigger.get("topic") is None:
             return  # timers and reloads have no arrival to measure from
         now = time.time()
-        arrived, kafka_ts = self._arrival
+        arrived, kafka_ts = arrival or self._arrival
         _child(self.metrics.emit_latency, output, "arrival").observe(now - arrived)
         if kafka_ts is not None:
             _child(self.metrics.emit_latency, output, "kafka_timestamp").observe(max(0.0, now - kafka_ts))
@@ -461,6 +558,8 @@ class Runtime:
         for partition in [p for p in self.due.partitions() if p not in owned]:
             self.due.drop(partition)
             self._unindexed.pop(partition, None)
+        for cid in [cid for cid in self._deferred if self.partition_of(cid) not in owned]:
+            del self._deferred[cid]  # stale in the changelog: the new owner evaluates it
 
     def customers_in(self, partition: int) -> Iterator[str]:
         """Customers held in the local table that belong to ``partition``."""

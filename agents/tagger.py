@@ -86,10 +86,14 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.agent(topics.source)
     async def tagger(stream: faust.StreamT) -> None:
+        consumer = app.consumer
         async for event in stream.events():
             msg = event.message
+            # a backlog: messages fetched and waiting, or not yet fetched (highwater: from the last fetch)
+            more = (not stream.channel.queue.empty()  # type: ignore[attr-defined]
+                    or msg.offset + 1 < (consumer.highwater(msg.tp) or 0))
             try:
-                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp)
+                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
             except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
                 log.exception("failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
                 runtime.outcomes["dead_letter"] += 1
@@ -118,6 +122,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.timer(settings.redis_flush_interval)
     async def flush_view() -> None:
         try:
+            await runtime.evaluate_overdue()
             await runtime.view.flush()
             if settings.clock == "stream":
                 runtime.clock.merge_global(await runtime.view.advance_clock(runtime.clock.local_max))

@@ -35,9 +35,11 @@ def next_due(state: CustomerState, evaluated_ms: int) -> int | None:
 
 
 def due_after_restore(state: CustomerState) -> int:
-    """Due time of a customer read back from the table: from its last evaluation (0: never evaluated)."""
-    evaluated = (state.view or {}).get("evaluated_at")
-    if evaluated is None:
+    """Due time of a customer read back from the table: from its last evaluation (0: never evaluated,
+    or events were applied since: ``stale``, see agents.runtime)."""
+    view = state.view or {}
+    evaluated = view.get("evaluated_at")
+    if evaluated is None or view.get("stale"):
         return 0
     due = next_due(state, int(evaluated))
     return due if due is not None else -1

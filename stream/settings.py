@@ -108,6 +108,12 @@ class Settings(BaseSettings):
                                       "average order (last 365 days) is big: evaluated and flushed at once. 0: off.")
     big_order_amount: float = Field(10000.0, ge=0, description="A paid order of at least this amount is big "
                                     "whatever the customer's average. 0: off.")
+    coalesce_customers: int = Field(5000, ge=0, description="Under backlog (messages already waiting behind "
+                                    "the one being handled), evaluation of a customer waits for the waiting messages, "
+                                    "so a customer with several events in the backlog is evaluated once: at most "
+                                    "this many customers wait. 0: every message is evaluated at once.")
+    coalesce_window: float = Field(0.5, ge=0, description="Seconds a customer's evaluation may wait under backlog "
+                                   "(see coalesce_customers).")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "

@@ -40,6 +40,10 @@ class FakeView:
         self.views[cid] = view
         self.spend[cid] = spend
 
+    def stage_erase(self, cid: str) -> None:
+        self.views.pop(cid, None)
+        self.spend.pop(cid, None)
+
     async def flush(self) -> int:
         return len(self.staged)
 

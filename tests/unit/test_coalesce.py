@@ -1,0 +1,98 @@
+"""Under backlog (``more=True``) a customer's events wait for the messages behind them and are evaluated once."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from agents.runtime import Runtime
+from stream.due import due_after_restore
+from stream.settings import Settings
+from stream.state import CustomerState
+
+from .fakes import FakeSender, make_runtime
+
+T = 1_767_225_600_000
+
+
+def order(i: int, cid: str, amount: float) -> bytes:
+    return orjson.dumps({"event_id": f"e{i}", "customer_id": cid, "ts": T + i * 1000, "order_id": f"o{i}",
+                         "amount": amount})
+
+
+def runtime(**settings: Any) -> tuple[Runtime, dict[str, CustomerState], dict[str, FakeSender]]:
+    table: dict[str, CustomerState] = {}
+    rt, senders = make_runtime(Settings(partitions=1, **settings), table)  # type: ignore[call-arg]
+    return rt, table, senders
+
+
+def changes(sender: FakeSender) -> list[dict[str, Any]]:
+    return [orjson.loads(value) for _, value, _ in sender.sent]
+
+
+async def test_a_customers_events_in_a_backlog_are_evaluated_once_when_it_ends() -> None:
+    rt, table, senders = runtime()
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 2000))  # evaluated: c1 has a view
+    before = len(senders["tag_changes"].sent)
+    for i, amount in enumerate((3000, 3500, 4000), start=1):  # 12,500 in all: big_spender, none of them big
+        assert await rt.handle("orders", 0, i, b"c1", order(i, "c1", amount), more=True) == "ok"
+    assert await rt.handle("orders", 0, 4, b"c2", order(4, "c2", 20), more=True) == "ok"
+    assert len(senders["tag_changes"].sent) == before  # nothing evaluated yet
+    assert table["c1"].orders_total == 4 and table["c1"].view is not None and table["c1"].view["stale"]
+    assert due_after_restore(table["c1"]) == 0  # a restart now would evaluate c1 at its first sweep
+    await rt.handle("logins", 0, 0, b"c3", orjson.dumps({"event_id": "l1", "customer_id": "c3", "ts": T + 9000}))
+    c1 = [c for c in changes(senders["tag_changes"])[before:] if c["customer_id"] == "c1"]
+    assert len(c1) == 1 and "big_spender" in c1[0]["added"]
+    assert c1[0]["trigger"] == {"kind": "event", "topic": "orders", "event_id": "e3", "events": 3}
+    assert c1[0]["event_time"].startswith("2026-01-01T00:00:03")
+    assert "stale" not in table["c1"].view and due_after_restore(table["c1"]) != 0
+    assert rt.outcomes["ok"] == 6
+
+
+async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluation() -> None:
+    rt, table, senders = runtime()
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 100), more=True)
+    await rt.handle("orders", 0, 1, b"c1", order(1, "c1", 12_000), more=True)
+    sent = changes(senders["tag_changes"])
+    assert [c["trigger"].get("priority") for c in sent] == ["big_order"]
+    assert sent[0]["trigger"]["event_id"] == "e1" and table["c1"].orders_total == 2
+    assert await rt.evaluate_deferred() == 0  # the big order's evaluation covered the first order
+
+
+async def test_waiting_evaluations_run_when_a_limit_is_reached() -> None:
+    rt, _, senders = runtime(coalesce_customers=2)
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    assert not senders["tag_changes"].sent and not rt.view.staged  # type: ignore[attr-defined]
+    await rt.handle("orders", 0, 1, b"c2", order(1, "c2", 20), more=True)  # two customers wait: the limit
+    assert rt.view.staged == ["c1", "c2"]  # type: ignore[attr-defined]
+    rt, _, _ = runtime(coalesce_window=0)
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
+    rt, _, _ = runtime(coalesce_customers=0)  # off: every message evaluated at once
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
+
+
+async def test_the_timer_runs_waiting_evaluations_only_after_the_window_and_between_messages() -> None:
+    rt, _, _ = runtime(coalesce_window=60)
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    assert await rt.evaluate_overdue() == 0  # within the window
+    rt._deferred_since -= 61
+    rt._handling = True
+    assert await rt.evaluate_overdue() == 0  # the agent is in the middle of a message
+    rt._handling = False
+    assert await rt.evaluate_overdue() == 1 and rt.view.staged == ["c1"]  # type: ignore[attr-defined]
+
+
+async def test_an_erased_or_foreign_customer_is_not_evaluated_later() -> None:
+    rt, table, senders = runtime()
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    await rt.handle("orders", 0, 1, b"c2", order(1, "c2", 20), more=True)
+    request = {"request_id": "r1", "customer_id": "c1", "type": "erase", "ts": T}
+    await rt.handle(rt.settings.privacy_requests_topic, 0, 0, b"c1", orjson.dumps(request), more=True)
+    rt._partition_of["c2"] = 5  # as if c2's partition went to another worker in a rebalance
+    rt.keep_partitions({0})
+    assert await rt.evaluate_deferred() == 0
+    assert "c1" not in table and table["c2"].orders_total == 1
+    assert [c["trigger"]["kind"] for c in changes(senders["tag_changes"])] == ["erase"]
