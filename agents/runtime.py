@@ -111,18 +111,21 @@ class Runtime:
                      timestamp: float | None = None, more: bool = False) -> str:
         """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds.
 
-        ``more``: messages are already waiting behind this one (a backlog). Its events are
-        then applied and the customer's evaluation waits, so that a customer with several
-        events in the backlog is evaluated once (at most ``coalesce_customers`` customers
-        for ``coalesce_window`` seconds). The waiting evaluations run when a message comes
-        with nothing behind it, or the limits are reached. Big orders and complaints are
-        evaluated at once.
+        ``more``: messages are already waiting behind this one. If this one is also late
+        (``coalesce_after`` seconds or more since its timestamp: the worker is behind), its
+        events are applied and the customer's evaluation waits, so that a customer with
+        several events in the backlog is evaluated once (at most ``coalesce_customers``
+        customers for ``coalesce_window`` seconds). The waiting evaluations run when a
+        message comes with nothing behind it or on time, or a limit is reached. Big orders
+        and complaints are evaluated at once.
         """
-        self._arrival = (time.time(), timestamp)
-        self._more, self._handling = more, True
+        now = time.time()
+        self._arrival = (now, timestamp)
+        self._more = more and timestamp is not None and now - timestamp >= self.settings.coalesce_after
+        self._handling = True
         try:
             outcome = await self._receive(topic, partition, offset, key, value)
-            if self._deferred and (not more or len(self._deferred) >= self.settings.coalesce_customers
+            if self._deferred and (not self._more or len(self._deferred) >= self.settings.coalesce_customers
                                    or self._window_over()):
                 await self.evaluate_deferred()
         finally:

@@ -108,12 +108,13 @@ class Settings(BaseSettings):
                                       "average order (last 365 days) is big: evaluated and flushed at once. 0: off.")
     big_order_amount: float = Field(10000.0, ge=0, description="A paid order of at least this amount is big "
                                     "whatever the customer's average. 0: off.")
-    coalesce_customers: int = Field(5000, ge=0, description="Under backlog (messages already waiting behind "
-                                    "the one being handled), evaluation of a customer waits for the waiting messages, "
-                                    "so a customer with several events in the backlog is evaluated once: at most "
-                                    "this many customers wait. 0: every message is evaluated at once.")
-    coalesce_window: float = Field(0.5, ge=0, description="Seconds a customer's evaluation may wait under backlog "
-                                   "(see coalesce_customers).")
+    coalesce_after: float = Field(0.1, ge=0, description="A message that reaches the worker this many seconds "
+                                  "after its Kafka timestamp, with more messages behind it, is part of a backlog: "
+                                  "its customer's evaluation waits for them, so that a customer with several events "
+                                  "in the backlog is evaluated once (big orders and complaints never wait).")
+    coalesce_customers: int = Field(5000, ge=0, description="At most this many customers wait for their evaluation "
+                                    "(see coalesce_after). 0: every message is evaluated at once.")
+    coalesce_window: float = Field(2.0, ge=0, description="Seconds an evaluation may wait (see coalesce_after).")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "

@@ -1,7 +1,8 @@
-"""Under backlog (``more=True``) a customer's events wait for the messages behind them and are evaluated once."""
+"""Under backlog (late messages with more behind) a customer's events are evaluated once, after the backlog."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import orjson
@@ -27,6 +28,11 @@ def runtime(**settings: Any) -> tuple[Runtime, dict[str, CustomerState], dict[st
     return rt, table, senders
 
 
+async def late(rt: Runtime, topic: str, offset: int, key: bytes, value: bytes) -> str:
+    """A message handled a second after its Kafka timestamp, with more behind it."""
+    return await rt.handle(topic, 0, offset, key, value, time.time() - 1, more=True)
+
+
 def changes(sender: FakeSender) -> list[dict[str, Any]]:
     return [orjson.loads(value) for _, value, _ in sender.sent]
 
@@ -36,8 +42,8 @@ async def test_a_customers_events_in_a_backlog_are_evaluated_once_when_it_ends()
     await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 2000))  # evaluated: c1 has a view
     before = len(senders["tag_changes"].sent)
     for i, amount in enumerate((3000, 3500, 4000), start=1):  # 12,500 in all: big_spender, none of them big
-        assert await rt.handle("orders", 0, i, b"c1", order(i, "c1", amount), more=True) == "ok"
-    assert await rt.handle("orders", 0, 4, b"c2", order(4, "c2", 20), more=True) == "ok"
+        assert await late(rt, "orders", i, b"c1", order(i, "c1", amount)) == "ok"
+    assert await late(rt, "orders", 4, b"c2", order(4, "c2", 20)) == "ok"
     assert len(senders["tag_changes"].sent) == before  # nothing evaluated yet
     assert table["c1"].orders_total == 4 and table["c1"].view is not None and table["c1"].view["stale"]
     assert due_after_restore(table["c1"]) == 0  # a restart now would evaluate c1 at its first sweep
@@ -50,10 +56,20 @@ async def test_a_customers_events_in_a_backlog_are_evaluated_once_when_it_ends()
     assert rt.outcomes["ok"] == 6
 
 
+async def test_messages_on_time_are_evaluated_at_once_even_with_more_behind() -> None:
+    rt, _, _ = runtime()
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), time.time() - 0.05, more=True)  # 50 ms old
+    await rt.handle("orders", 0, 1, b"c2", order(1, "c2", 20), None, more=True)  # no timestamp
+    assert rt.view.staged == ["c1", "c2"]  # type: ignore[attr-defined]
+    await late(rt, "orders", 2, b"c3", order(2, "c3", 20))
+    await rt.handle("orders", 0, 3, b"c4", order(3, "c4", 20), time.time(), more=True)  # caught up: c3 too
+    assert rt.view.staged == ["c1", "c2", "c4", "c3"]  # type: ignore[attr-defined]
+
+
 async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluation() -> None:
     rt, table, senders = runtime()
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 100), more=True)
-    await rt.handle("orders", 0, 1, b"c1", order(1, "c1", 12_000), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 100))
+    await late(rt, "orders", 1, b"c1", order(1, "c1", 12_000))
     sent = changes(senders["tag_changes"])
     assert [c["trigger"].get("priority") for c in sent] == ["big_order"]
     assert sent[0]["trigger"]["event_id"] == "e1" and table["c1"].orders_total == 2
@@ -62,21 +78,21 @@ async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluatio
 
 async def test_waiting_evaluations_run_when_a_limit_is_reached() -> None:
     rt, _, senders = runtime(coalesce_customers=2)
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert not senders["tag_changes"].sent and not rt.view.staged  # type: ignore[attr-defined]
-    await rt.handle("orders", 0, 1, b"c2", order(1, "c2", 20), more=True)  # two customers wait: the limit
+    await late(rt, "orders", 1, b"c2", order(1, "c2", 20))  # two customers wait: the limit
     assert rt.view.staged == ["c1", "c2"]  # type: ignore[attr-defined]
     rt, _, _ = runtime(coalesce_window=0)
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
     rt, _, _ = runtime(coalesce_customers=0)  # off: every message evaluated at once
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
 
 
 async def test_the_timer_runs_waiting_evaluations_only_after_the_window_and_between_messages() -> None:
     rt, _, _ = runtime(coalesce_window=60)
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert await rt.evaluate_overdue() == 0  # within the window
     rt._deferred_since -= 61
     rt._handling = True
@@ -87,10 +103,10 @@ async def test_the_timer_runs_waiting_evaluations_only_after_the_window_and_betw
 
 async def test_an_erased_or_foreign_customer_is_not_evaluated_later() -> None:
     rt, table, senders = runtime()
-    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 20), more=True)
-    await rt.handle("orders", 0, 1, b"c2", order(1, "c2", 20), more=True)
+    await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
+    await late(rt, "orders", 1, b"c2", order(1, "c2", 20))
     request = {"request_id": "r1", "customer_id": "c1", "type": "erase", "ts": T}
-    await rt.handle(rt.settings.privacy_requests_topic, 0, 0, b"c1", orjson.dumps(request), more=True)
+    await late(rt, rt.settings.privacy_requests_topic, 0, b"c1", orjson.dumps(request))
     rt._partition_of["c2"] = 5  # as if c2's partition went to another worker in a rebalance
     rt.keep_partitions({0})
     assert await rt.evaluate_deferred() == 0
