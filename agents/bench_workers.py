@@ -47,12 +47,15 @@ def get(port: int, path: str, timeout: float = 5.0) -> tuple[int, bytes]:
 
 
 def finished_events(stats_body: bytes) -> int:
-    """Input events a worker has finished with, from its /stats document (0 if unreadable)."""
+    """Input events a worker has finished with, from its /stats document (0 if unreadable): counted
+    and, when the worker is behind (evaluation under backlog, agents.runtime), evaluated too."""
     try:
-        outcomes = json.loads(stats_body)["outcomes"]
+        doc = json.loads(stats_body)
+        outcomes = doc["outcomes"]
     except (ValueError, KeyError, TypeError):
         return 0
-    return sum(int(n) for outcome, n in outcomes.items() if outcome not in NOT_EVENTS)
+    counted = sum(int(n) for outcome, n in outcomes.items() if outcome not in NOT_EVENTS)
+    return counted - int(doc.get("events_waiting_evaluation", 0))
 
 
 @dataclass

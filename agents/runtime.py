@@ -155,6 +155,11 @@ class Runtime:
             _child(self.metrics.events, topic, outcome).inc()
         return outcome
 
+    @property
+    def events_waiting(self) -> int:
+        """Events applied whose customer's evaluation is still waiting (counted in :attr:`outcomes` already)."""
+        return sum(entry.events for entry in self._deferred.values())
+
     def _window_over(self) -> bool:
         return time.monotonic() - self._deferred_since >= self.settings.coalesce_window
 

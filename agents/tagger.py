@@ -185,7 +185,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @app.page("/stats")
     async def stats(web: View, request: Request) -> Response:
-        doc = {"outcomes": dict(runtime.outcomes), "redis_pending": runtime.view.pending,
+        doc = {"outcomes": dict(runtime.outcomes), "events_waiting_evaluation": runtime.events_waiting,
+               "redis_pending": runtime.view.pending,
                "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
                "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
                "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,

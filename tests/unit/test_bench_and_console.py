@@ -93,9 +93,11 @@ def test_histograms_of_several_workers_are_added() -> None:
     assert percentile([], both, 0.5) == pytest.approx(0.1 * 4 / 6)
 
 
-def test_finished_events_leave_out_envelopes_and_commands() -> None:
+def test_finished_events_leave_out_envelopes_commands_and_events_waiting_for_evaluation() -> None:
     body = orjson.dumps({"outcomes": {"ok": 5, "duplicate": 1, "batch": 2, "command": 7}})
     assert finished_events(body) == 6 and finished_events(b"") == 0
+    body = orjson.dumps({"outcomes": {"ok": 5, "duplicate": 1}, "events_waiting_evaluation": 4})
+    assert finished_events(body) == 2
 
 
 def test_backlog_envelopes_hold_every_event_once() -> None:

@@ -45,6 +45,7 @@ async def test_a_customers_events_in_a_backlog_are_evaluated_once_when_it_ends()
         assert await late(rt, "orders", i, b"c1", order(i, "c1", amount)) == "ok"
     assert await late(rt, "orders", 4, b"c2", order(4, "c2", 20)) == "ok"
     assert len(senders["tag_changes"].sent) == before  # nothing evaluated yet
+    assert rt.events_waiting == 4
     assert table["c1"].orders_total == 4 and table["c1"].view is not None and table["c1"].view["stale"]
     assert due_after_restore(table["c1"]) == 0  # a restart now would evaluate c1 at its first sweep
     await rt.handle("logins", 0, 0, b"c3", orjson.dumps({"event_id": "l1", "customer_id": "c3", "ts": T + 9000}))
@@ -52,7 +53,7 @@ async def test_a_customers_events_in_a_backlog_are_evaluated_once_when_it_ends()
     assert len(c1) == 1 and "big_spender" in c1[0]["added"]
     assert c1[0]["trigger"] == {"kind": "event", "topic": "orders", "event_id": "e3", "events": 3}
     assert c1[0]["event_time"].startswith("2026-01-01T00:00:03")
-    assert "stale" not in table["c1"].view and due_after_restore(table["c1"]) != 0
+    assert "stale" not in table["c1"].view and due_after_restore(table["c1"]) != 0 and rt.events_waiting == 0
     assert rt.outcomes["ok"] == 6
 
 
