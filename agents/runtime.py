@@ -342,18 +342,22 @@ class Runtime:
         The trigger is the latest message's, with ``events``: how many events were applied
         since the customer's last evaluation (when more than one).
         """
-        deferred, self._deferred = self._deferred, {}
-        for cid, entry in deferred.items():
+        evaluated = 0
+        while self._deferred:  # one at a time: /stats counts the rest as waiting (events_waiting)
+            cid, entry = next(iter(self._deferred.items()))
             state = self.table.get(cid)
             if state is None:
+                del self._deferred[cid]
                 continue
             trigger = entry.trigger if entry.events <= 1 else {**entry.trigger, "events": entry.events}
+            evaluated += 1
             try:
                 await self.reevaluate(cid, state, trigger, entry.event_time, changed=True, arrival=entry.arrival)
             except Exception:  # noqa: BLE001 - no message to dead-letter: the next sweep evaluates it again
                 log.exception("deferred evaluation of %s failed; due at the next sweep", cid)
+                self._deferred.pop(cid, None)
                 self.due.mark(self.partition_of(cid), cid)
-        return len(deferred)
+        return evaluated
 
     def _count(self, topic: str, outcome: str, n: int = 1) -> None:
         """Count ``n`` events of a batch envelope under ``outcome``."""

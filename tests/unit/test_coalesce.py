@@ -113,3 +113,19 @@ async def test_an_erased_or_foreign_customer_is_not_evaluated_later() -> None:
     assert await rt.evaluate_deferred() == 0
     assert "c1" not in table and table["c2"].orders_total == 1
     assert [c["trigger"]["kind"] for c in changes(senders["tag_changes"])] == ["erase"]
+
+
+async def test_events_are_waiting_until_their_own_evaluation_has_run() -> None:
+    rt, _, _ = runtime()
+    seen: list[int] = []
+
+    class Watching(FakeSender):
+        async def send(self, *, key: bytes, value: bytes, partition: int | None = None) -> Any:
+            seen.append(rt.events_waiting)  # what /stats would say while the evaluations run
+            return await super().send(key=key, value=value, partition=partition)
+
+    rt.senders["tag_changes"] = Watching()
+    for i, cid in enumerate(("c1", "c2", "c3")):
+        await late(rt, "orders", i, cid.encode(), order(i, cid, 20))
+    assert await rt.evaluate_deferred() == 3
+    assert seen == [2, 1, 0]  # each new customer gets a tier: one change each
