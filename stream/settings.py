@@ -112,9 +112,9 @@ class Settings(BaseSettings):
                                   "after its Kafka timestamp, with more messages behind it, is part of a backlog: "
                                   "its customer's evaluation waits for them, so that a customer with several events "
                                   "in the backlog is evaluated once (big orders and complaints never wait).")
-    coalesce_customers: int = Field(5000, ge=0, description="At most this many customers wait for their evaluation "
+    coalesce_customers: int = Field(2000, ge=0, description="At most this many customers wait for their evaluation "
                                     "(see coalesce_after). 0: every message is evaluated at once.")
-    coalesce_window: float = Field(2.0, ge=0, description="Seconds an evaluation may wait (see coalesce_after).")
+    coalesce_window: float = Field(0.5, ge=0, description="Seconds an evaluation may wait (see coalesce_after).")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "
