@@ -21,8 +21,11 @@ phases, in order:
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
    (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
    of the worker's histogram (Kafka timestamp → tag change sent) between before and after.
-   The reference capacity is the one-worker rate; with ``--batch`` that rate is of
-   envelopes, and single events cost more, so it is capped at ``--latency-capacity``.
+   The reference capacity is the rate of one worker that evaluates every event on its own
+   (a drain with coalescing off, group ``tagger-each-1``): a worker that keeps up never
+   coalesces, so the coalesced drain rate is a catch-up rate it only reaches while
+   behind. With ``--batch`` that rate is of envelopes, and single events cost more, so it
+   is capped at ``--latency-capacity``.
    Tansu's CPU per fetch grows with the partition's log (at a steady 920 msg/s read by a
    plain aiokafka consumer: 21% of a core in the first 11 s, 94% in the fifth; flat 6-7%
    with no consumer), so every phase runs on a slower broker than the one before: each
@@ -55,6 +58,8 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   (null if N = 1).
 - ``tagger_vs_faust_noop``, ``tagger_vs_raw_aiokafka``: ``worker_events_per_s`` over the
   N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
+- ``one_worker_uncoalesced_events_per_s``: one tagger worker with ``TAGGER_COALESCE_CUSTOMERS=0``
+  (every event evaluated on its own).
 - ``latency_reference_events_per_s``: the capacity ``--rates`` are fractions of.
 - ``latency_by_rate``: one entry per ``--rates`` fraction: ``fraction``,
   ``offered_events_per_s``, ``events``, ``p50_s``, ``p95_s``, ``p99_s``, and
@@ -162,9 +167,9 @@ class Run:
     batch: int
     messages: list[Message]
 
-    def group(self, name: str, command: str, count: int) -> Group:
-        return new_group(name, command, count, bootstrap=self.services.bootstrap,
-                         redis_url=self.services.redis_url, partitions=self.partitions, workdir=self.workdir)
+    def group(self, name: str, command: str, count: int, settings: dict[str, str] | None = None) -> Group:
+        return new_group(name, command, count, bootstrap=self.services.bootstrap, redis_url=self.services.redis_url,
+                         partitions=self.partitions, workdir=self.workdir, settings=settings)
 
     def settings(self, group: Group) -> Settings:
         """Settings of a group's workers, for commands sent from here (reevaluate)."""
@@ -243,14 +248,14 @@ def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[byt
 # --- 1. throughput ---------------------------------------------------------------------------
 
 
-def measure_drain(run: Run, name: str, command: str, count: int, expected: int,
-                  keep: bool = False) -> tuple[float, Group, float]:
+def measure_drain(run: Run, name: str, command: str, count: int, expected: int, keep: bool = False,
+                  settings: dict[str, str] | None = None) -> tuple[float, Group, float]:
     """(rate, group, produce seconds): start the group on empty topics, wait ready, produce, time the drain.
 
     The group is stopped afterwards unless ``keep``.
     """
     progress(f"{name}: starting {count} worker(s)")
-    group = run.group(name, command, count)
+    group = run.group(name, command, count, settings)
     try:
         progress(f"{name}: ready after {wait_ready(group):.1f}s; producing the backlog, timing the drain")
         started = time.monotonic()
@@ -282,6 +287,9 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
             topics = [group.topic(t) for t in ("orders", "logins", "support-tickets")]
             result["raw_aiokafka_messages_per_s"] = raw_consume_rate(run.services.bootstrap, topics,
                                                                      len(run.messages))
+    # evaluating every event on its own, as a worker that keeps up does: the latency phases' reference
+    result["one_worker_uncoalesced_events_per_s"], _, _ = measure_drain(
+        run, "tagger-each-1", "worker", 1, run.events, settings={"TAGGER_COALESCE_CUSTOMERS": "0"})
     tagger: dict[int, float] = {}
     for n in counts:
         if n == 1:
@@ -476,7 +484,7 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0, late
         progress(f"broker {services.bootstrap}, redis {services.redis_url}; worker logs in {run.workdir}")
         group = throughput(run, workers, result)
         try:
-            one = result["one_worker_events_per_s"]
+            one = result["one_worker_uncoalesced_events_per_s"]
             reference = one if batch <= 0 else min(one, latency_capacity)
             result["latency_reference_events_per_s"] = reference
             latency_by_rate(run, group, rates, reference, latency_seconds, result)

@@ -90,9 +90,10 @@ class Group:
 
 
 def new_group(name: str, command: str, count: int, *, bootstrap: str, redis_url: str, partitions: int,
-              workdir: Path) -> Group:
-    """Start ``count`` workers of ``command`` as group ``name`` (not waited for: see :func:`wait_ready`)."""
-    env = worker_env(bootstrap, redis_url, 0, workdir, embedded=True)
+              workdir: Path, settings: dict[str, str] | None = None) -> Group:
+    """Start ``count`` workers of ``command`` as group ``name`` (not waited for: see :func:`wait_ready`),
+    with extra ``settings`` (environment variables)."""
+    env = worker_env(bootstrap, redis_url, 0, workdir, embedded=True) | (settings or {})
     env.update(TAGGER_PARTITIONS=str(partitions), TAGGER_APP_ID=f"bench-{name}", TAGGER_REDIS_PREFIX=f"bench-{name}")
     env.update({f"TAGGER_{field_}_TOPIC": f"{name}-{topic}" for topic, field_ in _GROUP_TOPICS.items()})
     group = Group(name, command, env, workdir)

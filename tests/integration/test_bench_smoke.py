@@ -15,7 +15,7 @@ POSITIVE = (
     "produce_events_per_s", "raw_aiokafka_messages_per_s",
     "faust_noop_messages_per_s", "faust_noop_one_worker_messages_per_s", "faust_noop_scaling_ratio",
     "worker_events_per_s", "one_worker_events_per_s", "scaling_ratio", "tagger_vs_faust_noop",
-    "tagger_vs_raw_aiokafka", "latency_reference_events_per_s",
+    "tagger_vs_raw_aiokafka", "one_worker_uncoalesced_events_per_s", "latency_reference_events_per_s",
     "immediate_offered_events_per_s", "immediate_p50_s", "immediate_p99_s", "immediate_max_s",
     "worker_rss_mb", "state_bytes_per_customer", "redis_bytes_per_customer", "recent_ids_per_customer",
     "state_bytes_per_customer_without_recent_ids", "recent_ids_bytes_per_customer",
