@@ -129,7 +129,7 @@ class Runtime:
                                    or self._window_over()):
                 await self.evaluate_deferred()
         finally:
-            self._handling = False
+            self._more = self._handling = False
         self.metrics.processing.observe(time.time() - self._arrival[0])
         return outcome
 
