@@ -10,7 +10,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Collection, Iterable, Iterator, MutableMapping
+from collections.abc import Callable, Collection, Iterable, Iterator, MutableMapping
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from functools import lru_cache, partial
 from typing import Any, Protocol
@@ -67,6 +68,7 @@ class _Deferred:
     event_time: int | None  # latest event time applied
     arrival: Arrival  # of the first message applied: the emit latency is measured from it
     events: int  # events applied since the customer's last evaluation
+    context: Any  # Runtime.message_context() of the latest message applied (Faust's current event)
 
 
 class Runtime:
@@ -106,6 +108,11 @@ class Runtime:
         self._handling = False
         self._deferred: dict[str, _Deferred] = {}  # customers applied, not yet evaluated, in order
         self._deferred_since = 0.0
+        # The message a table write belongs to: Faust's tables take the changelog partition (and
+        # RocksDB the partition's database) from the current event, so a deferred evaluation runs
+        # within the context of the customer's own latest message (agents.tagger sets these two)
+        self.message_context: Callable[[], Any] = lambda: None
+        self.within: Callable[[Any], AbstractContextManager[Any]] = nullcontext
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
                      timestamp: float | None = None, more: bool = False) -> str:
@@ -329,9 +336,9 @@ class Runtime:
         if entry is None:
             if not self._deferred:
                 self._deferred_since = time.monotonic()
-            self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied)
+            self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied, self.message_context())
             return
-        entry.trigger = trigger
+        entry.trigger, entry.context = trigger, self.message_context()
         entry.events += applied
         if event_time is not None and (entry.event_time is None or event_time > entry.event_time):
             entry.event_time = event_time
@@ -340,23 +347,26 @@ class Runtime:
         """Evaluate every customer left by :meth:`_defer`, once each; returns how many.
 
         The trigger is the latest message's, with ``events``: how many events were applied
-        since the customer's last evaluation (when more than one).
+        since the customer's last evaluation (when more than one). Each runs within the
+        context of its customer's latest message (:attr:`message_context`).
         """
         evaluated = 0
         while self._deferred:  # one at a time: /stats counts the rest as waiting (events_waiting)
             cid, entry = next(iter(self._deferred.items()))
-            state = self.table.get(cid)
-            if state is None:
-                del self._deferred[cid]
-                continue
             trigger = entry.trigger if entry.events <= 1 else {**entry.trigger, "events": entry.events}
-            evaluated += 1
-            try:
-                await self.reevaluate(cid, state, trigger, entry.event_time, changed=True, arrival=entry.arrival)
-            except Exception:  # noqa: BLE001 - no message to dead-letter: the next sweep evaluates it again
-                log.exception("deferred evaluation of %s failed; due at the next sweep", cid)
-                self._deferred.pop(cid, None)
-                self.due.mark(self.partition_of(cid), cid)
+            with self.within(entry.context):
+                state = self.table.get(cid)
+                if state is None:
+                    del self._deferred[cid]
+                    continue
+                evaluated += 1
+                try:
+                    await self.reevaluate(cid, state, trigger, entry.event_time, changed=True,
+                                          arrival=entry.arrival)
+                except Exception:  # noqa: BLE001 - no message to dead-letter: the next sweep evaluates it again
+                    log.exception("deferred evaluation of %s failed; due at the next sweep", cid)
+                    self._deferred.pop(cid, None)
+                    self.due.mark(self.partition_of(cid), cid)
         return evaluated
 
     def _count(self, topic: str, outcome: str, n: int = 1) -> None:

@@ -16,7 +16,7 @@ import orjson
 from faust.web import Request, Response, View
 
 from rules import RulesetError, default_rules_dir, load_ruleset
-from stream.app import create_app, customers_table
+from stream.app import create_app, customers_table, within_event
 from stream.clock import Clock
 from stream.guards import GapFiller, partition_report
 from stream.metrics import Metrics
@@ -81,6 +81,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
                       Clock(settings.clock), {})
     runtime.senders = {k: _ProducerSender(app, t.get_topic_name(), runtime.metrics) for k, t in senders.items()}
+    runtime.message_context, runtime.within = faust.current_event, within_event
     epoch: dict[str, Any] = {"seen": None, "rebuild": True}
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 

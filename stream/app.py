@@ -5,10 +5,14 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, cast
 
 import faust
 from aiokafka.structs import RecordMetadata
+from faust import streams
 from faust.serializers import codecs
 
 from . import compat, guards
@@ -166,6 +170,24 @@ class CustomerTable(faust.Table):
         if self.failed_writes:
             failed, self.failed_writes = self.failed_writes, 0
             raise RuntimeError(f"{failed} changelog writes failed; not committing offsets")
+
+
+@contextmanager
+def within_event(event: Any) -> Iterator[None]:
+    """Make ``event`` Faust's current event for the block (None: leave it as it is).
+
+    A table write takes its changelog partition (and RocksDB its partition database)
+    from the current event; work done for a customer while another partition's message
+    is current (an evaluation deferred under backlog) runs within the customer's own.
+    """
+    if event is None:
+        yield
+        return
+    token = streams._current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        streams._current_event.reset(token)
 
 
 def customers_table(app: faust.App, settings: Settings) -> faust.Table:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import orjson
@@ -129,3 +131,33 @@ async def test_events_are_waiting_until_their_own_evaluation_has_run() -> None:
         await late(rt, "orders", i, cid.encode(), order(i, cid, 20))
     assert await rt.evaluate_deferred() == 3
     assert seen == [2, 1, 0]  # each new customer gets a tier: one change each
+
+
+async def test_each_deferred_evaluation_runs_within_its_customers_latest_message() -> None:
+    """Faust's tables take the changelog partition from the current message: a customer deferred by a
+    message of its own partition must not be written while another partition's message is current."""
+    rt, _, _ = runtime()
+    current: list[Any] = [None]
+    writes: list[tuple[str, Any]] = []
+
+    class Table(dict[str, CustomerState]):
+        def __setitem__(self, key: str, value: CustomerState) -> None:
+            writes.append((key, current[0]))
+            super().__setitem__(key, value)
+
+    @contextmanager
+    def within(context: Any) -> Iterator[None]:
+        previous, current[0] = current[0], context
+        try:
+            yield
+        finally:
+            current[0] = previous
+
+    rt.table, rt.message_context, rt.within = Table(), lambda: current[0], within
+    for i, cid in enumerate(("c1", "c2", "c1")):
+        current[0] = f"m{i}"
+        await late(rt, "orders", i, cid.encode(), order(i, cid, 20))
+    current[0] = "m3"  # on time: runs the waiting evaluations
+    await rt.handle("orders", 0, 3, b"c3", order(3, "c3", 20), time.time(), more=True)
+    assert [w for w in writes if w[0] != "c3"] == [("c1", "m0"), ("c2", "m1"), ("c1", "m2"), ("c1", "m2"), ("c2", "m1")]
+    assert current[0] == "m3"
