@@ -365,7 +365,6 @@ class Runtime:
                                           arrival=entry.arrival)
                 except Exception:  # noqa: BLE001 - no message to dead-letter: the next sweep evaluates it again
                     log.exception("deferred evaluation of %s failed; due at the next sweep", cid)
-                    self._deferred.pop(cid, None)
                     self.due.mark(self.partition_of(cid), cid)
         return evaluated
 
