@@ -15,7 +15,9 @@ phases, in order:
    is what makes N workers measurable on Tansu: a join takes half the 6 s session
    timeout, and a worker that started draining alone would be interrupted by a rebalance
    inside the timed window. Groups: the do-nothing Faust agent (``baseline-worker``) with
-   ``--workers`` N workers, then with 1 if N > 1; the tagger with N, then with 1 if N > 1.
+   ``--workers`` N workers, then with 1 if N > 1; one tagger worker evaluating every event
+   on its own (``tagger-each-1``), one fed through Faust's stream (``tagger-stream-1``); the
+   tagger with N, then with 1 if N > 1.
    A raw aiokafka ``getmany`` loop reads the first group's input topics (no group).
 2. **Latency against offered rate**, on the one-worker tagger group: single demo events at
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
@@ -58,6 +60,9 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   (null if N = 1).
 - ``tagger_vs_faust_noop``, ``tagger_vs_raw_aiokafka``: ``worker_events_per_s`` over the
   N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
+- ``one_worker_stream_intake_events_per_s``, ``stream_intake_vs_faust_noop``: one tagger worker
+  with ``TAGGER_INTAKE=stream`` (records through a Faust agent's stream, Faust's per-message
+  path, instead of the batch intake of ``stream/intake.py``), and that over the one-worker no-op rate.
 - ``one_worker_uncoalesced_events_per_s``: one tagger worker with ``TAGGER_COALESCE_CUSTOMERS=0``
   (every event evaluated on its own).
 - ``latency_reference_events_per_s``: the capacity ``--rates`` are fractions of.
@@ -290,6 +295,9 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
     # evaluating every event on its own, as a worker that keeps up does: the latency phases' reference
     result["one_worker_uncoalesced_events_per_s"], _, _ = measure_drain(
         run, "tagger-each-1", "worker", 1, run.events, settings={"TAGGER_COALESCE_CUSTOMERS": "0"})
+    # the same tagger fed through a Faust agent's stream (Faust's per-message path) instead of the batch intake
+    result["one_worker_stream_intake_events_per_s"], _, _ = measure_drain(
+        run, "tagger-stream-1", "worker", 1, run.events, settings={"TAGGER_INTAKE": "stream"})
     tagger: dict[int, float] = {}
     for n in counts:
         if n == 1:
@@ -301,6 +309,7 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
         worker_events_per_s=tagger[workers], one_worker_events_per_s=tagger[1],
         scaling_ratio=_ratio(tagger[workers], tagger[1]) if workers > 1 else None,
         tagger_vs_faust_noop=tagger[workers] / (noop[workers] * per_message),
+        stream_intake_vs_faust_noop=result["one_worker_stream_intake_events_per_s"] / (noop[1] * per_message),
         tagger_vs_raw_aiokafka=tagger[workers] / (result["raw_aiokafka_messages_per_s"] * per_message))
     return group  # the last one measured: one worker
 

@@ -19,6 +19,7 @@ from rules import RulesetError, default_rules_dir, load_ruleset
 from stream.app import create_app, customers_table, within_event
 from stream.clock import Clock
 from stream.guards import GapFiller, partition_report
+from stream.intake import BatchIntake
 from stream.metrics import Metrics
 from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
@@ -85,7 +86,26 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     epoch: dict[str, Any] = {"seen": None, "rebuild": True}
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
-    @app.agent(topics.source)
+    async def receive(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                      timestamp: float | None, more: bool) -> None:
+        try:
+            await runtime.handle(topic, partition, offset, key, value, timestamp, more)
+        except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
+            log.exception("failed on %s[%s]@%s", topic, partition, offset)
+            runtime.outcomes["dead_letter"] += 1
+            try:
+                await runtime.dead_letter(topic, partition, offset, key, value, f"internal error: {exc!r}")
+            except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
+                log.exception("could not dead-letter %s[%s]@%s", topic, partition, offset)
+
+    async def receive_record(record: Any, more: bool) -> None:  # batch intake: an aiokafka ConsumerRecord
+        timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
+        await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more)
+
+    if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.intake)
+        BatchIntake(app, topics.source.topics, receive_record).install()
+
+    @app.agent(topics.source)  # subscribes the source topics; with the batch intake its stream stays empty
     async def tagger(stream: faust.StreamT) -> None:
         consumer = app.consumer
         async for event in stream.events():
@@ -93,16 +113,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             # a backlog: messages fetched and waiting, or not yet fetched (highwater: from the last fetch)
             more = (not stream.channel.queue.empty()  # type: ignore[attr-defined]
                     or msg.offset + 1 < (consumer.highwater(msg.tp) or 0))
-            try:
-                await runtime.handle(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
-            except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
-                log.exception("failed on %s[%s]@%s", msg.topic, msg.partition, msg.offset)
-                runtime.outcomes["dead_letter"] += 1
-                try:
-                    await runtime.dead_letter(msg.topic, msg.partition, msg.offset, msg.key, msg.value,
-                                              f"internal error: {exc!r}")
-                except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
-                    log.exception("could not dead-letter %s[%s]@%s", msg.topic, msg.partition, msg.offset)
+            await receive(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
 
     gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
 

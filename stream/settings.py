@@ -115,6 +115,10 @@ class Settings(BaseSettings):
     coalesce_customers: int = Field(2000, ge=0, description="At most this many customers wait for their evaluation "
                                     "(see coalesce_after). 0: every message is evaluated at once.")
     coalesce_window: float = Field(0.5, ge=0, description="Seconds an evaluation may wait (see coalesce_after).")
+    intake: Literal["batch", "stream"] = Field(
+        "batch", description="'batch': fetched records go straight to the tagger (stream/intake.py: Faust's fetch, "
+        "offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). 'stream': "
+        "through a Faust agent's stream, as any Faust app.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "

@@ -1,0 +1,182 @@
+"""The batch intake (stream/intake.py) against a stand-in for Faust's consumer: order, current event, acks."""
+
+from __future__ import annotations
+
+import asyncio
+import weakref
+from collections import defaultdict
+from collections.abc import Awaitable, Callable
+from types import SimpleNamespace
+from typing import Any
+
+import faust
+from aiokafka.structs import ConsumerRecord
+from faust.transport.utils import DefaultSchedulingStrategy
+from faust.types import TP
+
+from stream.intake import BatchIntake
+
+ORDERS, CHANGELOG = TP("orders", 0), TP("app-customers-changelog", 0)
+
+
+def record(tp: TP, offset: int, value: bytes = b"{}") -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_000_000 + offset, 0, b"c1", value, None, 2, 2, ())
+
+
+class FakeConsumer:
+    """What the intake uses of Faust's ``Consumer``, with Faust's own bookkeeping types."""
+
+    def __init__(self, fetches: list[dict[TP, list[Any]]], highwater: int = 0) -> None:
+        self.fetches = fetches
+        self._highwater = highwater
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._buffered_partitions: set[TP] = set()
+        self._stopped = asyncio.Event()
+        self.should_stop = False
+        self.flow_active = True
+        self.scheduler = DefaultSchedulingStrategy()  # type: ignore[abstract]
+        self._unacked_messages: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
+        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
+        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
+        self._commit_every: int | None = None
+        self._n_acked = 0
+        self._waiting_for_ack: asyncio.Future[None] | None = None
+        self.faust_path: list[tuple[str, int]] = []
+        self.commits = 0
+        self.suspend_flow = asyncio.Event()
+
+    async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
+        if not self.fetches:
+            self._stopped.set()
+            return {}, None
+        return self.fetches.pop(0), None
+
+    def highwater(self, tp: TP) -> int:
+        return self._highwater
+
+    def _to_message(self, tp: TP, rec: Any) -> Any:
+        return SimpleNamespace(topic=rec.topic, offset=rec.offset)
+
+    async def callback(self, message: Any) -> None:
+        self.faust_path.append((message.topic, message.offset))
+
+    async def wait_first(self, *coros: Awaitable[Any]) -> None:
+        await coros[0]
+        for other in coros[1:]:
+            other.close()  # type: ignore[attr-defined]
+
+    async def perform_seek(self) -> None: ...
+
+    async def commit(self) -> None:
+        self.commits += 1
+
+
+def app_for(consumer: FakeConsumer) -> Any:
+    return SimpleNamespace(consumer=consumer, consumer_generation_id=1,
+                           flow_control=SimpleNamespace(is_active=lambda: True),
+                           monitor=SimpleNamespace(stream_inbound_time={}))
+
+
+Seen = list[tuple[str, int, int, bool, bool]]
+"""Per record handled: topic, partition, offset, ``more``, and whether a marker held the fetch as unacked."""
+
+
+async def drain(consumer: FakeConsumer, seen: Seen, then: Callable[[Any], None] = lambda rec: None) -> BatchIntake:
+    """Run the intake's drain loop over the consumer's fetches, recording what the handler saw."""
+
+    async def handle(rec: Any, more: bool) -> None:
+        event = faust.current_event()  # what a table write reads for its changelog partition
+        assert event is not None and event.message is rec
+        seen.append((rec.topic, rec.partition, rec.offset, more, bool(list(consumer._unacked_messages))))
+        then(rec)
+
+    intake = BatchIntake(app_for(consumer), {"orders", "logins"}, handle)
+    await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))
+    return intake
+
+
+async def test_each_record_is_handled_in_order_within_its_own_event_then_acked() -> None:
+    logins = TP("logins", 3)
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, 5), record(ORDERS, 6)], logins: [record(logins, 9)]}],
+                            highwater=7)
+    seen: Seen = []
+    await drain(consumer, seen)
+    # Faust's scheduler alternates topics; every record but the last has more behind it; a fetch in hand
+    # holds a marker in the unacked set (a rebalance waits for it), gone once the fetch is done
+    assert seen == [("orders", 0, 5, True, True), ("logins", 3, 9, True, True), ("orders", 0, 6, False, True)]
+    assert consumer._acked == {ORDERS: [5, 6], logins: [9]} and consumer._n_acked == 3
+    assert not list(consumer._unacked_messages)
+    assert faust.current_event() is None
+    assert consumer._read_offset[ORDERS] == 6
+
+
+async def test_the_last_record_has_more_behind_it_while_the_highwater_is_ahead() -> None:
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, 0)]}], highwater=10)
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert [more for *_, more, _ in seen] == [True]
+
+
+async def test_a_rebalance_in_the_middle_of_a_fetch_leaves_the_rest_unhandled_and_unacked() -> None:
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in range(5)]}])
+
+    def rebalance_at_1(rec: Any) -> None:
+        if rec.offset == 1:
+            consumer.flow_active = False  # Faust's on_partitions_revoked: stop_flow()
+
+    seen: Seen = []
+    intake = await drain(consumer, seen, rebalance_at_1)
+    assert [offset for _, _, offset, *_ in seen] == [0, 1]
+    assert consumer._acked[ORDERS] == [0]  # offset 1 finished after the flow stopped: not acked (guard 1)
+    assert intake.dropped == 3 and not list(consumer._unacked_messages)
+
+
+async def test_offsets_below_the_committed_one_or_acked_already_are_not_acked_again() -> None:
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in range(4)]}])
+    consumer._committed_offset[ORDERS] = 2
+    consumer._acked_index[ORDERS].add(3)
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert len(seen) == 4 and consumer._acked[ORDERS] == [2]
+
+
+async def test_records_read_already_are_skipped_and_other_topics_take_fausts_path() -> None:
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, 3), record(ORDERS, 4)],
+                              CHANGELOG: [record(CHANGELOG, 0), record(CHANGELOG, 1)]}])
+    consumer._read_offset[ORDERS] = 4
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert [offset for _, _, offset, *_ in seen] == [4]
+    assert consumer.faust_path == [(CHANGELOG.topic, 0), (CHANGELOG.topic, 1)]
+
+
+async def test_commit_every_commits_inline_as_fausts_drain_loop_does() -> None:
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in range(5)]}])
+    consumer._commit_every = 2
+    await drain(consumer, [])
+    assert consumer.commits == 2 and consumer._n_acked == 1
+
+
+async def test_a_cancelled_fetcher_does_not_cut_the_record_in_hand() -> None:
+    """Faust cancels the fetcher at shutdown; the fetch is shielded and ends after the record in hand."""
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in range(3)]}])
+    started, release = asyncio.Event(), asyncio.Event()
+    finished: list[int] = []
+
+    async def slow(rec: Any, more: bool) -> None:
+        started.set()
+        await release.wait()
+        finished.append(rec.offset)
+        consumer.flow_active = False  # the stop that cancelled the fetcher also stopped the flow
+
+    intake = BatchIntake(app_for(consumer), {"orders"}, slow)
+    task = asyncio.ensure_future(intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event())))
+    await started.wait()
+    task.cancel()
+    await asyncio.sleep(0)
+    assert list(consumer._unacked_messages)  # Consumer.wait_empty would wait for it
+    release.set()
+    for _ in range(5):
+        await asyncio.sleep(0)
+    assert finished == [0] and not list(consumer._unacked_messages) and task.cancelled()
