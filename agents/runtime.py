@@ -69,6 +69,7 @@ class _Deferred:
     arrival: Arrival  # of the first message applied: the emit latency is measured from it
     events: int  # events applied since the customer's last evaluation
     context: Any  # Runtime.message_context() of the latest message applied (Faust's current event)
+    due: float  # time.monotonic() by which the evaluation runs, though the backlog goes on
 
 
 class Runtime:
@@ -107,7 +108,7 @@ class Runtime:
         self._more = False  # messages are waiting behind the one being handled
         self._handling = False
         self._deferred: dict[str, _Deferred] = {}  # customers applied, not yet evaluated, in order
-        self._deferred_since = 0.0
+        self._waiting = 0  # events applied whose evaluation is in self._deferred
         # The message a table write belongs to: Faust's tables take the changelog partition (and
         # RocksDB the partition's database) from the current event, so a deferred evaluation runs
         # within the context of the customer's own latest message (agents.tagger sets these two)
@@ -121,10 +122,11 @@ class Runtime:
         ``more``: messages are already waiting behind this one. If this one is also late
         (``coalesce_after`` seconds or more since its timestamp: the worker is behind), its
         events are applied and the customer's evaluation waits, so that a customer with
-        several events in the backlog is evaluated once (at most ``coalesce_customers``
-        customers for ``coalesce_window`` seconds). The waiting evaluations run when a
-        message comes with nothing behind it or on time, or a limit is reached. Big orders
-        and complaints are evaluated at once.
+        several events in the backlog is evaluated once. Every waiting evaluation runs when
+        a message comes with nothing behind it or on time; while the backlog goes on, each
+        runs once it has waited its time (:meth:`_wait_for`), oldest first, and the oldest
+        run whenever more than ``coalesce_customers`` customers wait. Big orders and
+        complaints are evaluated at once.
         """
         now = time.time()
         self._arrival = (now, timestamp)
@@ -132,9 +134,8 @@ class Runtime:
         self._handling = True
         try:
             outcome = await self._receive(topic, partition, offset, key, value)
-            if self._deferred and (not self._more or len(self._deferred) >= self.settings.coalesce_customers
-                                   or self._window_over()):
-                await self.evaluate_deferred()
+            if self._deferred:
+                await self.evaluate_deferred(due_only=self._more)
         finally:
             self._more = self._handling = False
         self.metrics.processing.observe(time.time() - self._arrival[0])
@@ -165,16 +166,13 @@ class Runtime:
     @property
     def events_waiting(self) -> int:
         """Events applied whose customer's evaluation is still waiting (counted in :attr:`outcomes` already)."""
-        return sum(entry.events for entry in self._deferred.values())
-
-    def _window_over(self) -> bool:
-        return time.monotonic() - self._deferred_since >= self.settings.coalesce_window
+        return self._waiting
 
     async def evaluate_overdue(self) -> int:
-        """From a timer: run the waiting evaluations once their window is over and no message is being
-        handled (the backlog they waited for did not come: a rebalance cleared the fetched messages)."""
-        if self._deferred and not self._handling and self._window_over():
-            return await self.evaluate_deferred()
+        """From a timer, between messages: run the waiting evaluations whose time has come (the messages
+        behind them are slow to come, or a rebalance cleared them)."""
+        if self._deferred and not self._handling:
+            return await self.evaluate_deferred(due_only=True)
         return 0
 
     def forget_offsets(self) -> None:
@@ -332,32 +330,54 @@ class Runtime:
         self.table[cid] = state
         if state.view is not None:
             state.view["stale"] = True
+        self._waiting += applied
         entry = self._deferred.get(cid)
         if entry is None:
-            if not self._deferred:
-                self._deferred_since = time.monotonic()
-            self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied, self.message_context())
+            self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied, self.message_context(),
+                                            time.monotonic() + self._wait_for(self._arrival))
             return
         entry.trigger, entry.context = trigger, self.message_context()
         entry.events += applied
         if event_time is not None and (entry.event_time is None or event_time > entry.event_time):
             entry.event_time = event_time
 
-    async def evaluate_deferred(self) -> int:
-        """Evaluate every customer left by :meth:`_defer`, once each; returns how many.
+    def _wait_for(self, arrival: Arrival) -> float:
+        """Seconds a deferred evaluation may wait: ``coalesce_window``, or half as long as its message
+        was already late when it arrived, at most ``coalesce_window_max``.
 
-        The trigger is the latest message's, with ``events``: how many events were applied
-        since the customer's last evaluation (when more than one). Each runs within the
-        context of its customer's latest message (:attr:`message_context`).
+        The further behind a worker is, the more events of one customer a wait gathers, and the
+        sooner the worker catches up; a tag change comes at most half again as late as its event.
         """
-        evaluated = 0
+        arrived, kafka_ts = arrival
+        late = 0.0 if kafka_ts is None else arrived - kafka_ts
+        window = self.settings.coalesce_window
+        return max(window, min(late / 2, self.settings.coalesce_window_max))
+
+    def _undefer(self, cid: str) -> _Deferred | None:
+        entry = self._deferred.pop(cid, None)
+        if entry is not None:
+            self._waiting -= entry.events
+        return entry
+
+    async def evaluate_deferred(self, due_only: bool = False) -> int:
+        """Evaluate the customers left by :meth:`_defer`, once each, oldest first; returns how many.
+
+        ``due_only``: only those whose wait is over, and the oldest while more than
+        ``coalesce_customers`` wait; else every one. The trigger is the latest message's,
+        with ``events``: how many events were applied since the customer's last evaluation
+        (when more than one). Each runs within the context of its customer's latest message
+        (:attr:`message_context`).
+        """
+        evaluated, now, limit = 0, time.monotonic(), self.settings.coalesce_customers
         while self._deferred:  # one at a time: /stats counts the rest as waiting (events_waiting)
             cid, entry = next(iter(self._deferred.items()))
+            if due_only and entry.due > now and len(self._deferred) <= limit:
+                break
             trigger = entry.trigger if entry.events <= 1 else {**entry.trigger, "events": entry.events}
             with self.within(entry.context):
                 state = self.table.get(cid)
                 if state is None:
-                    del self._deferred[cid]
+                    self._undefer(cid)
                     continue
                 evaluated += 1
                 try:
@@ -382,7 +402,7 @@ class Runtime:
         """
         cid = request["customer_id"]
         found = cid in self.table
-        self._deferred.pop(cid, None)
+        self._undefer(cid)
         if found:
             del self.table[cid]  # Faust writes a tombstone to the changelog
         self.due.set(self.partition_of(cid), cid, None)
@@ -418,7 +438,7 @@ class Runtime:
         customer is covered by this one. ``arrival``: of the message the emit
         latency is measured from (default: the current one).
         """
-        self._deferred.pop(cid, None)
+        self._undefer(cid)
         now = self.clock.now()
         state.prune(now)
         errors: list[str] = []
@@ -580,7 +600,7 @@ class Runtime:
             self.due.drop(partition)
             self._unindexed.pop(partition, None)
         for cid in [cid for cid in self._deferred if self.partition_of(cid) not in owned]:
-            del self._deferred[cid]  # stale in the changelog: the new owner evaluates it
+            self._undefer(cid)  # stale in the changelog: the new owner evaluates it
 
     def customers_in(self, partition: int) -> Iterator[str]:
         """Customers held in the local table that belong to ``partition``."""

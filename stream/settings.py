@@ -112,9 +112,13 @@ class Settings(BaseSettings):
                                   "after its Kafka timestamp, with more messages behind it, is part of a backlog: "
                                   "its customer's evaluation waits for them, so that a customer with several events "
                                   "in the backlog is evaluated once (big orders and complaints never wait).")
-    coalesce_customers: int = Field(2000, ge=0, description="At most this many customers wait for their evaluation "
-                                    "(see coalesce_after). 0: every message is evaluated at once.")
-    coalesce_window: float = Field(0.5, ge=0, description="Seconds an evaluation may wait (see coalesce_after).")
+    coalesce_customers: int = Field(20_000, ge=0, description="At most this many customers wait for their "
+                                    "evaluation (see coalesce_after); beyond it the oldest run. 0: every message is "
+                                    "evaluated at once.")
+    coalesce_window: float = Field(0.5, ge=0, description="Seconds an evaluation may wait (see coalesce_after), or "
+                                   "half as long as its message was already late, up to coalesce_window_max.")
+    coalesce_window_max: float = Field(5.0, ge=0, description="The longest an evaluation waits however late its "
+                                       "message (see coalesce_window).")
     intake: Literal["batch", "stream"] = Field(
         "batch", description="'batch': fetched records go straight to the tagger (stream/intake.py: Faust's fetch, "
         "offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). 'stream': "

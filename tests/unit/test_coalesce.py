@@ -82,10 +82,11 @@ async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluatio
 async def test_waiting_evaluations_run_when_a_limit_is_reached() -> None:
     rt, _, senders = runtime(coalesce_customers=2)
     await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
-    assert not senders["tag_changes"].sent and not rt.view.staged  # type: ignore[attr-defined]
     await late(rt, "orders", 1, b"c2", order(1, "c2", 20))  # two customers wait: the limit
-    assert rt.view.staged == ["c1", "c2"]  # type: ignore[attr-defined]
-    rt, _, _ = runtime(coalesce_window=0)
+    assert not senders["tag_changes"].sent and not rt.view.staged  # type: ignore[attr-defined]
+    await late(rt, "orders", 2, b"c3", order(2, "c3", 20))  # one more: the oldest runs
+    assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
+    rt, _, _ = runtime(coalesce_window=0, coalesce_window_max=0)
     await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert rt.view.staged == ["c1"]  # type: ignore[attr-defined]
     rt, _, _ = runtime(coalesce_customers=0)  # off: every message evaluated at once
@@ -97,11 +98,38 @@ async def test_the_timer_runs_waiting_evaluations_only_after_the_window_and_betw
     rt, _, _ = runtime(coalesce_window=60)
     await late(rt, "orders", 0, b"c1", order(0, "c1", 20))
     assert await rt.evaluate_overdue() == 0  # within the window
-    rt._deferred_since -= 61
+    rt._deferred["c1"].due -= 61
     rt._handling = True
     assert await rt.evaluate_overdue() == 0  # the agent is in the middle of a message
     rt._handling = False
     assert await rt.evaluate_overdue() == 1 and rt.view.staged == ["c1"]  # type: ignore[attr-defined]
+
+
+async def test_the_wait_grows_with_how_late_the_message_was_up_to_the_maximum() -> None:
+    rt, _, _ = runtime(coalesce_window=0.5, coalesce_window_max=5)
+    for i, (cid, late_s) in enumerate((("c1", 0.2), ("c2", 4.0), ("c3", 60.0))):
+        await rt.handle("orders", 0, i, cid.encode(), order(i, cid, 20), time.time() - late_s, more=True)
+    began = time.monotonic()
+    waits = {cid: round(entry.due - began) for cid, entry in rt._deferred.items()}
+    assert waits == {"c1": 0, "c2": 2, "c3": 5}  # the window; half of 4 s late; the maximum
+    assert rt._wait_for((100.0, 99.0)) == 0.5 and rt._wait_for((100.0, None)) == 0.5
+
+
+async def test_while_the_backlog_goes_on_only_evaluations_whose_wait_is_over_run_oldest_first() -> None:
+    rt, _, senders = runtime(coalesce_customers=3)
+    for i, cid in enumerate(("c1", "c2", "c3")):
+        await late(rt, "orders", i, cid.encode(), order(i, cid, 20))
+    rt._deferred["c2"].due -= 60  # c2's wait is over, but c1 (older) still waits: c2 waits behind it
+    await late(rt, "orders", 3, b"c1", order(3, "c1", 20))
+    assert not rt.view.staged  # type: ignore[attr-defined]
+    rt._deferred["c1"].due -= 60
+    await late(rt, "orders", 4, b"c3", order(4, "c3", 20))
+    assert rt.view.staged == ["c1", "c2"] and list(rt._deferred) == ["c3"]  # type: ignore[attr-defined]
+    assert rt.events_waiting == 2
+    for i, cid in enumerate(("c4", "c5", "c6"), start=5):  # four waiting: the oldest runs
+        await late(rt, "orders", i, cid.encode(), order(i, cid, 20))
+    assert rt.view.staged[2:] == ["c3"] and list(rt._deferred) == ["c4", "c5", "c6"]  # type: ignore[attr-defined]
+    assert rt.events_waiting == 3 and len(senders["tag_changes"].sent) == 3
 
 
 async def test_an_erased_or_foreign_customer_is_not_evaluated_later() -> None:
