@@ -102,8 +102,9 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
         await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more)
 
+    intake = BatchIntake(app, topics.source.topics, receive_record)
     if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.intake)
-        BatchIntake(app, topics.source.topics, receive_record).install()
+        intake.install()
 
     @app.agent(topics.source)  # subscribes the source topics; with the batch intake its stream stays empty
     async def tagger(stream: faust.StreamT) -> None:
@@ -202,7 +203,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
                "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
                "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,
-               "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts)}
+               "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts),
+               "fetched_records_left": intake.left}
         if "partitions" in request.query:  # each assigned partition's fetch/commit state (costs a walk over them)
             doc["partitions"] = partition_report(app.consumer, runtime.last_offset)
         return web.json(doc)

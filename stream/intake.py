@@ -77,7 +77,7 @@ class BatchIntake:
         self.app = app
         self.topics = frozenset(topics)
         self.handle = handle
-        self.dropped = 0  # records left unhandled because a rebalance or stop came first
+        self.left = 0  # fetched records left unhandled (read again) because a rebalance or stop came first
 
     def install(self) -> None:
         """Make this the drain loop of the app's consumer (Faust's own one for other apps)."""
@@ -86,6 +86,15 @@ class BatchIntake:
 
     async def drain(self, consumer: Any, fetcher: Any) -> None:
         """Faust's ``Consumer._drain_messages`` for our topics (run by the fetcher service)."""
+        try:
+            await self._drain(consumer, fetcher)
+        except (*consumer.consumer_stopped_errors, asyncio.CancelledError):
+            if self.app.should_stop:  # stopping: as Faust's own drain loop, end quietly
+                log.info("consumer stopped; the intake ends")
+                return
+            raise
+
+    async def _drain(self, consumer: Any, fetcher: Any) -> None:
         read_offset = consumer._read_offset
         buffered = consumer._buffered_partitions
         while not (consumer._stopped.is_set() or fetcher._stopped.is_set()):
@@ -129,7 +138,7 @@ class BatchIntake:
         try:
             for n, (tp, record) in enumerate(records):
                 if not self._current(consumer, generation):
-                    self.dropped += last + 1 - n
+                    self.left += last + 1 - n
                     log.info("rebalance or stop: %d fetched records left to be read again", last + 1 - n)
                     return
                 more = n < last or record.offset + 1 < (consumer.highwater(tp) or 0)

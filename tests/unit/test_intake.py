@@ -10,6 +10,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import faust
+import pytest
 from aiokafka.structs import ConsumerRecord
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
@@ -45,6 +46,7 @@ class FakeConsumer:
         self.faust_path: list[tuple[str, int]] = []
         self.commits = 0
         self.suspend_flow = asyncio.Event()
+        self.consumer_stopped_errors = (ConnectionError,)
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
         if not self.fetches:
@@ -73,7 +75,7 @@ class FakeConsumer:
 
 
 def app_for(consumer: FakeConsumer) -> Any:
-    return SimpleNamespace(consumer=consumer, consumer_generation_id=1,
+    return SimpleNamespace(consumer=consumer, consumer_generation_id=1, should_stop=False,
                            flow_control=SimpleNamespace(is_active=lambda: True),
                            monitor=SimpleNamespace(stream_inbound_time={}))
 
@@ -129,7 +131,7 @@ async def test_a_rebalance_in_the_middle_of_a_fetch_leaves_the_rest_unhandled_an
     intake = await drain(consumer, seen, rebalance_at_1)
     assert [offset for _, _, offset, *_ in seen] == [0, 1]
     assert consumer._acked[ORDERS] == [0]  # offset 1 finished after the flow stopped: not acked (guard 1)
-    assert intake.dropped == 3 and not list(consumer._unacked_messages)
+    assert intake.left == 3 and not list(consumer._unacked_messages)
 
 
 async def test_offsets_below_the_committed_one_or_acked_already_are_not_acked_again() -> None:
@@ -180,3 +182,19 @@ async def test_a_cancelled_fetcher_does_not_cut_the_record_in_hand() -> None:
     for _ in range(5):
         await asyncio.sleep(0)
     assert finished == [0] and not list(consumer._unacked_messages) and task.cancelled()
+
+
+async def test_a_stopped_consumer_ends_the_intake_quietly_only_while_the_app_stops() -> None:
+    consumer = FakeConsumer([])
+
+    async def stopped(timeout: float) -> Any:
+        raise ConnectionError("consumer stopped")
+
+    consumer._wait_next_records = stopped  # type: ignore[method-assign]
+    app = app_for(consumer)
+    intake = BatchIntake(app, {"orders"}, lambda rec, more: asyncio.sleep(0))
+    app.should_stop = True
+    await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))  # returns
+    app.should_stop = False
+    with pytest.raises(ConnectionError):
+        await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))
