@@ -14,11 +14,12 @@ phases, in order:
    ``TAGGER_COALESCE_*``; the time includes the last evaluation). Starting on empty topics
    is what makes N workers measurable on Tansu: a join takes half the 6 s session
    timeout, and a worker that started draining alone would be interrupted by a rebalance
-   inside the timed window. Groups: the do-nothing Faust agent (``baseline-worker``) with
-   ``--workers`` N workers, then with 1 if N > 1; one tagger worker evaluating every event
-   on its own (``tagger-each-1``), one fed through Faust's stream (``tagger-stream-1``); the
-   tagger with N, then with 1 if N > 1.
-   A raw aiokafka ``getmany`` loop reads the first group's input topics (no group).
+   inside the timed window. Groups: one tagger worker evaluating every event on its own
+   (``tagger-each-1``), one fed through Faust's stream (``tagger-stream-1``); then the
+   do-nothing Faust agent (``baseline-worker``) and the tagger with ``--workers`` N workers,
+   then both with 1 if N > 1, each do-nothing group right before its tagger group (the
+   machine's speed drifts over a run: adjacent groups make the ratios fairer).
+   A raw aiokafka ``getmany`` loop reads the first do-nothing group's input topics (no group).
 2. **Latency against offered rate**, on the one-worker tagger group: single demo events at
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
    (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
@@ -60,6 +61,7 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   (null if N = 1).
 - ``tagger_vs_faust_noop``, ``tagger_vs_raw_aiokafka``: ``worker_events_per_s`` over the
   N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
+- ``one_worker_tagger_vs_faust_noop``: ``one_worker_events_per_s`` over the one-worker no-op rate.
 - ``one_worker_stream_intake_events_per_s``, ``stream_intake_vs_faust_noop``: one tagger worker
   with ``TAGGER_INTAKE=stream`` (records through a Faust agent's stream, Faust's per-message
   path, instead of the batch intake of ``stream/intake.py``), and that over the one-worker no-op rate.
@@ -285,21 +287,20 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
     counts = [workers, 1] if workers > 1 else [1]
     per_message = max(run.batch, 1)  # events per backlog message
     noop: dict[int, float] = {}
-    for n in counts:
-        noop[n], group, produce_s = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
-        if "raw_aiokafka_messages_per_s" not in result:
-            result["produce_events_per_s"] = run.events / produce_s
-            topics = [group.topic(t) for t in ("orders", "logins", "support-tickets")]
-            result["raw_aiokafka_messages_per_s"] = raw_consume_rate(run.services.bootstrap, topics,
-                                                                     len(run.messages))
+    tagger: dict[int, float] = {}
     # evaluating every event on its own, as a worker that keeps up does: the latency phases' reference
     result["one_worker_uncoalesced_events_per_s"], _, _ = measure_drain(
         run, "tagger-each-1", "worker", 1, run.events, settings={"TAGGER_COALESCE_CUSTOMERS": "0"})
     # the same tagger fed through a Faust agent's stream (Faust's per-message path) instead of the batch intake
     result["one_worker_stream_intake_events_per_s"], _, _ = measure_drain(
         run, "tagger-stream-1", "worker", 1, run.events, settings={"TAGGER_INTAKE": "stream"})
-    tagger: dict[int, float] = {}
-    for n in counts:
+    for n in counts:  # each do-nothing group right before its tagger group: the machine drifts between runs
+        noop[n], group, produce_s = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
+        if "raw_aiokafka_messages_per_s" not in result:
+            result["produce_events_per_s"] = run.events / produce_s
+            topics = [group.topic(t) for t in ("orders", "logins", "support-tickets")]
+            result["raw_aiokafka_messages_per_s"] = raw_consume_rate(run.services.bootstrap, topics,
+                                                                     len(run.messages))
         if n == 1:
             _flush_redis(run)  # Redis bytes per customer are measured on this group alone
         tagger[n], group, _ = measure_drain(run, f"tagger-{n}", "worker", n, run.events, keep=n == 1)
@@ -309,6 +310,7 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
         worker_events_per_s=tagger[workers], one_worker_events_per_s=tagger[1],
         scaling_ratio=_ratio(tagger[workers], tagger[1]) if workers > 1 else None,
         tagger_vs_faust_noop=tagger[workers] / (noop[workers] * per_message),
+        one_worker_tagger_vs_faust_noop=tagger[1] / (noop[1] * per_message),
         stream_intake_vs_faust_noop=result["one_worker_stream_intake_events_per_s"] / (noop[1] * per_message),
         tagger_vs_raw_aiokafka=tagger[workers] / (result["raw_aiokafka_messages_per_s"] * per_message))
     return group  # the last one measured: one worker

@@ -15,6 +15,7 @@ POSITIVE = (
     "produce_events_per_s", "raw_aiokafka_messages_per_s",
     "faust_noop_messages_per_s", "faust_noop_one_worker_messages_per_s", "faust_noop_scaling_ratio",
     "worker_events_per_s", "one_worker_events_per_s", "scaling_ratio", "tagger_vs_faust_noop",
+    "one_worker_tagger_vs_faust_noop",
     "tagger_vs_raw_aiokafka", "one_worker_uncoalesced_events_per_s", "one_worker_stream_intake_events_per_s",
     "stream_intake_vs_faust_noop", "latency_reference_events_per_s",
     "immediate_offered_events_per_s", "immediate_p50_s", "immediate_p99_s", "immediate_max_s",
