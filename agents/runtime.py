@@ -346,7 +346,8 @@ class Runtime:
         was already late when it arrived, at most ``coalesce_window_max``.
 
         The further behind a worker is, the more events of one customer a wait gathers, and the
-        sooner the worker catches up; a tag change comes at most half again as late as its event.
+        sooner the worker catches up; a tag change comes at most half again as late as its event
+        was anyway, or ``coalesce_window`` later.
         """
         arrived, kafka_ts = arrival
         late = 0.0 if kafka_ts is None else arrived - kafka_ts
