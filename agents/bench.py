@@ -20,7 +20,8 @@ phases, in order:
    then both with 1 if N > 1, each do-nothing group right before its tagger group (the
    machine's speed drifts over a run: adjacent groups make the ratios fairer).
    A raw aiokafka ``getmany`` loop reads the first do-nothing group's input topics (no group).
-2. **Latency against offered rate**, on the one-worker tagger group: single demo events at
+2. **Latency against offered rate**, on the one-worker tagger group, each phase once the
+   worker has settled (no evaluation or Redis view waiting, then a second): single demo events at
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
    (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
    of the worker's histogram (Kafka timestamp → tag change sent) between before and after.
@@ -138,6 +139,7 @@ from .bench_workers import (
     stop_group,
     wait_done,
     wait_ready,
+    wait_settled,
 )
 
 __all__ = ["parse_rates", "percentile", "plot_latency", "render_table", "run_bench", "sweep_cost"]
@@ -335,6 +337,7 @@ def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int
     Also the CPU the broker and the (first) worker used meanwhile: Tansu's cost per fetch grows
     with the partition's log, so at one rate its CPU rises phase after phase.
     """
+    wait_settled(group)
     progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
     before = snapshot(group)
     broker = run.services.broker.pid
@@ -367,6 +370,7 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
     """Phase 3: priority events among normal traffic at ``offered``/s, latency measured end to end."""
     bootstrap = run.services.bootstrap
     count = max(2, round(PRIORITY_EVENTS_PER_S * seconds))
+    wait_settled(group)
 
     async def traffic() -> tuple[int, dict[str, float]]:
         normal = run_demo(bootstrap, _demo(run, group, offered, 98), limit=max(1, round(offered * seconds)))
