@@ -448,6 +448,7 @@ async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_
 def reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float,
                           customers: int) -> dict[str, Any]:
     """Phase 5: ``tagger reevaluate`` of every customer while traffic flows at ``offered``/s."""
+    wait_settled(group)  # the immediate path at the highest rate can leave the worker behind
     result = asyncio.run(_reevaluate_under_load(run, group, offered, before_s))
     wait_done(group, group.expected)
     result["reevaluate_customers_per_s"] = customers / result["reevaluate_seconds"]
