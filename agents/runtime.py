@@ -354,11 +354,10 @@ class Runtime:
         window = self.settings.coalesce_window
         return max(window, min(late / 2, self.settings.coalesce_window_max))
 
-    def _undefer(self, cid: str) -> _Deferred | None:
+    def _undefer(self, cid: str) -> None:
         entry = self._deferred.pop(cid, None)
         if entry is not None:
             self._waiting -= entry.events
-        return entry
 
     async def evaluate_deferred(self, due_only: bool = False) -> int:
         """Evaluate the customers left by :meth:`_defer`, once each, oldest first; returns how many.

@@ -17,6 +17,8 @@ from faust.types import TP
 
 from stream.intake import BatchIntake
 
+from .fakes import FakeFaustConsumer
+
 ORDERS, CHANGELOG = TP("orders", 0), TP("app-customers-changelog", 0)
 
 
@@ -24,22 +26,19 @@ def record(tp: TP, offset: int, value: bytes = b"{}") -> ConsumerRecord[bytes, b
     return ConsumerRecord(tp.topic, tp.partition, offset, 1_000_000 + offset, 0, b"c1", value, None, 2, 2, ())
 
 
-class FakeConsumer:
+class FakeConsumer(FakeFaustConsumer):
     """What the intake uses of Faust's ``Consumer``, with Faust's own bookkeeping types."""
 
     def __init__(self, fetches: list[dict[TP, list[Any]]], highwater: int = 0) -> None:
+        super().__init__({})
         self.fetches = fetches
         self._highwater = highwater
-        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
-        self._buffered_partitions: set[TP] = set()
+        self._read_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)  # type: ignore[assignment]
         self._stopped = asyncio.Event()
         self.should_stop = False
         self.flow_active = True
         self.scheduler = DefaultSchedulingStrategy()  # type: ignore[abstract]
         self._unacked_messages: weakref.WeakSet[Any] = weakref.WeakSet()
-        self._acked: defaultdict[TP, list[int]] = defaultdict(list)
-        self._acked_index: defaultdict[TP, set[int]] = defaultdict(set)
-        self._committed_offset: defaultdict[TP, int | None] = defaultdict(lambda: None)
         self._commit_every: int | None = None
         self._n_acked = 0
         self._waiting_for_ack: asyncio.Future[None] | None = None
