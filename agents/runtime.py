@@ -260,20 +260,25 @@ class Runtime:
         for _, reason, element in batch.rejects:
             await self.dead_letter(topic, partition, offset, key, element, reason)
             self._count(topic, "dead_letter")
-        groups: dict[str, list[tuple[Event, bytes]]] = {}
+        groups: dict[str, list[tuple[Event, Any]]] = {}
         for _, event, element in batch.events:
             groups.setdefault(event.customer_id, []).append((event, element))
-        for cid, items in groups.items():
-            if self.partition_of(cid) != partition:
-                raw = orjson.dumps({"batch_id": batch.batch_id, "events": [orjson.Fragment(e) for _, e in items]})
-                envelope = {"kind": kind, "topic": topic, "source": source, "offset": offset, "raw": raw.decode()}
-                await self.senders["rekey"].send(key=cid.encode(), value=orjson.dumps(envelope))
-                self._count(topic, "rekeyed", len(items))
-                continue
-            applied = await self.apply_events(kind, cid, [event for event, _ in items], topic, source, offset,
-                                              batch.batch_id)
+        rekeyed = applied = done = 0  # counted once per envelope, also when a customer's part fails
+        try:
+            for cid, items in groups.items():
+                if self.partition_of(cid) != partition:
+                    raw = orjson.dumps({"batch_id": batch.batch_id, "events": [element for _, element in items]})
+                    envelope = {"kind": kind, "topic": topic, "source": source, "offset": offset, "raw": raw.decode()}
+                    await self.senders["rekey"].send(key=cid.encode(), value=orjson.dumps(envelope))
+                    rekeyed += len(items)
+                else:
+                    applied += await self.apply_events(kind, cid, [event for event, _ in items], topic, source,
+                                                       offset, batch.batch_id)
+                done += len(items)
+        finally:
+            self._count(topic, "rekeyed", rekeyed)
             self._count(topic, "ok", applied)
-            self._count(topic, "duplicate", len(items) - applied)
+            self._count(topic, "duplicate", done - rekeyed - applied)
         return "batch"
 
     async def apply_events(self, kind: str, cid: str, events: list[Event], topic: str, source: str, offset: int,
@@ -298,8 +303,8 @@ class Runtime:
                 continue
             self.clock.observe(event.ts)
             if priority is None and kind != "login":
-                priority = priority_of(event, state.aggregates(self.clock.now()), self.settings.big_order_multiple,
-                                       self.settings.big_order_amount)
+                priority = priority_of(event, partial(state.spend_orders_365d, self.clock.now()),
+                                       self.settings.big_order_multiple, self.settings.big_order_amount)
             state.apply(event, source, position, dedupe_id)
             applied += 1
             latest = event if latest is None or event.ts >= latest.ts else latest

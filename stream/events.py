@@ -171,14 +171,25 @@ def parse_ts(value: object) -> int:
     return ms  # type: ignore[no-any-return]
 
 
-@lru_cache(maxsize=8192)  # views show the same few timestamps of a customer again and again (~1 MB)
+@lru_cache(maxsize=4096)
+def _date_text(days: int) -> str:
+    d = date.fromordinal(days + _EPOCH_ORDINAL)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T"
+
+
+# the rest of a timestamp's text from tables: 5x faster than formatting (views show ~4 per customer, and
+# 20,000 customers' timestamps are too many to cache whole)
+_HH_MM = tuple(f"{m // 60:02d}:{m % 60:02d}:" for m in range(1440))
+_SS = tuple(f"{s:02d}." for s in range(60))
+_MILLI = tuple(f"{m:03d}Z" for m in range(1000))
+
+
 def format_ts(ms: int) -> str:
     """Epoch ms -> RFC 3339 UTC with milliseconds, e.g. ``2026-11-22T10:00:00.000Z``."""
     days, rest = divmod(ms, _DAY_MS)
-    d = date.fromordinal(days + _EPOCH_ORDINAL)
     secs, milli = divmod(rest, 1000)
-    return (f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{secs // 3600:02d}:{secs // 60 % 60:02d}"
-            f":{secs % 60:02d}.{milli:03d}Z")
+    minutes, sec = divmod(secs, 60)
+    return _date_text(days) + _HH_MM[minutes] + _SS[sec] + _MILLI[milli]
 
 
 def _money(d: Mapping[str, Any], name: str, negative_ok: bool) -> int | None:
@@ -313,13 +324,13 @@ MAX_BATCH_EVENTS = 10_000
 class Batch:
     """A batch envelope: many events of one kind in one Kafka message (``{"batch_id", "events": [...]}``).
 
-    ``events`` holds ``(index, event, element)`` for the valid elements, ``rejects``
-    ``(index, reason, element)`` for the others; ``element`` is the element's own JSON,
-    for re-keying and dead letters. The events may belong to many customers.
+    ``events`` holds ``(index, event, element)`` for the valid elements, with the element
+    as decoded (for re-keying), ``rejects`` ``(index, reason, element)`` for the others,
+    with the element's own JSON (for dead letters). The events may belong to many customers.
     """
 
     batch_id: str
-    events: list[tuple[int, Event, bytes]]
+    events: list[tuple[int, Event, Any]]
     rejects: list[tuple[int, str, bytes]]
 
 
@@ -342,16 +353,15 @@ def parse_message(kind: str, raw: bytes, *, currency: str, max_bytes: int) -> Ev
         raise _fail("events", f"must be a non-empty array, got {_show(elements)}")
     if len(elements) > MAX_BATCH_EVENTS:
         raise _fail("events", f"must have at most {MAX_BATCH_EVENTS} events, got {len(elements)}")
-    events: list[tuple[int, Event, bytes]] = []
+    events: list[tuple[int, Event, Any]] = []
     rejects: list[tuple[int, str, bytes]] = []
     for index, element in enumerate(elements):
-        text = orjson.dumps(element)
         try:
             if type(element) is not dict:
                 raise InvalidEvent(f"must be an object, got {_tname(element)}")
-            events.append((index, parser(element, currency), text))
+            events.append((index, parser(element, currency), element))
         except InvalidEvent as exc:
-            rejects.append((index, f"events[{index}]: {exc.reason}", text))
+            rejects.append((index, f"events[{index}]: {exc.reason}", orjson.dumps(element)))
     return Batch(batch_id, events, rejects)
 
 

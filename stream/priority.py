@@ -15,23 +15,24 @@ trigger says why (``trigger.priority`` and ``trigger.reason``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable
 
 from stream.events import AMOUNT_SCALE, Event, OrderEvent, TicketEvent
 
 __all__ = ["priority_of"]
 
 
-def priority_of(event: Event, before: Mapping[str, Any], multiple: float, absolute: float) -> tuple[str, str] | None:
-    """``(priority, reason)`` if ``event`` must bypass batching; ``before``: the facts before it."""
+def priority_of(event: Event, before: Callable[[], tuple[float, int]], multiple: float,
+                absolute: float) -> tuple[str, str] | None:
+    """``(priority, reason)`` if ``event`` must bypass batching; ``before``: the customer's
+    ``(spend_365d, orders_365d)`` before it, asked only for a paid order below ``absolute``."""
     if type(event) is OrderEvent:
         if event.status != "paid":
             return None
         amount = event.amount / AMOUNT_SCALE
         if absolute > 0 and amount >= absolute:
             return "big_order", f"order {amount:.2f} >= big-order amount {absolute:.2f}"
-        orders, spend = before["orders_365d"], before["spend_365d"]
+        spend, orders = before()
         if multiple > 0 and orders > 0 and spend > 0 and amount >= multiple * spend / orders:
             return "big_order", f"order {amount:.2f} >= {multiple:g} x average order {spend / orders:.2f}"
         return None

@@ -256,15 +256,24 @@ class CustomerState:
             del self.tickets[tid]
 
     # -- read ---------------------------------------------------------------------------
-    def aggregates(self, now_ms: int) -> dict[str, Any]:
-        """The facts at ``now_ms`` (keys and types as in :data:`AGGREGATE_FIELDS`)."""
+    def _window_sums(self, now_ms: int) -> list[int]:
+        """The window sums as of ``now_ms``'s UTC day (rescanned once a day, else kept by apply())."""
         today = now_ms // DAY_MS
         if today != self._sums_day:
             self._sums = sums = [0] * 13
             for d, b in self.days.items():
                 _fold(sums, today - d, b)
             self._sums_day = today
-        s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90, op90, l365 = self._sums
+        return self._sums
+
+    def spend_orders_365d(self, now_ms: int) -> tuple[float, int]:
+        """``spend_365d`` and ``orders_365d`` of :meth:`aggregates`, without the rest."""
+        sums = self._window_sums(now_ms)
+        return sums[_S365] / AMOUNT_SCALE, sums[_O365]
+
+    def aggregates(self, now_ms: int) -> dict[str, Any]:
+        """The facts at ``now_ms`` (keys and types as in :data:`AGGREGATE_FIELDS`)."""
+        s30, s90, s365, sp90, o30, o90, o365, l7, l30, c90, e90, op90, l365 = self._window_sums(now_ms)
         open_tickets = open_complaints = reopened = 0
         for t in self.tickets.values():
             flags = t[1]

@@ -62,8 +62,7 @@ def test_priority_events_are_big_orders_and_complaints_of_new_customers() -> Non
         kind, key, value, event_id = priority_event(n, "r1", 1_767_225_600_000)
         event = parse_event(kind, value, currency="USD", max_bytes=1 << 20)
         assert event.customer_id == key.decode() and event.event_id == event_id
-        before = {"orders_365d": 0, "spend_365d": 0.0}
-        kinds.append(priority_of(event, before, multiple=3, absolute=10_000)[0])  # type: ignore[index]
+        kinds.append(priority_of(event, lambda: (0.0, 0), multiple=3, absolute=10_000)[0])  # type: ignore[index]
     assert kinds == ["big_order", "complaint"]
     assert priority_event(0, "r1", 0)[1] != priority_event(2, "r1", 0)[1]  # a new customer each time
 

@@ -134,12 +134,17 @@ def test_big_orders_and_complaints_are_priority() -> None:
     from stream.events import TicketEvent
     from stream.priority import priority_of
 
-    before = {"orders_365d": 4, "spend_365d": 400.0}  # average order 100
+    def before() -> tuple[float, int]:
+        return 400.0, 4  # average order 100
+
     assert priority_of(order(NOW, 299.0), before, 3.0, 10000.0) is None
     assert priority_of(order(NOW, 300.0), before, 3.0, 10000.0) == (
         "big_order", "order 300.00 >= 3 x average order 100.00")
     assert priority_of(order(NOW, 300.0, status="refunded"), before, 3.0, 10000.0) is None
-    first = {"orders_365d": 0, "spend_365d": 0.0}  # no average yet: only the absolute amount counts
+
+    def first() -> tuple[float, int]:
+        return 0.0, 0  # no average yet: only the absolute amount counts
+
     assert priority_of(order(NOW, 9999.0), first, 3.0, 10000.0) is None
     assert priority_of(order(NOW, 10000.0), first, 3.0, 10000.0)[0] == "big_order"  # type: ignore[index]
     assert priority_of(order(NOW, 10000.0), first, 3.0, 0.0) is None  # absolute test off

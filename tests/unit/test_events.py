@@ -113,6 +113,16 @@ def test_ts_forms(ts: object, ms: int) -> None:
     assert parse_ts(ts) == ms
 
 
+def test_format_ts_agrees_with_datetime() -> None:
+    import random
+    from datetime import UTC, datetime
+
+    rng = random.Random(5)
+    for ms in [0, 86_399_999, 253_402_300_799_999] + [rng.randrange(0, 253_402_300_800_000) for _ in range(2000)]:
+        expected = datetime.fromtimestamp(ms // 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ms % 1000:03d}Z"
+        assert format_ts(ms) == expected
+
+
 def test_format_ts() -> None:
     assert format_ts(TS_MS) == "2026-11-22T10:00:00.000Z"
     assert format_ts(TS_MS + 7) == "2026-11-22T10:00:00.007Z"
