@@ -322,7 +322,7 @@ class Runtime:
             return applied
         await self.reevaluate(cid, state, trigger, event_time, changed=True)
         if priority is not None:
-            await self.flush_priority()
+            await self.flush_priority(cid)
         return applied
 
     def _defer(self, cid: str, state: CustomerState, trigger: dict[str, Any], event_time: int | None,
@@ -413,7 +413,7 @@ class Runtime:
         self.due.set(self.partition_of(cid), cid, None)
         self._partition_of.pop(cid, None)
         self.view.stage_erase(cid)
-        await self.flush_priority()  # on failure the flush timer retries the staged erase
+        await self.flush_priority(cid)  # on failure the flush timer retries the staged erase
         ruleset = self.evaluator.ruleset
         change = erase_change(request, topic=topic, ruleset_version=ruleset.version, ruleset_name=ruleset.name)
         await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
@@ -425,10 +425,12 @@ class Runtime:
                  "state removed" if found else "no state held")
         return "ok"
 
-    async def flush_priority(self) -> None:
-        """Write the staged Redis views now (a priority event); on failure the flush timer retries."""
+    async def flush_priority(self, cid: str) -> None:
+        """Write ``cid``'s staged Redis view now (a priority event, an erasure); the others wait for
+        the flush timer (writing them too kept the worker waiting on Redis ~8% of a drain). On
+        failure the flush timer retries."""
         try:
-            await self.view.flush()
+            await self.view.flush(only=(cid,))
         except Exception as exc:  # noqa: BLE001 - Redis is a projection: the views stay staged
             self.view.errors += 1
             log.warning("priority Redis flush failed (%d pending, will retry): %r", self.view.pending, exc)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 import redis.asyncio as aioredis
@@ -123,8 +123,10 @@ class RedisView:
         """Queue the removal of every key and index membership of a customer (privacy erasure)."""
         self._pending[customer_id] = _ERASE
 
-    async def flush(self, batch: int = 200) -> int:
+    async def flush(self, batch: int = 200, only: Collection[str] | None = None) -> int:
         """Write staged views; on error they stay staged and the error is raised.
+
+        ``only``: just these customers' (a priority event's); the others stay staged.
 
         Flushes run one at a time (a priority flush waits for the timer's), each taking
         its chunk out of the staging area first, so no view is written twice and an
@@ -137,7 +139,7 @@ class RedisView:
         """
         written = 0
         async with self._flushing:
-            staged = list(self._pending)
+            staged = list(self._pending) if only is None else [cid for cid in only if cid in self._pending]
             for start in range(0, len(staged), batch):
                 chunk = [(cid, self._pending.pop(cid)) for cid in staged[start:start + batch] if cid in self._pending]
                 try:

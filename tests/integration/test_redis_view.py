@@ -96,3 +96,18 @@ def test_a_flush_writes_what_was_staged_when_it_began(server: RedisServer) -> No
         await rv.client.aclose()
 
     asyncio.run(run())
+
+
+def test_a_priority_flush_writes_only_its_customer(server: RedisServer) -> None:
+    sync = redis.Redis.from_url(server.url)
+
+    async def run() -> None:
+        rv = RedisView(aioredis.Redis.from_url(server.url), "p")
+        for cid in ("c1", "c2", "c3"):
+            rv.stage(cid, view(cid, ["vip"]), 1.0)
+        assert await rv.flush(only=["c2", "gone"]) == 1 and rv.pending == 2
+        assert sync.exists("p:c:c2") and not sync.exists("p:c:c1") and not sync.exists("p:c:c3")
+        assert await rv.flush() == 2 and sync.zcard("p:tag:vip") == 3
+        await rv.client.aclose()
+
+    asyncio.run(run())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Collection
 from typing import Any
 
 from agents.evaluate import Evaluator, facts_schema
@@ -33,6 +34,7 @@ class FakeView:
         self.views: dict[str, Any] = {}
         self.spend: dict[str, float] = {}
         self.acks: list[tuple[str, str, int]] = []
+        self.flushed: list[list[str] | None] = []  # per flush: the customers it was asked for, None: all
         self.pending = 0
 
     def stage(self, cid: str, view: Any, spend: float) -> None:
@@ -44,7 +46,8 @@ class FakeView:
         self.views.pop(cid, None)
         self.spend.pop(cid, None)
 
-    async def flush(self) -> int:
+    async def flush(self, batch: int = 200, only: Collection[str] | None = None) -> int:
+        self.flushed.append(None if only is None else list(only))
         return len(self.staged)
 
     async def ack(self, request_id: str, phase: str, partition: int) -> None:

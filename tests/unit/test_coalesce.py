@@ -77,6 +77,7 @@ async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluatio
     assert [c["trigger"].get("priority") for c in sent] == ["big_order"]
     assert sent[0]["trigger"]["event_id"] == "e1" and table["c1"].orders_total == 2
     assert await rt.evaluate_deferred() == 0  # the big order's evaluation covered the first order
+    assert rt.view.flushed == [["c1"]]  # type: ignore[attr-defined]  # its view at once, only its own
 
 
 async def test_waiting_evaluations_run_when_a_limit_is_reached() -> None:
