@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import orjson
@@ -36,14 +37,15 @@ class FakeView:
     def stage_erase(self, cid: str) -> None:
         self.pending[cid] = None
 
-    async def flush(self) -> int:
-        for cid, value in self.pending.items():
+    async def flush(self, batch: int = 200, only: Collection[str] | None = None) -> int:
+        chosen = list(self.pending) if only is None else [cid for cid in only if cid in self.pending]
+        for cid in chosen:
+            value = self.pending.pop(cid)
             if value is None:
                 self.written.pop(cid, None)
             else:
                 self.written[cid] = value
-        n, self.pending = len(self.pending), {}
-        return n
+        return len(chosen)
 
 
 def make() -> tuple[Runtime, dict[str, Any], FakeView, dict[str, FakeSender], FakeSender]:
