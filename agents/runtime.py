@@ -288,7 +288,7 @@ class Runtime:
         A single event is marked by its offset (redelivery) and its id (producer retry). Events
         of an envelope (``batch_id``) are marked by their ids, and the envelope by its offset and
         ``batch:<batch_id>`` (a producer's retry of the whole envelope). State is written once,
-        after all of them. Big orders and complaints flush the Redis views at once.
+        after all of them. A big order or complaint writes the customer's Redis view at once.
         """
         state = self.table.get(cid)
         if state is None:

@@ -2,8 +2,8 @@
 
 Every event is evaluated and its tag change or churn alert published as soon as it
 is applied. What is batched is the Redis projection (flushed every
-``TAGGER_REDIS_FLUSH_INTERVAL``). A *priority* event flushes it at once, so the
-customer's new view is readable the moment the change is published, and its
+``TAGGER_REDIS_FLUSH_INTERVAL``). A *priority* event's customer is written at once
+(only that customer's view), so it is readable the moment the change is published, and its
 trigger says why (``trigger.priority`` and ``trigger.reason``).
 
 - **Big order**: a paid order of at least ``big_order_multiple`` times the customer's

@@ -102,8 +102,8 @@ class Settings(BaseSettings):
     sweep_chunk: int = Field(250, description="Customers re-evaluated per command message; the rest of a "
                              "sweep queues behind new events so intake never waits long.")
     sweep_interval: float = Field(60.0, description="Seconds between re-evaluation sweeps.")
-    redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes (big orders and "
-                                        "complaints flush at once).")
+    redis_flush_interval: float = Field(0.2, description="Seconds between Redis view flushes (the customer of "
+                                        "a big order or complaint is written at once).")
     big_order_multiple: float = Field(3.0, ge=0, description="A paid order this many times the customer's "
                                       "average order (last 365 days) is big: evaluated and flushed at once. 0: off.")
     big_order_amount: float = Field(10000.0, ge=0, description="A paid order of at least this amount is big "
