@@ -25,6 +25,10 @@ def weighted_score(
     dimensions are ignored. Returns the score rounded to 2 decimals and the
     per-dimension weighted contribution (also rounded to 2 decimals).
     """
-    contributions = [(name, weight * _clamp(dims.get(name, 0.0))) for name, weight in weights.pairs()]
-    score = min(100.0, max(0.0, round(math.fsum(value for _, value in contributions), 2)))
-    return score, {name: round(value, 2) for name, value in contributions}
+    values: list[float] = []
+    breakdown: dict[str, float] = {}
+    for name, weight in weights.pairs():
+        value = weight * _clamp(dims.get(name, 0.0))
+        values.append(value)
+        breakdown[name] = round(value, 2)
+    return min(100.0, max(0.0, round(math.fsum(values), 2))), breakdown
