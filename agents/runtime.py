@@ -106,6 +106,8 @@ class Runtime:
         self._sweeps: dict[int, tuple[float, int]] = {}  # sweeps in progress: started, customers evaluated
         self._arrival: Arrival = (time.time(), None)
         self._more = False  # messages are waiting behind the one being handled
+        self._backlog_s = 0.0  # about how long the messages behind it will take (see _wait_for)
+        self._per_message = 0.0  # moving average of the seconds handle() takes
         self._handling = False
         self._deferred: dict[str, _Deferred] = {}  # customers applied, not yet evaluated, in order
         self._waiting = 0  # events applied whose evaluation is in self._deferred
@@ -116,21 +118,22 @@ class Runtime:
         self.within: Callable[[Any], AbstractContextManager[Any]] = nullcontext
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     timestamp: float | None = None, more: bool = False) -> str:
+                     timestamp: float | None = None, more: int = 0) -> str:
         """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds.
 
-        ``more``: messages are already waiting behind this one. If this one is also late
-        (``coalesce_after`` seconds or more since its timestamp: the worker is behind), its
-        events are applied and the customer's evaluation waits, so that a customer with
-        several events in the backlog is evaluated once. Every waiting evaluation runs when
-        a message comes with nothing behind it or on time; while the backlog goes on, each
-        runs once it has waited its time (:meth:`_wait_for`), oldest first, and the oldest
-        run whenever more than ``coalesce_customers`` customers wait. Big orders and
-        complaints are evaluated at once.
+        ``more``: how many messages are known to be waiting behind this one. If there are
+        some and this one is also late (``coalesce_after`` seconds or more since its
+        timestamp: the worker is behind), its events are applied and the customer's
+        evaluation waits, so that a customer with several events in the backlog is
+        evaluated once. Every waiting evaluation runs when a message comes with nothing
+        behind it or on time; while the backlog goes on, each runs once it has waited its
+        time (:meth:`_wait_for`), oldest first, and the oldest run whenever more than
+        ``coalesce_customers`` customers wait. Big orders and complaints are evaluated at once.
         """
         now = time.time()
         self._arrival = (now, timestamp)
-        self._more = more and timestamp is not None and now - timestamp >= self.settings.coalesce_after
+        self._more = more > 0 and timestamp is not None and now - timestamp >= self.settings.coalesce_after
+        self._backlog_s = more * self._per_message
         self._handling = True
         try:
             outcome = await self._receive(topic, partition, offset, key, value)
@@ -138,7 +141,9 @@ class Runtime:
                 await self.evaluate_deferred(due_only=self._more)
         finally:
             self._more = self._handling = False
-        self.metrics.processing.observe(time.time() - self._arrival[0])
+        elapsed = time.time() - now
+        self._per_message += (0.01 if self._per_message else 1.0) * (elapsed - self._per_message)
+        self.metrics.processing.observe(elapsed)
         return outcome
 
     async def _receive(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
@@ -339,25 +344,27 @@ class Runtime:
         entry = self._deferred.get(cid)
         if entry is None:
             self._deferred[cid] = _Deferred(trigger, event_time, self._arrival, applied, self.message_context(),
-                                            time.monotonic() + self._wait_for(self._arrival))
+                                            time.monotonic() + self._wait_for(self._arrival, self._backlog_s))
             return
         entry.trigger, entry.context = trigger, self.message_context()
         entry.events += applied
         if event_time is not None and (entry.event_time is None or event_time > entry.event_time):
             entry.event_time = event_time
 
-    def _wait_for(self, arrival: Arrival) -> float:
+    def _wait_for(self, arrival: Arrival, backlog_s: float) -> float:
         """Seconds a deferred evaluation may wait: ``coalesce_window``, or half as long as its message
-        was already late when it arrived, at most ``coalesce_window_max``.
+        was already late when it arrived or as the messages behind it will take (``backlog_s``: how
+        many there are, times the average time a message takes), at most ``coalesce_window_max``.
 
         The further behind a worker is, the more events of one customer a wait gathers, and the
         sooner the worker catches up; a tag change comes at most half again as late as its event
-        was anyway, or ``coalesce_window`` later.
+        was anyway or as the worker's catching up takes, or ``coalesce_window`` later. (A backlog
+        that appears at once, a bulk load or a producer's burst, is not late at first.)
         """
         arrived, kafka_ts = arrival
         late = 0.0 if kafka_ts is None else arrived - kafka_ts
         window = self.settings.coalesce_window
-        return max(window, min(late / 2, self.settings.coalesce_window_max))
+        return max(window, min(max(late, backlog_s) / 2, self.settings.coalesce_window_max))
 
     def _undefer(self, cid: str) -> None:
         entry = self._deferred.pop(cid, None)

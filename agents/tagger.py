@@ -87,7 +87,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
     async def receive(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                      timestamp: float | None, more: bool) -> None:
+                      timestamp: float | None, more: int) -> None:
         try:
             await runtime.handle(topic, partition, offset, key, value, timestamp, more)
         except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
@@ -98,7 +98,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
                 log.exception("could not dead-letter %s[%s]@%s", topic, partition, offset)
 
-    async def receive_record(record: Any, more: bool) -> None:  # batch intake: an aiokafka ConsumerRecord
+    async def receive_record(record: Any, more: int) -> None:  # batch intake: an aiokafka ConsumerRecord
         timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
         await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more)
 
@@ -112,8 +112,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         async for event in stream.events():
             msg = event.message
             # a backlog: messages fetched and waiting, or not yet fetched (highwater: from the last fetch)
-            more = (not stream.channel.queue.empty()  # type: ignore[attr-defined]
-                    or msg.offset + 1 < (consumer.highwater(msg.tp) or 0))
+            more = (stream.channel.queue.qsize()  # type: ignore[attr-defined]
+                    + max(0, (consumer.highwater(msg.tp) or 0) - msg.offset - 1))
             await receive(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
 
     gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))

@@ -43,8 +43,9 @@ from .app import within_event
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any, bool], Awaitable[None]]
-"""Called with an aiokafka ``ConsumerRecord`` and ``more`` (records are waiting behind it)."""
+Handler = Callable[[Any, int], Awaitable[None]]
+"""Called with an aiokafka ``ConsumerRecord`` and ``more``: how many records are known to wait behind it
+(the rest of the fetch, and its partition's records below the highwater not fetched yet)."""
 
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
 
@@ -141,7 +142,7 @@ class BatchIntake:
                     self.left += last + 1 - n
                     log.info("rebalance or stop: %d fetched records left to be read again", last + 1 - n)
                     return
-                more = n < last or record.offset + 1 < (consumer.highwater(tp) or 0)
+                more = last - n + max(0, (consumer.highwater(tp) or 0) - record.offset - 1)
                 inbound[tp] = time.monotonic()
                 with within_event(_Current(record)):
                     await handle(record, more)

@@ -116,7 +116,8 @@ class Settings(BaseSettings):
                                     "evaluation (see coalesce_after); beyond it the oldest run. 0: every message is "
                                     "evaluated at once.")
     coalesce_window: float = Field(0.5, ge=0, description="Seconds an evaluation may wait (see coalesce_after), or "
-                                   "half as long as its message was already late, up to coalesce_window_max.")
+                                   "half as long as its message was already late or as the messages behind it "
+                                   "will take, up to coalesce_window_max.")
     coalesce_window_max: float = Field(5.0, ge=0, description="The longest an evaluation waits however late its "
                                        "message (see coalesce_window).")
     intake: Literal["batch", "stream"] = Field(

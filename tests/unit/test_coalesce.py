@@ -113,7 +113,22 @@ async def test_the_wait_grows_with_how_late_the_message_was_up_to_the_maximum() 
     began = time.monotonic()
     waits = {cid: round(entry.due - began) for cid, entry in rt._deferred.items()}
     assert waits == {"c1": 0, "c2": 2, "c3": 5}  # the window; half of 4 s late; the maximum
-    assert rt._wait_for((100.0, 99.0)) == 0.5 and rt._wait_for((100.0, None)) == 0.5
+    assert rt._wait_for((100.0, 99.0), 0.0) == 0.5 and rt._wait_for((100.0, None), 0.0) == 0.5
+
+
+async def test_the_wait_grows_with_the_backlog_behind_a_message_that_is_not_late_yet() -> None:
+    """A backlog that appears at once (a bulk load): its first messages are barely late, but the worker
+    will take a while to read the rest, so their evaluations wait half that long."""
+    rt, _, _ = runtime(coalesce_window=0.5, coalesce_window_max=5)
+    assert rt._wait_for((100.0, 99.8), 3.0) == 1.5 and rt._wait_for((100.0, 99.8), 60.0) == 5
+    await rt.handle("orders", 0, 0, b"c0", order(0, "c0", 20))  # on time: learns how long a message takes
+    assert rt._per_message > 0
+    rt._per_message = 0.002  # say 2 ms a message
+    for i, (cid, behind) in enumerate((("c1", 10), ("c2", 2_000), ("c3", 100_000)), start=1):
+        await rt.handle("orders", 0, i, cid.encode(), order(i, cid, 20), time.time() - 0.2, more=behind)
+    began = time.monotonic()
+    waits = {cid: round(entry.due - began, 1) for cid, entry in rt._deferred.items()}
+    assert waits == {"c1": 0.5, "c2": 2.0, "c3": 5.0}  # the window; 2,000 x ~2 ms / 2; the maximum
 
 
 async def test_while_the_backlog_goes_on_only_evaluations_whose_wait_is_over_run_oldest_first() -> None:
