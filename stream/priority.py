@@ -1,7 +1,8 @@
 """Which events jump the batching: big orders and complaints (pure).
 
 Every event is evaluated and its tag change or churn alert published as soon as it
-is applied. What is batched is the Redis projection (flushed every
+is applied, unless the worker is behind (then evaluations are coalesced, see
+agents.runtime). What is batched is the Redis projection (flushed every
 ``TAGGER_REDIS_FLUSH_INTERVAL``). A *priority* event's customer is written at once
 (only that customer's view), so it is readable the moment the change is published, and its
 trigger says why (``trigger.priority`` and ``trigger.reason``).
