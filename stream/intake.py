@@ -44,8 +44,13 @@ from .app import within_event
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, int], Awaitable[None]]
-"""Called with an aiokafka ``ConsumerRecord`` and ``more``: how many records are known to wait behind it
-(the rest of the fetch, and its partition's records below the highwater not fetched yet)."""
+"""Called with an aiokafka ``ConsumerRecord`` and ``more``: about how many records wait behind it (the rest
+of the fetch, plus :func:`later_in_partition`; the partition's fetched ones count twice: an estimate)."""
+
+
+def later_in_partition(consumer: Any, tp: Any, offset: int) -> int:
+    """Records of ``tp`` after ``offset``, below its highwater as of the last fetch (0 if unknown)."""
+    return max(0, (consumer.highwater(tp) or 0) - offset - 1)
 
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
 
@@ -142,7 +147,7 @@ class BatchIntake:
                     self.left += last + 1 - n
                     log.info("rebalance or stop: %d fetched records left to be read again", last + 1 - n)
                     return
-                more = last - n + max(0, (consumer.highwater(tp) or 0) - record.offset - 1)
+                more = last - n + later_in_partition(consumer, tp, record.offset)
                 inbound[tp] = time.monotonic()
                 with within_event(_Current(record)):
                     await handle(record, more)
