@@ -24,7 +24,10 @@ re-creates the ticket from that event alone.
 Exactly-once counting: ``offsets`` holds, per source ("topic:partition" or
 "rekey:topic:partition"), the last applied offset; ``recent_ids`` holds the
 last 64 dedupe ids. ``is_duplicate`` checks both; ``apply`` records both.
-A negative offset means "unknown": only the id is checked and recorded.
+A negative offset means "unknown": only the id is checked and recorded. An id is
+looked for in ``recent_ids`` only when its bit is set in a 1,024-bit filter of
+their hashes (kept in memory, never persisted): a scan of 64 strings spread over
+the heap cost ~5% of a worker draining a backlog of 20,000 customers.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ HORIZON_DAYS = 366  # prune buckets with d <= today - HORIZON_DAYS
 TICKET_IDLE_MS = 90 * DAY_MS  # closed tickets idle longer than this are dropped
 MAX_TICKETS = 200
 RECENT_IDS = 64
+_ID_BITS = 1023  # hash(id) & _ID_BITS: the id's bit in CustomerState._id_bits
 FORMAT_VERSION = 1
 _SPEND, _ORDERS, _LOGINS, _COMPLAINTS, _ESCALATIONS = range(5)
 _OPEN_ACTIONS = frozenset(("opened", "escalated", "reopened"))
@@ -116,6 +120,13 @@ def next_day_step(now: int, t: int | None) -> int | None:
     return t + (max(0, now - t) // DAY_MS + 1) * DAY_MS
 
 
+def _bits_of(ids: list[str]) -> int:
+    bits = 0
+    for dedupe_id in ids:
+        bits |= 1 << (hash(dedupe_id) & _ID_BITS)
+    return bits
+
+
 # a bucket of day d enters the windows at day d and leaves them at d + N (N: a window's length;
 # 180 is where spend/orders_prev_90d end)
 _WINDOW_DAYS = (7, 30, 90, 180, 365)
@@ -124,7 +135,7 @@ _WINDOW_DAYS = (7, 30, 90, 180, 365)
 class CustomerState:
     """Rolling aggregates of one customer. Mutable; not thread-safe (one agent owns it)."""
 
-    __slots__ = (*_PERSISTED, "_sums", "_sums_day")
+    __slots__ = (*_PERSISTED, "_sums", "_sums_day", "_id_bits", "_ids_dropped")
 
     def __init__(self) -> None:
         # day -> [net spend units, paid orders, logins, complaints opened, escalations]
@@ -151,13 +162,20 @@ class CustomerState:
         # apply() keeps them current, so aggregates() only rescans buckets once per day.
         self._sums: list[int] = []
         self._sums_day = -1
+        # Derived, not persisted: a bit per hash of every id in recent_ids, and maybe of some
+        # dropped from it since (-1: not built yet); rebuilt after RECENT_IDS drops.
+        self._id_bits = -1
+        self._ids_dropped = 0
 
     # -- dedupe -------------------------------------------------------------------------
     def is_duplicate(self, source: str, offset: int, dedupe_id: str) -> bool:
         """True if this message was applied already (redelivery or producer retry)."""
         if 0 <= offset <= self.offsets.get(source, -1):
             return True
-        return dedupe_id in self.recent_ids
+        bits = self._id_bits
+        if bits < 0:
+            bits = self._id_bits = _bits_of(self.recent_ids)
+        return bits >> (hash(dedupe_id) & _ID_BITS) & 1 == 1 and dedupe_id in self.recent_ids
 
     def mark(self, source: str, offset: int, dedupe_id: str) -> None:
         """Record a message as applied (for messages that are not events: profiles, commands)."""
@@ -165,8 +183,13 @@ class CustomerState:
             self.offsets[source] = offset
         ids = self.recent_ids
         ids.append(dedupe_id)
+        if self._id_bits >= 0:
+            self._id_bits |= 1 << (hash(dedupe_id) & _ID_BITS)
         if len(ids) > RECENT_IDS:
             del ids[0]
+            self._ids_dropped += 1
+            if self._ids_dropped >= RECENT_IDS:  # the filter holds as many dropped ids as kept ones
+                self._id_bits, self._ids_dropped = -1, 0
 
     # -- apply --------------------------------------------------------------------------
     def apply(self, event: Event, source: str, offset: int, dedupe_id: str) -> None:

@@ -186,6 +186,23 @@ def test_duplicates_by_offset_and_by_id() -> None:
     assert len(s.recent_ids) == 64 and s.offsets == {"orders:3": 74}
 
 
+def test_the_id_filter_answers_like_a_scan_of_the_last_64_ids() -> None:
+    """The in-memory hash filter in front of recent_ids (rebuilt after 64 drops, and after a decode)
+    never hides a duplicate nor makes one up, over several rebuilds."""
+    rng = random.Random(3)
+    s = CustomerState()
+    marked: list[str] = []
+    for i in range(400):
+        if i == 150:
+            s = CustomerState.from_bytes(s.to_bytes())  # the filter is not persisted: built again
+        for probe in (*marked[-70:], f"order:never{i}"):
+            assert s.is_duplicate("replay", -1, probe) == (probe in marked[-64:]), (i, probe)
+        new_id = f"order:{rng.getrandbits(64):x}"
+        s.mark("replay", -1, new_id)
+        marked.append(new_id)
+    assert s.recent_ids == marked[-64:]
+
+
 def test_negative_offset_checks_only_the_id() -> None:
     s = CustomerState()
     s.apply(order(day_ts(1)), "replay", -1, "order:a")
