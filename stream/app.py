@@ -8,6 +8,7 @@ import logging
 import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -16,6 +17,7 @@ from faust import streams
 from faust.serializers import codecs
 
 from . import compat, guards
+from .kafka_admin import expected_partition
 from .security import aiokafka_options, faust_credentials
 from .settings import Settings
 from .state import CustomerState
@@ -80,6 +82,9 @@ def create_app(settings: Settings) -> faust.App:
         broker_commit_interval=1.0,
         producer_linger=0.005,
         producer_max_request_size=16 << 20,
+        # a full batch makes the next send wait for the broker to take it: with aiokafka's 16 KB
+        # (~20 tag changes) a send cost 40-50 µs in a drain, with 256 KB 17 µs
+        producer_max_batch_size=256 << 10,
         consumer_max_fetch_size=16 << 20,
         stream_buffer_maxsize=16384,
         web_enabled=True,
@@ -88,6 +93,10 @@ def create_app(settings: Settings) -> faust.App:
         web_port=settings.web_port,
         canonical_url=f"http://{settings.web_host}:{settings.web_port}",
     )
+
+
+# a changelog write's batches being filled: partition -> (aiokafka batch, the dirty entries in it)
+Filling = dict[int, tuple[Any, dict[Any, Any]]]
 
 
 class CustomerTable(faust.Table):
@@ -135,38 +144,64 @@ class CustomerTable(faust.Table):
     async def write_dirty(self) -> int:
         """Send the changelog record of every customer changed or deleted since the last call.
 
-        Straight to the producer (no Faust send buffer): key as UTF-8, value in the
-        table's codec, the record's offset kept as the store's persisted offset (RocksDB
-        resumes recovery from it), like Faust's own changelog path.
+        Straight to aiokafka in batches built here, one per partition at a time (Faust's
+        ``send`` costs ~20 µs a record in a draining worker, which wrote ~100,000 records
+        a minute), key as UTF-8, value in the table's codec, each batch's last offset kept
+        as the store's persisted offset (RocksDB resumes recovery from it), like Faust's
+        own changelog path. A record whose batch was not handed to the producer when a
+        send fails stays dirty, unless the customer was marked again meanwhile.
         """
         dirty, self.dirty = self.dirty, {}
-        producer, topic = self.app.producer, self.changelog_topic.get_topic_name()
+        producer = cast(Any, self.app.producer)._ensure_producer()  # aiokafka's, for its batch API
+        topic = self.changelog_topic.get_topic_name()
+        filling: Filling = {}
         items = list(dirty.items())
-        for n, (key, (partition, value)) in enumerate(items):
-            try:
+        n, partitions = 0, 0
+        try:
+            for n, (key, entry) in enumerate(items):  # noqa: B007 - n is read after a failure
+                partition, value = entry
+                key_bytes = key.encode()
+                if partition is None:  # marked with no current event: the key's partition, as Kafka's default
+                    partitions = partitions or len(await producer.partitions_for(topic))
+                    partition = expected_partition(key_bytes, partitions)
                 data = None if value is None else value.to_bytes()
-                fut = await producer.send(topic, key.encode(), data, partition, None, None)
-                self._track(cast(asyncio.Future[Any], fut))
+                batch, records = filling.get(partition) or filling.setdefault(partition, (producer.create_batch(), {}))
+                if batch.append(key=key_bytes, value=data, timestamp=None) is None:  # full: hand it over
+                    await self._submit(producer, topic, partition, filling)
+                    batch, records = filling[partition] = (producer.create_batch(), {})
+                    batch.append(key=key_bytes, value=data, timestamp=None)  # an empty batch takes any record
+                records[key] = entry
                 if n % WRITE_SLICE == WRITE_SLICE - 1:
                     await asyncio.sleep(0)  # let the agent run: a long write would add to every event's latency
-            except BaseException:
-                # refused by the producer (or cancelled): this one and the rest are still to write;
-                # a customer marked again meanwhile keeps its newer entry
-                self.dirty = {**dict(items[n:]), **self.dirty}
-                raise
+            n = len(items)
+            while filling:
+                await self._submit(producer, topic, next(iter(filling)), filling)
+        except BaseException:
+            # refused by the producer (or cancelled): the records not handed over are still to write;
+            # a customer marked again meanwhile keeps its newer entry
+            unsent = {key: entry for _, records in filling.values() for key, entry in records.items()}
+            self.dirty = {**unsent, **dict(items[n:]), **self.dirty}
+            raise
         return len(dirty)
 
-    def _track(self, fut: asyncio.Future[Any]) -> None:
-        self.unacked.add(fut)
-        fut.add_done_callback(self._on_done)
+    async def _submit(self, producer: Any, topic: str, partition: int, filling: Filling) -> None:
+        """Hand ``partition``'s batch to the producer, then drop it from ``filling`` (kept there if refused)."""
+        batch, records = filling[partition]
+        fut = await producer.send_batch(batch, topic, partition=partition)
+        del filling[partition]
+        self._track(cast(asyncio.Future[Any], fut), len(records))
 
-    def _on_done(self, fut: asyncio.Future[Any]) -> None:
+    def _track(self, fut: asyncio.Future[Any], records: int) -> None:
+        self.unacked.add(fut)
+        fut.add_done_callback(partial(self._on_done, records))
+
+    def _on_done(self, records: int, fut: asyncio.Future[Any]) -> None:
         self.unacked.discard(fut)
         if fut.cancelled() or fut.exception() is not None:
-            self.failed_writes += 1
+            self.failed_writes += records
         else:
-            metadata: RecordMetadata = fut.result()
-            self.data.set_persisted_offset(metadata.topic_partition, metadata.offset)
+            metadata: RecordMetadata = fut.result()  # of the batch: its first offset
+            self.data.set_persisted_offset(metadata.topic_partition, metadata.offset + records - 1)
 
     async def wait_acked(self) -> None:
         """Wait until every changelog write so far is acknowledged by the broker.

@@ -1,4 +1,4 @@
-"""The write-behind changelog of the customer table (stream.app.CustomerTable): coalesced, never lost."""
+"""The write-behind changelog of the customer table (stream.app.CustomerTable): coalesced, batched, never lost."""
 
 from __future__ import annotations
 
@@ -9,6 +9,9 @@ from typing import Any
 import pytest
 
 from stream.app import CustomerTable
+from stream.kafka_admin import expected_partition
+
+TOPIC = "customers-changelog"
 
 
 class Value:
@@ -19,46 +22,122 @@ class Value:
         return self.text.encode()
 
 
+class Batch:
+    """aiokafka's BatchBuilder: takes ``room`` records (an empty batch takes any), then answers None."""
+
+    def __init__(self, room: int) -> None:
+        self.room, self.records = room, []  # type: list[tuple[bytes, bytes | None]]
+
+    def append(self, *, key: bytes, value: bytes | None, timestamp: None) -> object | None:
+        if self.records and len(self.records) >= self.room:
+            return None
+        self.records.append((key, value))
+        return object()
+
+
 class Producer:
-    """Records sends; refuses the ``refuse_at``-th one (1-based) like aiokafka on a timeout."""
+    """aiokafka's batch API. Refuses the ``refuse_at``-th batch (1-based) like aiokafka on a timeout; acks
+    each batch with its first offset, or with ``ack_error``."""
 
-    def __init__(self, refuse_at: int | None = None, on_refuse: Any = None) -> None:
-        self.sent: list[tuple[str, bytes, bytes | None, int | None]] = []
-        self.refuse_at, self.on_refuse = refuse_at, on_refuse
+    def __init__(self, room: int = 100, refuse_at: int | None = None, on_refuse: Any = None,
+                 ack_error: Exception | None = None) -> None:
+        self.room, self.refuse_at, self.on_refuse, self.ack_error = room, refuse_at, on_refuse, ack_error
+        self.sent: list[tuple[int, list[tuple[bytes, bytes | None]]]] = []  # (partition, records) per batch
+        self.next_offset: dict[int, int] = {}
+        self.attempts = 0
 
-    async def send(self, topic: str, key: bytes, value: bytes | None, partition: int | None, *_: Any) -> Any:
-        if self.refuse_at is not None and len(self.sent) + 1 == self.refuse_at:
+    def create_batch(self) -> Batch:
+        return Batch(self.room)
+
+    async def partitions_for(self, topic: str) -> set[int]:
+        assert topic == TOPIC
+        return {0, 1, 2, 3}
+
+    async def send_batch(self, batch: Batch, topic: str, *, partition: int) -> asyncio.Future[Any]:
+        assert topic == TOPIC
+        self.attempts += 1
+        if self.attempts == self.refuse_at:
             if self.on_refuse:
                 self.on_refuse()
             raise TimeoutError("producer refused")
-        self.sent.append((topic, key, value, partition))
+        self.sent.append((partition, batch.records))
         fut = asyncio.get_running_loop().create_future()
-        fut.set_result(None)
+        if self.ack_error:
+            fut.set_exception(self.ack_error)
+        else:
+            offset = self.next_offset.get(partition, 0)
+            self.next_offset[partition] = offset + len(batch.records)
+            fut.set_result(SimpleNamespace(topic_partition=(topic, partition), offset=offset))
         return fut
 
 
-def table(producer: Producer, dirty: dict[str, tuple[int | None, Any]]) -> Any:
-    return SimpleNamespace(dirty=dict(dirty), app=SimpleNamespace(producer=producer), _track=lambda fut: None,
-                           changelog_topic=SimpleNamespace(get_topic_name=lambda: "customers-changelog"))
+class Table:
+    """The parts of CustomerTable that ``write_dirty`` uses, with its own methods."""
+
+    write_dirty = CustomerTable.write_dirty
+    _submit = CustomerTable._submit
+    _track = CustomerTable._track
+    _on_done = CustomerTable._on_done
+    wait_acked = CustomerTable.wait_acked
+
+    def __init__(self, producer: Producer, dirty: dict[str, tuple[int | None, Any]]) -> None:
+        self.dirty, self.failed_writes = dict(dirty), 0
+        self.unacked: set[asyncio.Future[Any]] = set()
+        self.app = SimpleNamespace(producer=SimpleNamespace(_ensure_producer=lambda: producer))
+        self.changelog_topic = SimpleNamespace(get_topic_name=lambda: TOPIC)
+        self.persisted: dict[Any, int] = {}
+        self.data = SimpleNamespace(set_persisted_offset=self.persisted.__setitem__)
 
 
-async def test_one_record_per_dirty_customer_with_its_latest_state_and_tombstones() -> None:
+async def test_one_record_per_dirty_customer_with_its_latest_state_and_tombstones_in_a_batch_per_partition() -> None:
     producer = Producer()
-    t = table(producer, {"c1": (0, Value("v2")), "c2": (3, None)})
-    assert await CustomerTable.write_dirty(t) == 2
-    assert producer.sent == [("customers-changelog", b"c1", b"v2", 0), ("customers-changelog", b"c2", None, 3)]
-    assert t.dirty == {}
+    t = Table(producer, {"c1": (0, Value("v2")), "c2": (3, None), "c3": (0, Value("x")), "c4": (None, Value("y"))})
+    assert await t.write_dirty() == 4
+    await t.wait_acked()
+    own = expected_partition(b"c4", 4)  # marked with no current event: Kafka's default partition for the key
+    batches = {0: [(b"c1", b"v2"), (b"c3", b"x")], 3: [(b"c2", None)]}
+    batches.setdefault(own, []).append((b"c4", b"y"))
+    assert dict(producer.sent) == batches and len(producer.sent) == len(batches)
+    assert t.dirty == {} and not t.unacked
+    assert t.persisted == {(TOPIC, p): len(records) - 1 for p, records in batches.items()}  # each batch's last record
 
 
-async def test_a_refused_write_keeps_it_and_the_rest_dirty_and_newer_marks_win() -> None:
+async def test_a_full_batch_is_handed_over_and_the_next_one_started() -> None:
+    producer = Producer(room=2)
+    t = Table(producer, {f"c{i}": (1, Value(str(i))) for i in range(5)})
+    assert await t.write_dirty() == 5
+    await t.wait_acked()
+    assert [[k for k, _ in records] for _, records in producer.sent] == [[b"c0", b"c1"], [b"c2", b"c3"], [b"c4"]]
+    assert t.persisted == {(TOPIC, 1): 4}
+
+
+async def test_a_refused_batch_keeps_its_records_dirty_and_newer_marks_win() -> None:
     newer = Value("c3-newer")
     t: Any = None
     producer = Producer(refuse_at=2, on_refuse=lambda: t.dirty.update({"c3": (1, newer)}))
-    t = table(producer, {"c1": (0, Value("a")), "c2": (1, Value("b")), "c3": (1, Value("c"))})
+    t = Table(producer, {"c1": (0, Value("a")), "c2": (1, Value("b")), "c3": (1, Value("c"))})
     with pytest.raises(TimeoutError):
-        await CustomerTable.write_dirty(t)
-    assert [s[1] for s in producer.sent] == [b"c1"]
+        await t.write_dirty()
+    assert producer.sent == [(0, [(b"c1", b"a")])]
     assert set(t.dirty) == {"c2", "c3"} and t.dirty["c3"][1] is newer  # nothing lost, nothing older
     producer.refuse_at = None
-    assert await CustomerTable.write_dirty(t) == 2
-    assert [s[1:3] for s in producer.sent[1:]] == [(b"c2", b"b"), (b"c3", b"c3-newer")]
+    assert await t.write_dirty() == 2
+    assert producer.sent[1:] == [(1, [(b"c2", b"b"), (b"c3", b"c3-newer")])]
+
+
+async def test_a_batch_refused_when_full_keeps_it_and_the_rest_dirty() -> None:
+    producer = Producer(room=1, refuse_at=2)
+    t = Table(producer, {"c1": (0, Value("a")), "c2": (0, Value("b")), "c3": (0, Value("c")), "c4": (2, Value("d"))})
+    with pytest.raises(TimeoutError):
+        await t.write_dirty()
+    assert producer.sent == [(0, [(b"c1", b"a")])]
+    assert {k: (p, v.text) for k, (p, v) in t.dirty.items()} == {"c2": (0, "b"), "c3": (0, "c"), "c4": (2, "d")}
+
+
+async def test_a_failed_ack_counts_every_record_of_its_batch_and_stops_the_commit() -> None:
+    producer = Producer(ack_error=TimeoutError("no ack"))
+    t = Table(producer, {"c1": (0, Value("a")), "c2": (0, Value("b")), "c3": (1, Value("c"))})
+    assert await t.write_dirty() == 3
+    with pytest.raises(RuntimeError, match="3 changelog writes failed"):
+        await t.wait_acked()
+    assert t.persisted == {}
