@@ -79,7 +79,7 @@ def create_app(settings: Settings) -> faust.App:
         consumer_auto_offset_reset="earliest",
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.heartbeat_interval,
-        broker_commit_interval=1.0,
+        broker_commit_interval=settings.commit_interval,
         producer_linger=0.005,
         producer_max_request_size=16 << 20,
         # a full batch makes the next send wait for the broker to take it: with aiokafka's 16 KB
