@@ -145,8 +145,8 @@ class CustomerTable(faust.Table):
         """Send the changelog record of every customer changed or deleted since the last call.
 
         Straight to aiokafka in batches built here, one per partition at a time (Faust's
-        ``send`` costs ~20 µs a record in a draining worker, which wrote ~100,000 records
-        a minute), key as UTF-8, value in the table's codec, each batch's last offset kept
+        ``send`` cost ~20 µs a record in a worker draining a backlog, which wrote ~100,000
+        records in 16 s with 1 s commits), key as UTF-8, value in the table's codec, each batch's last offset kept
         as the store's persisted offset (RocksDB resumes recovery from it), like Faust's
         own changelog path. A record whose batch was not handed to the producer when a
         send fails stays dirty, unless the customer was marked again meanwhile.
@@ -165,7 +165,9 @@ class CustomerTable(faust.Table):
                     partitions = partitions or len(await producer.partitions_for(topic))
                     partition = expected_partition(key_bytes, partitions)
                 data = None if value is None else value.to_bytes()
-                batch, records = filling.get(partition) or filling.setdefault(partition, (producer.create_batch(), {}))
+                if partition not in filling:
+                    filling[partition] = (producer.create_batch(), {})
+                batch, records = filling[partition]
                 if batch.append(key=key_bytes, value=data, timestamp=None) is None:  # full: hand it over
                     await self._submit(producer, topic, partition, filling)
                     batch, records = filling[partition] = (producer.create_batch(), {})
