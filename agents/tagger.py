@@ -19,7 +19,7 @@ from rules import RulesetError, default_rules_dir, load_ruleset
 from stream.app import create_app, customers_table, within_event
 from stream.clock import Clock
 from stream.guards import GapFiller, partition_report
-from stream.intake import BatchIntake, later_in_partition
+from stream.intake import BatchIntake, unfetched
 from stream.metrics import Metrics
 from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
@@ -111,8 +111,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         consumer = app.consumer
         async for event in stream.events():
             msg = event.message
-            # a backlog: messages fetched and waiting, plus the partition's later ones (an estimate, as the intake's)
-            more = stream.channel.queue.qsize() + later_in_partition(consumer, msg.tp, msg.offset)  # type: ignore[attr-defined]
+            # a backlog: messages fetched and waiting, plus those not fetched yet (as the intake's)
+            more = stream.channel.queue.qsize() + unfetched(consumer, topics.source.topics)  # type: ignore[attr-defined]
             await receive(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
 
     gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))

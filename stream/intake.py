@@ -44,13 +44,25 @@ from .app import within_event
 log = logging.getLogger(__name__)
 
 Handler = Callable[[Any, int], Awaitable[None]]
-"""Called with an aiokafka ``ConsumerRecord`` and ``more``: about how many records wait behind it (the rest
-of the fetch, plus :func:`later_in_partition`; the partition's fetched ones count twice: an estimate)."""
+"""Called with an aiokafka ``ConsumerRecord`` and ``more``: how many records wait behind it (the rest of
+the fetch, plus :func:`unfetched`)."""
 
 
 def later_in_partition(consumer: Any, tp: Any, offset: int) -> int:
     """Records of ``tp`` after ``offset``, below its highwater as of the last fetch (0 if unknown)."""
     return max(0, (consumer.highwater(tp) or 0) - offset - 1)
+
+
+def unfetched(consumer: Any, topics: Collection[str]) -> int:
+    """Records of ``topics`` not fetched yet, below each partition's highwater, over the partitions read so far.
+
+    Every partition counts, not only the one in hand: with one partition's end in sight
+    (a small topic, a fetch that took all of it) the worker is still behind on the others,
+    and "nothing behind" ran every waiting evaluation at each such fetch (~2.5 evaluations
+    per customer in a drain of 300k envelope events over 20,000 customers).
+    """
+    return sum(later_in_partition(consumer, tp, offset) for tp, offset in list(consumer._read_offset.items())
+               if offset is not None and tp.topic in topics)
 
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
 
@@ -141,13 +153,14 @@ class BatchIntake:
         handle = self.handle
         inbound = self.app.monitor.stream_inbound_time  # Faust's "stream is idle" check reads it
         last = len(records) - 1
+        behind = unfetched(consumer, self.topics)
         try:
             for n, (tp, record) in enumerate(records):
                 if not self._current(consumer, generation):
                     self.left += last + 1 - n
                     log.info("rebalance or stop: %d fetched records left to be read again", last + 1 - n)
                     return
-                more = last - n + later_in_partition(consumer, tp, record.offset)
+                more = last - n + behind
                 inbound[tp] = time.monotonic()
                 with within_event(_Current(record)):
                     await handle(record, more)

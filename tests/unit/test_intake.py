@@ -103,10 +103,10 @@ async def test_each_record_is_handled_in_order_within_its_own_event_then_acked()
                             highwater=7)
     seen: Seen = []
     await drain(consumer, seen)
-    # Faust's scheduler alternates topics; ``more``: the rest of the fetch and the partition's records below
-    # the highwater not fetched yet (orders 5: 2 + 1); a fetch in hand holds a marker in the unacked set (a
-    # rebalance waits for it), gone once the fetch is done
-    assert seen == [("orders", 0, 5, 3, True), ("logins", 3, 9, 1, True), ("orders", 0, 6, 0, True)]
+    # Faust's scheduler alternates topics; ``more``: the rest of the fetch and the records below the
+    # highwaters not fetched yet (none: both partitions were fetched to the end); a fetch in hand holds a
+    # marker in the unacked set (a rebalance waits for it), gone once the fetch is done
+    assert seen == [("orders", 0, 5, 2, True), ("logins", 3, 9, 1, True), ("orders", 0, 6, 0, True)]
     assert consumer._acked == {ORDERS: [5, 6], logins: [9]} and consumer._n_acked == 3
     assert not list(consumer._unacked_messages)
     assert faust.current_event() is None
@@ -118,6 +118,18 @@ async def test_the_last_record_has_more_behind_it_while_the_highwater_is_ahead()
     seen: Seen = []
     await drain(consumer, seen)
     assert [more for *_, more, _ in seen] == [9]
+
+
+async def test_more_counts_what_other_partitions_have_not_fetched_yet() -> None:
+    """A fetch that takes one partition to its end is not the end of the backlog: the worker is
+    still behind on the partitions it read before (a small topic used to end it, and with it every
+    waiting evaluation ran)."""
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, 9)]}], highwater=10)
+    consumer._read_offset[TP("logins", 2)] = 3  # read up to 3 before: 6 more below the highwater
+    consumer._read_offset[CHANGELOG] = 0  # a table's changelog (recovery): not ours, not counted
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert [more for *_, more, _ in seen] == [6]
 
 
 async def test_a_rebalance_in_the_middle_of_a_fetch_leaves_the_rest_unhandled_and_unacked() -> None:
