@@ -7,6 +7,7 @@ counts as ``batch`` and each of its events in one of the first four.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections import Counter
@@ -17,6 +18,8 @@ from functools import lru_cache, partial
 from typing import Any, Protocol
 
 import orjson
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from rules import tier_cutoffs
 from stream.audit import AuditLog, audit_record
@@ -70,6 +73,22 @@ class _Deferred:
     events: int  # events applied since the customer's last evaluation
     context: Any  # Runtime.message_context() of the latest message applied (Faust's current event)
     due: float  # time.monotonic() by which the evaluation runs, though the backlog goes on
+
+
+REDIS_RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)  # seconds between the tries of a command's last step
+
+
+async def _redis_retrying(call: Callable[[], Any]) -> Any:
+    """A command's last step against Redis (flush, ack), tried again on a connection error or timeout:
+    a Redis just restarted left a dead pooled connection, the flush failed and the command's ack
+    was lost (``tagger reevaluate`` then waited for that partition until it timed out)."""
+    for delay in REDIS_RETRY_DELAYS:
+        try:
+            return await call()
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            log.warning("Redis failed (%r); trying again in %.1f s", exc, delay)
+            await asyncio.sleep(delay)
+    return await call()
 
 
 class Runtime:
@@ -535,9 +554,9 @@ class Runtime:
             await self.senders["commands"].send(key=name.encode(), value=orjson.dumps(cmd), partition=partition)
             return
         self._running.pop((name, partition), None)
-        await self.view.flush()
+        await _redis_retrying(self.view.flush)
         if request_id:
-            await self.view.ack(str(request_id), name, partition)
+            await _redis_retrying(partial(self.view.ack, str(request_id), name, partition))
 
     async def sweep_due(self, partition: int, trigger: dict[str, Any]) -> bool:
         """One chunk of an incremental sweep of ``partition``; True if more chunks are needed.
