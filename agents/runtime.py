@@ -79,7 +79,7 @@ REDIS_RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)  # seconds between the tries of a comm
 
 
 async def _redis_retrying(call: Callable[[], Any]) -> Any:
-    """A command's last step against Redis (flush, ack), tried again on a connection error or timeout:
+    """A command's acknowledged last step against Redis (flush, ack), tried again on a connection error or timeout:
     a Redis just restarted left a dead pooled connection, the flush failed and the command's ack
     was lost (``tagger reevaluate`` then waited for that partition until it timed out)."""
     for delay in REDIS_RETRY_DELAYS:
@@ -554,9 +554,11 @@ class Runtime:
             await self.senders["commands"].send(key=name.encode(), value=orjson.dumps(cmd), partition=partition)
             return
         self._running.pop((name, partition), None)
-        await _redis_retrying(self.view.flush)
-        if request_id:
-            await _redis_retrying(partial(self.view.ack, str(request_id), name, partition))
+        if not request_id:  # a sweep or reload: views left staged are written by the flush timer
+            await self.view.flush()
+            return
+        await _redis_retrying(self.view.flush)  # an ack waits on it: not lost to a dead connection
+        await _redis_retrying(partial(self.view.ack, str(request_id), name, partition))
 
     async def sweep_due(self, partition: int, trigger: dict[str, Any]) -> bool:
         """One chunk of an incremental sweep of ``partition``; True if more chunks are needed.
