@@ -6,7 +6,7 @@ import asyncio
 import gc
 import logging
 import weakref
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from functools import partial
 from typing import Any, cast
@@ -22,8 +22,11 @@ from .security import aiokafka_options, faust_credentials
 from .settings import Settings
 from .state import CustomerState
 
+log = logging.getLogger(__name__)
+
 TABLE_NAME = "customers"
 WRITE_SLICE = 250  # changelog records written between two yields to the event loop
+SLOW_FLUSH_S = 10.0  # a step of the pre-commit flush still running after this long is logged
 
 
 class CustomerStateCodec(codecs.Codec):
@@ -236,6 +239,22 @@ def within_event(event: Any) -> Iterator[None]:
         streams._current_event.reset(token)
 
 
+@contextmanager
+def warn_if_slow(what: str, after: float, detail: Callable[[], str]) -> Iterator[None]:
+    """Log a warning naming ``what`` (and ``detail()``) if the block is still running after ``after`` s.
+
+    Only a timer on the running loop: the block is neither bounded nor cancelled.
+    """
+    def late() -> None:
+        log.warning("%s not done after %.0f s (%s); still waiting", what, after, detail())
+
+    handle = asyncio.get_running_loop().call_later(after, late)
+    try:
+        yield
+    finally:
+        handle.cancel()
+
+
 def customers_table(app: faust.App, settings: Settings) -> faust.Table:
     """The per-customer state table, keyed by customer_id."""
     table = CustomerTable(app, name=TABLE_NAME, default=None, key_type=str, partitions=settings.partitions,
@@ -243,10 +262,18 @@ def customers_table(app: faust.App, settings: Settings) -> faust.Table:
     producer = app.producer
     faust_flush = producer.flush
 
+    def pending() -> str:
+        return f"{len(table.unacked)} changelog batches unacknowledged, {len(table.dirty)} customers to write"
+
     async def flush_then_wait() -> None:  # the consumer calls this right before committing
-        await table.write_dirty()
-        await faust_flush()
-        await table.wait_acked()
+        # No step is bounded (a commit must not pass an unacknowledged write); a step that
+        # hangs (once, in a fault test: a worker stuck after the broker cut, no rejoin) says which
+        with warn_if_slow("commit: changelog write", SLOW_FLUSH_S, pending):
+            await table.write_dirty()
+        with warn_if_slow("commit: producer flush", SLOW_FLUSH_S, pending):
+            await faust_flush()
+        with warn_if_slow("commit: changelog acknowledgements", SLOW_FLUSH_S, pending):
+            await table.wait_acked()
 
     producer.flush = flush_then_wait  # type: ignore[method-assign]
     app.tables.add(table)
