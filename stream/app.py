@@ -265,14 +265,14 @@ def customers_table(app: faust.App, settings: Settings) -> faust.Table:
     def pending() -> str:
         return f"{len(table.unacked)} changelog batches unacknowledged, {len(table.dirty)} customers to write"
 
-    async def flush_then_wait() -> None:  # the consumer calls this right before committing
-        # No step is bounded (a commit must not pass an unacknowledged write); a step that
-        # hangs (once, in a fault test: a worker stuck after the broker cut, no rejoin) says which
-        with warn_if_slow("commit: changelog write", SLOW_FLUSH_S, pending):
+    async def flush_then_wait() -> None:  # the consumer calls this right before committing (Faust also on
+        # a rebalance or stop, bounded there by guard 7). No step is bounded here: a commit must not pass an
+        # unacknowledged write. A step that hangs says which (a worker stuck after a broker cut, no rejoin)
+        with warn_if_slow("flush: changelog write", SLOW_FLUSH_S, pending):
             await table.write_dirty()
-        with warn_if_slow("commit: producer flush", SLOW_FLUSH_S, pending):
+        with warn_if_slow("flush: producer flush", SLOW_FLUSH_S, pending):
             await faust_flush()
-        with warn_if_slow("commit: changelog acknowledgements", SLOW_FLUSH_S, pending):
+        with warn_if_slow("flush: changelog acknowledgements", SLOW_FLUSH_S, pending):
             await table.wait_acked()
 
     producer.flush = flush_then_wait  # type: ignore[method-assign]

@@ -147,10 +147,10 @@ async def test_a_slow_step_of_the_commit_flush_is_named_in_a_warning(caplog: pyt
     from stream.app import warn_if_slow
 
     with caplog.at_level("WARNING", logger="stream.app"):
-        with warn_if_slow("commit: quick", 0.2, lambda: "nothing pending"):
+        with warn_if_slow("flush: quick", 0.2, lambda: "nothing pending"):
             await asyncio.sleep(0)
-        with warn_if_slow("commit: producer flush", 0.01, lambda: "3 changelog batches unacknowledged"):
+        with warn_if_slow("flush: producer flush", 0.01, lambda: "3 changelog batches unacknowledged"):
             await asyncio.sleep(0.1)
         await asyncio.sleep(0.3)  # the quick block's timer would have fired by now
     assert [r.getMessage() for r in caplog.records] == [
-        "commit: producer flush not done after 0 s (3 changelog batches unacknowledged); still waiting"]
+        "flush: producer flush not done after 0 s (3 changelog batches unacknowledged); still waiting"]
