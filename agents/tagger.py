@@ -120,6 +120,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.forget_offsets()
+        log.info("partitions assigned: %d active, %d standby",
+                 len(app.assignor.assigned_actives()), len(app.assignor.assigned_standbys()))
         gaps.faust_consumer = app.consumer  # committed offsets: where each partition must resume
         runtime.keep_partitions(owned_partitions())
 
@@ -128,6 +130,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
 
     @table.on_recover
     async def _recovered() -> None:
+        log.info("customers table recovered")
         runtime.restore_clock()  # the stream clock is durable through the changelog
         epoch["rebuild"] = True
 

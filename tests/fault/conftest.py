@@ -8,7 +8,8 @@ import pytest
 
 from stream.embedded import RedisServer, ServiceGroup
 
-from ..integration.conftest import namespace  # noqa: F401 - the namespace fixture, on the services below
+# the namespace fixture on the services below, and worker logs in a failure's report
+from ..integration.conftest import namespace, pytest_runtest_makereport  # noqa: F401
 from .proxy import ProxiedTansu
 
 

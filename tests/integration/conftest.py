@@ -44,6 +44,18 @@ def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: floa
         time.sleep(interval)
 
 
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failing test's report ends with the tail of each of its workers' logs: CI keeps nothing else."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.failed:
+        for value in getattr(item, "funcargs", {}).values():
+            if isinstance(value, Namespace):
+                for i, worker in enumerate(value.workers):
+                    report.sections.append((f"worker-{i} log, last lines", worker.log()))
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[ServiceGroup]:
     with ServiceGroup() as group:
