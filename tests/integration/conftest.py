@@ -150,7 +150,12 @@ class Namespace:
             key = event["customer_id"] if isinstance(event, dict) else None
         kwargs: dict[str, Any] = {} if partition is None else {"partition": partition}
         self.producer.produce(self.topic(kind), key=key, value=value, **kwargs)
-        self.producer.flush(30)
+        self.flush()
+
+    def flush(self, timeout: float = 30) -> None:
+        """Wait until the broker has every produced message; fail if some are still queued after ``timeout``."""
+        left = self.producer.flush(timeout)
+        assert left == 0, f"{left} produced messages not delivered to the broker within {timeout}s"
 
     def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool],
              timeout: float = 60) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ def test_batch_envelopes_are_counted_exactly(namespace: Namespace) -> None:
     for kind, partition, value in envelopes:
         # keyed by nothing in particular: a batch is routed by its events' customers
         ns.producer.produce(ns.topic(kind), key=b"batch", value=value, partition=partition)
-    ns.producer.flush(30)
+    ns.flush()
     ns.worker()
     expected = _expected(history)
     fields = ["spend_30d", "spend_90d", "spend_365d", "orders_30d", "orders_90d", "orders_365d", "orders_total",

@@ -38,7 +38,7 @@ def test_worker_survives_hostile_input_and_accounts_for_every_message(namespace:
     def produce(batch: list[tuple[str, bytes | None, bytes | None]]) -> None:
         for kind, key, value in batch:
             ns.producer.produce(ns.topic(kind), key=key, value=value)
-        ns.producer.flush(60)
+        ns.flush(60)
 
     def handled() -> int:
         counts = outcomes()

@@ -188,14 +188,14 @@ def test_sigkill_mid_stream_loses_nothing_and_counts_nothing_twice(namespace: Na
     half = len(history) // 2
     for kind, event in history[:half]:
         ns.producer.produce(ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event))
-    ns.producer.flush(30)
+    ns.flush()
     first = ns.worker()
     wait_for(lambda: first.get("/stats")[1]["outcomes"].get("ok", 0) > 300, 90, "processing to start")
     first.signal(signal.SIGKILL)
     ns.redis.delete(f"{ns.settings.redis_prefix}:clock")  # the stream clock must come back from the changelog
     for kind, event in history[half:]:
         ns.producer.produce(ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event))
-    ns.producer.flush(30)
+    ns.flush()
     second = ns.worker()
 
     expected = _expected(history)

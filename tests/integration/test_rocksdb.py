@@ -35,7 +35,7 @@ OFFSET_KEY = b"__faust\0offset__"  # where Faust's RocksDB store keeps the last 
 def _produce(ns: Namespace, history: list[tuple[str, dict[str, Any]]]) -> None:
     for kind, event in history:
         ns.producer.produce(ns.topic(kind), key=event["customer_id"], value=orjson.dumps(event))
-    ns.producer.flush(30)
+    ns.flush()
 
 
 def _mismatches(ns: Namespace, expected: dict[str, dict[str, Any]]) -> list[str]:
