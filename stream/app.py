@@ -268,12 +268,11 @@ def customers_table(app: faust.App, settings: Settings) -> faust.Table:
     async def flush_then_wait() -> None:  # the consumer calls this right before committing (Faust also on
         # a rebalance or stop, bounded there by guard 7). No step is bounded here: a commit must not pass an
         # unacknowledged write. A step that hangs says which (a worker stuck after a broker cut, no rejoin)
-        with warn_if_slow("flush: changelog write", SLOW_FLUSH_S, pending):
-            await table.write_dirty()
-        with warn_if_slow("flush: producer flush", SLOW_FLUSH_S, pending):
-            await faust_flush()
-        with warn_if_slow("flush: changelog acknowledgements", SLOW_FLUSH_S, pending):
-            await table.wait_acked()
+        steps = (("changelog write", table.write_dirty), ("producer flush", faust_flush),
+                 ("changelog acknowledgements", table.wait_acked))
+        for what, step in steps:
+            with warn_if_slow(f"flush: {what}", SLOW_FLUSH_S, pending):
+                await step()
 
     producer.flush = flush_then_wait  # type: ignore[method-assign]
     app.tables.add(table)
