@@ -44,6 +44,16 @@ every aggregate with an independent recomputation:
    it. :func:`bounded_flush` gives up after ``FLUSH_TIMEOUT`` seconds: nothing
    is committed on that path, so the messages are applied again (idempotently)
    wherever the partitions go; the commit path keeps its unbounded wait.
+8. Faust gives its producer a request timeout of 1,200 s, and aiokafka uses it
+   for every wait of the producer's client: a connection's set-up and each
+   request's response. A request whose connection went silent (no response, no
+   close: a peer gone without a reset, a NAT that dropped the flow) held the
+   partition's batches, and the commit's flush behind them, for 20 minutes.
+   :func:`bounded_producer_requests` gives those waits ``REQUEST_TIMEOUT``
+   seconds: the connection is dropped and the batch retried on a new one.
+   Delivery itself keeps Faust's horizon (batches are retried until 1,200 s
+   old, and a send waits that long for room), so a long broker outage still
+   loses nothing.
 """
 
 from __future__ import annotations
@@ -56,6 +66,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 FLUSH_TIMEOUT = 30.0  # seconds a rebalance or stop waits for the producer flush (guard 7)
+REQUEST_TIMEOUT = 30.0  # seconds a producer connection's set-up or a request's response may take (guard 8)
 
 _installed = False
 
@@ -68,6 +79,7 @@ def install_ack_guard() -> None:
     from faust.app.base import App
     from faust.transport.consumer import Consumer
     from faust.transport.drivers.aiokafka import Consumer as DriverConsumer
+    from faust.transport.drivers.aiokafka import Producer
 
     original = Consumer.ack
 
@@ -86,6 +98,7 @@ def install_ack_guard() -> None:
         Consumer._commit_offsets)
     DriverConsumer._commit = note_failed_commit(DriverConsumer._commit)  # type: ignore[method-assign,assignment]
     App._producer_flush = bounded_flush(App._producer_flush)  # type: ignore[method-assign,assignment]
+    Producer._new_producer = bounded_producer_requests(Producer._new_producer)  # type: ignore[method-assign]
     _installed = True
 
 
@@ -120,6 +133,23 @@ def bounded_flush(flush: Callable[..., Awaitable[None]],
         except TimeoutError:
             log.warning("producer flush not done after %.0f s during a rebalance or stop; going on without it "
                         "(nothing is committed there: the messages are applied again)", limit)
+
+    return wrapper
+
+
+def bounded_producer_requests(new_producer: Callable[..., Any],
+                              timeout: float = REQUEST_TIMEOUT) -> Callable[..., Any]:
+    """Wrap Faust's ``Producer._new_producer``: the aiokafka producer's requests give up after ``timeout`` s.
+
+    Set on the client (each connection's connect, version lookup and response wait) and the
+    sender (the wait a produce request asks of the broker, so the broker answers before the
+    client gives up); the batch expiry and a send's wait for room keep Faust's setting.
+    """
+
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        producer = new_producer(self, *args, **kwargs)
+        producer.client._request_timeout_ms = producer._sender._request_timeout_ms = int(timeout * 1000)
+        return producer
 
     return wrapper
 

@@ -11,13 +11,15 @@ from stream.embedded import TansuBroker, free_port
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:``port`` to the broker; :meth:`cut` drops all connections and refuses new ones."""
+    """Forwards 127.0.0.1:``port`` to the broker; :meth:`cut` drops all connections and refuses new ones,
+    :meth:`silence` lets them go silent instead."""
 
     def __init__(self, target_port: int) -> None:
         self.port = free_port()
         self.target_port = target_port
         self._down_until = 0.0
         self._conns: set[socket.socket] = set()
+        self._silent: set[socket.socket] = set()  # open, but what they receive is dropped
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", self.port))
         self._stopped = False
@@ -49,13 +51,15 @@ class CuttableProxy:
                 data = src.recv(65536)
                 if not data:
                     break
-                dst.sendall(data)
+                if src not in self._silent:
+                    dst.sendall(data)
         except OSError:
             pass
         finally:
             for s in (src, dst):
                 with self._lock:
                     self._conns.discard(s)
+                    self._silent.discard(s)
                 with contextlib.suppress(OSError):
                     s.close()
 
@@ -69,6 +73,17 @@ class CuttableProxy:
                 s.shutdown(socket.SHUT_RDWR)
             with contextlib.suppress(OSError):
                 s.close()
+
+    def silence(self, seconds: float) -> None:
+        """Let every open connection go silent for good and refuse new ones for ``seconds``.
+
+        A silent connection stays open and drops what either side sends: no response, no
+        close, no reset (a peer gone without a reset, a NAT that forgot the flow), so only a
+        client's own time-out ends a request on it.
+        """
+        self._down_until = time.monotonic() + seconds
+        with self._lock:
+            self._silent.update(self._conns)
 
     def close(self) -> None:
         self._stopped = True

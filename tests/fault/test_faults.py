@@ -245,20 +245,29 @@ def test_redis_down_30s_then_back_empty(namespace: Namespace, services: ServiceG
     record(tmp_path, "Redis stopped 30 s, back empty", report)
 
 
-def test_broker_connections_cut_for_20s(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
-                                        tmp_path: Path) -> None:
-    ns, report = namespace, {}
+def broker_outage(ns: Namespace, broker: Any, events: Any, want: Any, fault: str) -> dict[str, Any]:
+    """Run the workers into ``broker.proxy.<fault>(20)``; report how they resumed and compare the results."""
+    report: dict[str, Any] = {}
     workers, stream = begin(ns, events, 0.4)
-    proxy = services.broker.proxy  # type: ignore[attr-defined]
-    proxy.cut(20)
+    getattr(broker.proxy, fault)(20)
     cut = time.monotonic()
     time.sleep(20)
     resumed_from = ok_count(workers)
-    wait_for(lambda: ok_count(workers) > resumed_from + 1000, 300, "processing to resume after the cut")
+    wait_for(lambda: ok_count(workers) > resumed_from + 1000, 300, "processing to resume after the outage")
     report["resumed_after_cut_s"] = round(time.monotonic() - cut, 1)
     report["ready_after_cut_s"] = round(max(ready_after(w, cut) for w in workers), 1)
     settle_and_compare(ns, stream, want, report)
+    return report
+
+
+def test_broker_connections_cut_for_20s(namespace: Namespace, services: ServiceGroup, events: Any, want: Any,
+                                        tmp_path: Path) -> None:
+    report = broker_outage(namespace, services.broker, events, want, "cut")
     record(tmp_path, "broker connections cut 20 s (proxy)", report)
 
 
-
+def test_broker_connections_go_silent_for_20s(namespace: Namespace, services: ServiceGroup, events: Any,
+                                              want: Any, tmp_path: Path) -> None:
+    # no close, no reset: every request in flight waits for its client's time-out (guard 8's, for the producer)
+    report = broker_outage(namespace, services.broker, events, want, "silence")
+    record(tmp_path, "broker connections silent 20 s (proxy)", report)

@@ -111,3 +111,20 @@ async def test_a_rebalance_stops_waiting_for_a_flush_that_never_ends(caplog: Any
     assert "producer flush not done after 0 s" in caplog.text
     await bounded_flush(finishes, timeout=5)(None, None)
     assert flushed == ["done"]
+
+
+async def test_producer_requests_give_up_after_the_request_timeout_but_delivery_keeps_fausts_horizon() -> None:
+    # guard 8: a produce request on a silent connection held the commit's flush for Faust's 1,200 s
+    from stream.app import create_app
+    from stream.guards import REQUEST_TIMEOUT
+    from stream.settings import Settings
+
+    app = create_app(Settings())  # type: ignore[call-arg]
+    producer = app.producer._new_producer()  # type: ignore[attr-defined]
+    try:
+        bounded = int(REQUEST_TIMEOUT * 1000)
+        assert producer.client._request_timeout_ms == producer._sender._request_timeout_ms == bounded
+        assert producer._message_accumulator._batch_ttl == app.conf.producer_request_timeout == 1200
+        assert producer._request_timeout_ms == 1200 * 1000  # a send's wait for room in a full batch
+    finally:
+        await producer.stop()
