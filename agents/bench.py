@@ -20,6 +20,8 @@ phases, in order:
    then both with 1 if N > 1, each do-nothing group right before its tagger group (the
    machine's speed drifts over a run: adjacent groups make the ratios fairer).
    A raw aiokafka ``getmany`` loop reads the first do-nothing group's input topics (no group).
+   Right before each do-nothing group (no worker running), :func:`machine_scaling` measures
+   what two busy processes get done on this machine against one.
 2. **Latency against offered rate**, on the one-worker tagger group, each phase once the
    worker has settled (no evaluation or Redis view waiting, then a second): single demo events at
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
@@ -34,7 +36,7 @@ phases, in order:
    plain aiokafka consumer: 21% of a core in the first 11 s, 94% in the fifth; flat 6-7%
    with no consumer), so every phase runs on a slower broker than the one before: each
    reports the broker's CPU.
-3. **Immediate path**: normal traffic at the highest ``--rates`` fraction plus 5 priority
+3. **Immediate path**: normal traffic at the highest ``--rates`` fraction plus 20 priority
    events/s (big orders of 20,000, complaint tickets; new customers, so each yields a tag
    change), measured end to end from the outside (``agents/bench_latency.py``).
 4. **Memory**: worker RSS, state bytes per customer (latest changelog record per key),
@@ -51,6 +53,9 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
 
 - ``events``, ``customers``, ``partitions``, ``batch``, ``workers``, ``rates``: the run's options.
 - ``cpu_count``, ``load_average_start``, ``load_average_end``: the machine (1-minute load).
+- ``machine_scaling_ratio_before_n_workers``, ``machine_scaling_ratio_before_one_worker``:
+  :func:`machine_scaling` right before the N-worker and the one-worker groups that
+  ``scaling_ratio`` compares (null if N = 1): the ceiling of any scaling ratio here.
 - ``backlog_messages``: messages in the backlog (= events, or envelopes with ``--batch``).
 - ``produce_events_per_s``: how fast the bench produced the backlog (first group).
 - ``raw_aiokafka_messages_per_s``: plain aiokafka ``getmany`` over the backlog, no group.
@@ -99,6 +104,7 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -186,6 +192,42 @@ class Run:
         return Settings(kafka_bootstrap_servers=self.services.bootstrap, redis_url=self.services.redis_url,
                         partitions=self.partitions, app_id=group.app_id,
                         redis_prefix=group.redis_prefix)  # type: ignore[call-arg]
+
+
+def _spin(seconds: float, start: Any, out: Any) -> None:
+    start.wait()
+    n, end = 0, time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(10_000):
+            n += 1
+    out.put(n)
+
+
+def machine_scaling(seconds: float = 2.0) -> float:
+    """Loop iterations two busy pure-Python processes complete together ÷ one alone, in ``seconds``
+    (one alone measured before and after the two, and averaged).
+
+    ~2 on two free cores; less while the host gives this machine's two vCPUs less than two
+    cores' worth (a shared physical core, busy neighbours). A group of workers is not expected
+    to scale past it (within its noise: seen 1.67-2.23 on an idle machine in five calls in a
+    row), and it moves during a run, so ``scaling_ratio`` is to be read against it.
+    """
+    ctx = multiprocessing.get_context("spawn")
+
+    def work(processes: int) -> int:
+        start, out = ctx.Barrier(processes + 1), ctx.Queue()
+        children = [ctx.Process(target=_spin, args=(seconds, start, out)) for _ in range(processes)]
+        for child in children:
+            child.start()
+        start.wait()  # every child started (spawn takes a while): they spin over the same seconds
+        done = sum(out.get() for _ in children)
+        for child in children:
+            child.join()
+        return done
+
+    alone = work(1)
+    together = work(2)
+    return together / ((alone + work(1)) / 2)  # one process before and after: the machine drifts
 
 
 def _rss_mb(pid: int) -> float:
@@ -297,7 +339,10 @@ def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
     # the same tagger fed through a Faust agent's stream (Faust's per-message path) instead of the batch intake
     result["one_worker_stream_intake_events_per_s"], _, _ = measure_drain(
         run, "tagger-stream-1", "worker", 1, run.events, settings={"TAGGER_INTAKE": "stream"})
+    result.update(machine_scaling_ratio_before_n_workers=None, machine_scaling_ratio_before_one_worker=None)
     for n in counts:  # each do-nothing group right before its tagger group: the machine drifts between runs
+        if workers > 1:
+            result[f"machine_scaling_ratio_before_{'one_worker' if n == 1 else 'n_workers'}"] = machine_scaling()
         noop[n], group, produce_s = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
         if "raw_aiokafka_messages_per_s" not in result:
             result["produce_events_per_s"] = run.events / produce_s

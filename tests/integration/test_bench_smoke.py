@@ -12,7 +12,8 @@ import pytest
 pytestmark = pytest.mark.integration
 
 POSITIVE = (
-    "produce_events_per_s", "raw_aiokafka_messages_per_s",
+    "produce_events_per_s", "raw_aiokafka_messages_per_s", "machine_scaling_ratio_before_n_workers",
+    "machine_scaling_ratio_before_one_worker",
     "faust_noop_messages_per_s", "faust_noop_one_worker_messages_per_s", "faust_noop_scaling_ratio",
     "worker_events_per_s", "one_worker_events_per_s", "scaling_ratio", "tagger_vs_faust_noop",
     "one_worker_tagger_vs_faust_noop",
