@@ -69,15 +69,13 @@ class CuttableProxy:
                     s.close()
 
     def cut(self, seconds: float) -> None:
-        """Close every open connection now and refuse new ones for ``seconds``."""
+        """Shut every open connection down now (its two threads then close it) and refuse new ones for ``seconds``."""
         self._down_until = time.monotonic() + seconds
         with self._lock:
             conns, self._conns = list(self._conns), set()
         for s in conns:
             with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)
-            with contextlib.suppress(OSError):
-                s.close()
 
     def silence(self, seconds: float) -> None:
         """Let every open connection go silent for good and refuse new ones for ``seconds``.
