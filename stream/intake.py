@@ -40,6 +40,7 @@ from typing import Any
 from faust.types.tuples import ack_lock
 
 from .app import within_event
+from .guards import fetch_again
 
 log = logging.getLogger(__name__)
 
@@ -121,12 +122,15 @@ class BatchIntake:
             if not records or consumer.should_stop:
                 continue
             if not consumer.flow_active:  # as Faust's getmany: a rebalance is under way
-                await consumer.perform_seek()
+                await consumer.perform_seek()  # moves only the partitions with a committed offset: guard 9
+                await fetch_again(consumer, {tp: (rs[0].offset, rs[-1].offset) for tp, rs in records.items() if rs})
                 continue
             generation = self.app.consumer_generation_id
             ours: list[tuple[Any, Any]] = []
+            skipped: dict[Any, tuple[int, int]] = {}  # paused since the fetch: first and last offset
             for tp, record in consumer.scheduler.iterate(records):
                 if active is not None and tp not in active and tp not in buffered:
+                    skipped[tp] = (skipped.get(tp, (record.offset,))[0], record.offset)
                     continue
                 seen = read_offset[tp]
                 if seen is not None and record.offset < seen:
@@ -137,6 +141,8 @@ class BatchIntake:
                     await consumer.wait_first(consumer.callback(consumer._to_message(tp, record)),
                                               consumer.suspend_flow.wait())
                 read_offset[tp] = record.offset
+            if skipped:
+                await fetch_again(consumer, skipped)
             if ours:
                 await asyncio.shield(self.handle_fetch(consumer, generation, ours))
 

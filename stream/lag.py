@@ -129,9 +129,13 @@ class PartitionProbe:
         self._consumer: Any = None
 
     async def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """The group's committed offsets (next to process) of ``partitions`` that have one; {} on failure.
+        """Where the group resumes each of ``partitions``: its committed offset (the next to process), or,
+        for a partition it never committed, the partition's first offset (the workers read from the
+        earliest); {} on failure.
 
-        The worker's consumer learns them only when its changelog recovery ends.
+        The worker's consumer learns the committed offsets only when its changelog recovery ends, and
+        never learns a start for a partition not committed yet: without this its lag was unknown and
+        a stall there went unnoticed.
         """
         wanted = list(partitions)
         if not wanted or self.group_id is None:
@@ -140,11 +144,16 @@ class PartitionProbe:
             from aiokafka.structs import TopicPartition as TP
 
             consumer = await self._started()
-            found = {}
+            found, never = {}, []
             for topic, partition in wanted:
                 offset = await consumer.committed(TP(topic, partition))
                 if offset is not None and offset >= 0:
                     found[(topic, partition)] = int(offset)
+                else:
+                    never.append(TP(topic, partition))
+            if never:
+                starts = await consumer.beginning_offsets(never)
+                found.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
             return found
         except Exception as exc:  # noqa: BLE001 - only a metric: try again next time
             log.warning("could not read committed offsets for lag: %r", exc)

@@ -54,6 +54,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
             if isinstance(value, Namespace):
                 for i, worker in enumerate(value.workers):
                     report.sections.append((f"worker-{i} log, last lines", worker.log()))
+                    if worker.proc is not None and worker.proc.poll() is None:  # where its partitions stand
+                        status, doc = worker.get("/stats?partitions")
+                        report.sections.append((f"worker-{i} /stats?partitions (HTTP {status})",
+                                                json.dumps(doc, indent=1)))
 
 
 @pytest.fixture(scope="session")

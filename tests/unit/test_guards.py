@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 from typing import Any
+
+from aiokafka.consumer.subscription_state import SubscriptionState
+from aiokafka.structs import TopicPartition
 
 from stream.guards import (
     GapFiller,
     bounded_flush,
+    fetch_again,
     keep_committed_on_failure,
     new_offset,
     note_failed_commit,
@@ -80,6 +85,28 @@ async def test_a_restarted_partition_is_read_again_from_the_committed_offset() -
     for offset in (30, 31, 32):  # what the agent acks when it has read them again
         c._acked[TP].append(offset)
     assert new_offset(c, TP) == 33
+
+
+async def test_records_not_handled_are_fetched_again_unless_something_moved_the_partition() -> None:
+    """Guard 9 on aiokafka's own subscription state (its private attributes: an upgrade that renames
+    them fails here)."""
+    p0, p1, p2, gone = (TopicPartition("orders", n) for n in range(4))
+    state = SubscriptionState()
+    state.subscribe(topics={"orders"})
+    state.assign_from_subscribed({p0, p1, p2})
+    for tp, position in ((p0, 6), (p1, 0), (p2, 8)):
+        state.seek(tp, position)
+    client = SimpleNamespace(_subscription=state, seek=state.seek)
+
+    async def call_thread(fun: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        return await fun(*args)
+
+    thread = SimpleNamespace(call_thread=call_thread, _ensure_consumer=lambda: client)
+    # p0 stands right after its records 3..5; p1 was moved back since (a new assignment reset it to 0);
+    # p2 is not in the list; ``gone`` is no longer assigned
+    await fetch_again(SimpleNamespace(_thread=thread), {p0: (3, 5), p1: (7, 9), gone: (0, 0)})
+    positions = {tp: state.subscription.assignment.state_value(tp).position for tp in (p0, p1, p2)}
+    assert positions == {p0: 3, p1: 0, p2: 8}
 
 
 def test_partition_report_needs_a_started_consumer() -> None:

@@ -46,12 +46,14 @@ class FakeConsumer(FakeFaustConsumer):
         self.commits = 0
         self.suspend_flow = asyncio.Event()
         self.consumer_stopped_errors = (ConnectionError,)
+        self.active: set[TP] | None = None  # what Faust's _wait_next_records returns: unpaused partitions
+        self.calls: list[Any] = []  # perform_seek and fetch_again, in order
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
         if not self.fetches:
             self._stopped.set()
             return {}, None
-        return self.fetches.pop(0), None
+        return self.fetches.pop(0), self.active
 
     def highwater(self, tp: TP) -> int:
         return self._highwater
@@ -67,7 +69,8 @@ class FakeConsumer(FakeFaustConsumer):
         for other in coros[1:]:
             other.close()  # type: ignore[attr-defined]
 
-    async def perform_seek(self) -> None: ...
+    async def perform_seek(self) -> None:
+        self.calls.append("perform_seek")
 
     async def commit(self) -> None:
         self.commits += 1
@@ -81,6 +84,16 @@ def app_for(consumer: FakeConsumer) -> Any:
 
 Seen = list[tuple[str, int, int, int, bool]]
 """Per record handled: topic, partition, offset, ``more``, and whether a marker held the fetch as unacked."""
+
+
+@pytest.fixture(autouse=True)
+def fetch_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Guard 9 (tested on aiokafka's state in test_guards.py): recorded in the consumer's calls."""
+
+    async def record_call(consumer: FakeConsumer, skipped: dict[TP, tuple[int, int]]) -> None:
+        consumer.calls.append(dict(skipped))
+
+    monkeypatch.setattr("stream.intake.fetch_again", record_call)
 
 
 async def drain(consumer: FakeConsumer, seen: Seen, then: Callable[[Any], None] = lambda rec: None) -> BatchIntake:
@@ -144,6 +157,30 @@ async def test_a_rebalance_in_the_middle_of_a_fetch_leaves_the_rest_unhandled_an
     assert [offset for _, _, offset, *_ in seen] == [0, 1]
     assert consumer._acked[ORDERS] == [0]  # offset 1 finished after the flow stopped: not acked (guard 1)
     assert intake.left == 3 and not list(consumer._unacked_messages)
+
+
+async def test_records_of_a_partition_paused_since_the_fetch_are_fetched_again() -> None:
+    """An assignment pauses every partition for the table's recovery: a fetch under way returns records
+    of partitions paused meanwhile. Faust drops them; its seek after the recovery moves only partitions
+    with a committed offset, so a partition never committed skipped them for good (guard 9)."""
+    logins = TP("logins", 3)
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in (0, 1, 2)], logins: [record(logins, 9)]}])
+    consumer.active = {logins}
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert [(topic, offset) for topic, _, offset, *_ in seen] == [("logins", 9)]
+    assert consumer.calls == [{ORDERS: (0, 2)}] and ORDERS not in consumer._acked
+    assert consumer._read_offset[ORDERS] is None  # not read: the records come again
+
+
+async def test_records_fetched_while_the_flow_stopped_are_fetched_again_after_fausts_seek() -> None:
+    """A fetch that began before a rebalance can return records of the new assignment."""
+    logins = TP("logins", 3)
+    consumer = FakeConsumer([{ORDERS: [record(ORDERS, n) for n in (0, 1)], logins: [record(logins, 9)]}])
+    consumer.flow_active = False
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert seen == [] and consumer.calls == ["perform_seek", {ORDERS: (0, 1), logins: (9, 9)}]
 
 
 async def test_offsets_below_the_committed_one_or_acked_already_are_not_acked_again() -> None:
