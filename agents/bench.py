@@ -84,7 +84,9 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   ``immediate_p50_s``, ``immediate_p99_s``, ``immediate_max_s``: the immediate path: normal
   traffic rate, priority events sent (``PRIORITY_EVENTS_PER_S`` = 20 a second among the
   traffic) and matched to their tag change, and their end-to-end latency (bench's produce
-  call → tag change consumed by the bench).
+  call → tag change consumed by the bench). Split in two: ``immediate_sent_p99_s``, produce call →
+  the tag change's Kafka timestamp (the worker's send), and ``immediate_delivery_p99_s``, that
+  timestamp → consumed by the bench.
 - ``worker_rss_mb``, ``state_bytes_per_customer``, ``customers_in_state``,
   ``redis_bytes_per_customer``: memory after the latency phases (the customers include
   the immediate path's new ones). State is the latest changelog record per customer;
@@ -432,9 +434,12 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
         while len(latencies(sent, watcher.arrived)) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
         measured = latencies(sent, watcher.arrived)
+        in_worker = latencies(sent, watcher.stamped)
+        delivery = [total - sent_part for total, sent_part in zip(measured, in_worker, strict=True)]
     return {"immediate_offered_events_per_s": offered, "immediate_events": len(sent),
             "immediate_matched": len(measured), "immediate_p50_s": quantile(measured, 0.5),
-            "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None)}
+            "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None),
+            "immediate_sent_p99_s": quantile(in_worker, 0.99), "immediate_delivery_p99_s": quantile(delivery, 0.99)}
 
 
 # --- 4. memory -------------------------------------------------------------------------------

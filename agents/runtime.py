@@ -26,7 +26,7 @@ from stream.audit import AuditLog, audit_record
 from stream.clock import Clock
 from stream.deadletter import dead_letter
 from stream.due import DueIndex, due_after_restore, next_due
-from stream.events import Batch, Event, parse_message
+from stream.events import Batch, Event, parse_event, parse_message
 from stream.exceptions import InvalidEvent
 from stream.guards import GapFiller
 from stream.kafka_admin import expected_partition
@@ -76,6 +76,12 @@ class _Deferred:
 
 
 REDIS_RETRY_DELAYS = (0.1, 0.3, 1.0, 2.0)  # seconds between the tries of a command's last step
+DEFERRED_SLICE = 64  # waiting evaluations run per message (~5-10 ms), so no message waits behind thousands
+_PRIORITY_KINDS = frozenset({"order", "ticket"})  # the kinds priority_of can pick
+
+
+def _nothing_before() -> tuple[float, int]:  # a new customer's spend_orders_365d
+    return 0.0, 0
 
 
 async def _redis_retrying(call: Callable[[], Any]) -> Any:
@@ -116,6 +122,7 @@ class Runtime:
         self._kinds = settings.keyed_topics
         self._partition_of: dict[str, int] = {}
         self.last_offset: dict[tuple[str, int], int] = {}
+        self._ahead: dict[tuple[str, int], set[int]] = {}  # offsets handled before earlier ones came (handle)
         self.gaps: GapFiller | None = None
         self.audit: AuditLog | None = None  # erasures are audited (agents.api sets it)
         self.metrics = create_metrics()
@@ -125,6 +132,7 @@ class Runtime:
         self._sweeps: dict[int, tuple[float, int]] = {}  # sweeps in progress: started, customers evaluated
         self._arrival: Arrival = (time.time(), None)
         self._more = False  # messages are waiting behind the one being handled
+        self._release = False  # the last message came on time or with nothing behind: every evaluation is due
         self._backlog_s = 0.0  # about how long the messages behind it will take (see _wait_for)
         self._per_message = 0.0  # moving average of the seconds handle() takes
         self._handling = False
@@ -137,7 +145,7 @@ class Runtime:
         self.within: Callable[[Any], AbstractContextManager[Any]] = nullcontext
 
     async def handle(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                     timestamp: float | None = None, more: int = 0) -> str:
+                     timestamp: float | None = None, more: int = 0, ahead: bool = False) -> str:
         """Handle one message; never raises for bad input. ``timestamp``: Kafka's, in seconds.
 
         ``more``: how many messages are known to be waiting behind this one. If there are
@@ -148,16 +156,20 @@ class Runtime:
         behind it or on time; while the backlog goes on, each runs once it has waited its
         time (:meth:`_wait_for`), oldest first, and the oldest run whenever more than
         ``coalesce_customers`` customers wait. Big orders and complaints are evaluated at once.
+        At most :data:`DEFERRED_SLICE` waiting evaluations run per message; the rest after the
+        next messages, or from the flush timer (:meth:`evaluate_overdue`) if none comes.
+        ``ahead``: earlier offsets of the partition are still to come (:meth:`urgent`).
         """
         now = time.time()
         self._arrival = (now, timestamp)
         self._more = more > 0 and timestamp is not None and now - timestamp >= self.settings.coalesce_after
         self._backlog_s = more * self._per_message
+        self._release = not self._more
         self._handling = True
         try:
-            outcome = await self._receive(topic, partition, offset, key, value)
+            outcome = await self._receive(topic, partition, offset, key, value, ahead)
             if self._deferred:
-                await self.evaluate_deferred(due_only=self._more)
+                await self.evaluate_deferred(due_only=self._more, limit=DEFERRED_SLICE)
         finally:
             self._more = self._handling = False
         elapsed = time.time() - now
@@ -165,22 +177,40 @@ class Runtime:
         self.metrics.processing.observe(elapsed)
         return outcome
 
-    async def _receive(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
-        """Route one message, and first any offsets before it that were never delivered; count the outcome."""
+    async def _receive(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
+                       ahead: bool = False) -> str:
+        """Route one message, and first any offsets before it that were never delivered; count the outcome.
+
+        A message handled ``ahead`` of earlier ones of its partition is not a gap's end: its offset is
+        kept, and passed over when the partition's messages reach it."""
+        if ahead:
+            self._ahead.setdefault((topic, partition), set()).add(offset)
+            return await self._count_route(topic, partition, offset, key, value)
         last = self.last_offset.get((topic, partition))
         if last is None and self.gaps is not None:  # first message since an assignment: from the committed offset
             start = self.gaps.start_of(topic, partition)
             last = None if start is None else start - 1
             log.info("%s[%s]: first message since the assignment at offset %s (committed: %s)",
                      topic, partition, offset, start)
+        done_ahead = self._ahead.get((topic, partition), set())
+        while last is not None and last + 1 in done_ahead:
+            done_ahead.discard(last + 1)
+            last += 1
         if last is not None and offset > last + 1 and self.gaps is not None:
             missed = await self.gaps.fetch(topic, partition, last + 1, offset)
             log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
                         topic, partition, last + 1, offset - 1, len(missed))
             for record in missed:
+                if record.offset in done_ahead:
+                    done_ahead.discard(record.offset)
+                    continue
                 self.outcomes[await self._route(topic, partition, record.offset, record.key, record.value)] += 1
             self.gaps.mark_done(topic, partition, last + 1, offset)
         self.last_offset[(topic, partition)] = offset
+        return await self._count_route(topic, partition, offset, key, value)
+
+    async def _count_route(self, topic: str, partition: int, offset: int, key: bytes | None,
+                           value: bytes | None) -> str:
         outcome = await self._route(topic, partition, offset, key, value)
         self.outcomes[outcome] += 1
         if outcome != "batch":  # a batch envelope's events were counted one by one
@@ -194,14 +224,21 @@ class Runtime:
 
     async def evaluate_overdue(self) -> int:
         """From a timer, between messages: run the waiting evaluations whose time has come (the messages
-        behind them are slow to come, or a rebalance cleared them)."""
-        if self._deferred and not self._handling:
-            return await self.evaluate_deferred(due_only=True)
-        return 0
+        behind them are slow to come, or a rebalance cleared them), or all of them if the last message
+        came on time or with nothing behind; :data:`DEFERRED_SLICE` at a time, a message first."""
+        evaluated = 0
+        while self._deferred and not self._handling:
+            done = await self.evaluate_deferred(due_only=not self._release, limit=DEFERRED_SLICE)
+            evaluated += done
+            if done < DEFERRED_SLICE:
+                break
+            await asyncio.sleep(0)
+        return evaluated
 
     def forget_offsets(self) -> None:
         """After a rebalance partitions restart from their committed offsets: no gap to see."""
         self.last_offset.clear()
+        self._ahead.clear()
 
     async def _route(self, topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None) -> str:
         kind = self._kinds.get(topic)
@@ -248,6 +285,22 @@ class Runtime:
         if kind == "privacy":
             return parse_privacy_request(value or b"", max_bytes=max_bytes)
         return parse_message(kind, value or b"", currency=self.settings.currency, max_bytes=max_bytes)
+
+    def urgent(self, topic: str, value: bytes | None) -> bool:
+        """Whether a message is a big order or a complaint (:func:`stream.priority.priority_of`, against its
+        customer's state as it stands), for the intake to handle it before the messages fetched with it.
+        Only single events of the order and ticket topics: an envelope or a message that does not parse
+        waits its turn (and is judged then)."""
+        kind = self._kinds.get(topic)
+        if kind not in _PRIORITY_KINDS or not value:
+            return False
+        try:
+            event = parse_event(kind, value, currency=self.settings.currency, max_bytes=self.settings.max_event_bytes)
+        except InvalidEvent:
+            return False
+        state = self.table.get(_customer_of(event))
+        before = _nothing_before if state is None else partial(state.spend_orders_365d, self.clock.now())
+        return priority_of(event, before, self.settings.big_order_multiple, self.settings.big_order_amount) is not None
 
     async def apply(self, kind: str, item: Event | dict[str, Any], topic: str, source: str, offset: int) -> str:
         """Apply one valid message to its customer exactly once, then re-evaluate."""
@@ -397,19 +450,19 @@ class Runtime:
         if entry is not None:
             self._waiting -= entry.events
 
-    async def evaluate_deferred(self, due_only: bool = False) -> int:
+    async def evaluate_deferred(self, due_only: bool = False, limit: int | None = None) -> int:
         """Evaluate the customers left by :meth:`_defer`, once each, oldest first; returns how many.
 
         ``due_only``: only those whose wait is over, and the oldest while more than
-        ``coalesce_customers`` wait; else every one. The trigger is the latest message's,
+        ``coalesce_customers`` wait; else every one; at most ``limit``. The trigger is the latest message's,
         with ``events``: how many events were applied since the customer's last evaluation
         (when more than one). Each runs within the context of its customer's latest message
         (:attr:`message_context`).
         """
-        evaluated, now, limit = 0, time.monotonic(), self.settings.coalesce_customers
-        while self._deferred:  # one at a time: /stats counts the rest as waiting (events_waiting)
+        evaluated, now, most = 0, time.monotonic(), self.settings.coalesce_customers
+        while self._deferred and (limit is None or evaluated < limit):  # one at a time: /stats counts the rest
             cid, entry = next(iter(self._deferred.items()))
-            if due_only and entry.due > now and len(self._deferred) <= limit:
+            if due_only and entry.due > now and len(self._deferred) <= most:
                 break
             trigger = entry.trigger if entry.events <= 1 else {**entry.trigger, "events": entry.events}
             with self.within(entry.context):

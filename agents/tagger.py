@@ -87,9 +87,9 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
     async def receive(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                      timestamp: float | None, more: int) -> None:
+                      timestamp: float | None, more: int, ahead: bool = False) -> None:
         try:
-            await runtime.handle(topic, partition, offset, key, value, timestamp, more)
+            await runtime.handle(topic, partition, offset, key, value, timestamp, more, ahead)
         except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
             log.exception("failed on %s[%s]@%s", topic, partition, offset)
             runtime.outcomes["dead_letter"] += 1
@@ -98,11 +98,14 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
                 log.exception("could not dead-letter %s[%s]@%s", topic, partition, offset)
 
-    async def receive_record(record: Any, more: int) -> None:  # batch intake: an aiokafka ConsumerRecord
+    async def receive_record(record: Any, more: int, ahead: bool) -> None:  # batch intake: aiokafka's ConsumerRecord
         timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
-        await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more)
+        await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more, ahead)
 
-    intake = BatchIntake(app, topics.source.topics, receive_record)
+    def urgent(record: Any) -> bool:
+        return runtime.urgent(record.topic, record.value)
+
+    intake = BatchIntake(app, topics.source.topics, receive_record, urgent)
     if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.intake)
         intake.install()
 

@@ -27,6 +27,14 @@ the handler once per record of our topics in the fetch's own round-robin order:
   after the record in hand.
 
 Records of other topics (table changelogs during recovery) take Faust's own path.
+
+aiokafka fetches a partition again only once the records fetched before are taken, so records
+arriving while a fetch is handled waited for the whole fetch before being even fetched. With an
+``urgent`` test (big orders and complaints: agents.runtime), the intake takes what was fetched
+meanwhile every :data:`TOP_UP_EVERY` seconds, and puts each urgent record before those still in
+hand, unless one of its partition there may be of its customer (per-customer order is kept).
+Such a record is handled ``ahead``: the handler is told that earlier offsets of its partition
+are still to come (not missed), and its ack leaves a gap that Faust's commit does not pass.
 """
 
 from __future__ import annotations
@@ -44,9 +52,14 @@ from .guards import fetch_again
 
 log = logging.getLogger(__name__)
 
-Handler = Callable[[Any, int], Awaitable[None]]
-"""Called with an aiokafka ``ConsumerRecord`` and ``more``: how many records wait behind it (the rest of
-the fetch, plus :func:`unfetched`)."""
+Handler = Callable[[Any, int, bool], Awaitable[None]]
+"""Called with an aiokafka ``ConsumerRecord``, ``more``: how many records wait behind it (the rest of
+the fetch, plus :func:`unfetched`), and ``ahead``: whether earlier records of its partition are still
+to come (an urgent record handled first: :meth:`BatchIntake._top_up`)."""
+
+Urgent = Callable[[Any], bool]
+"""Whether a record's event must not wait behind the others in hand (a big order, a complaint): a hint
+for the order of handling only, from the record alone."""
 
 
 def later_in_partition(consumer: Any, tp: Any, offset: int) -> int:
@@ -66,8 +79,16 @@ def unfetched(consumer: Any, topics: Collection[str]) -> int:
                if offset is not None and tp.topic in topics)
 
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
+TOP_UP_EVERY = 0.01  # seconds between two looks at what aiokafka fetched meanwhile (with an urgent test)...
+TOP_UP_BELOW = 2_000  # ...taken while fewer records than this are left in hand
 
 _installed = False
+
+
+def _may_hold(record: Any, key: bytes | None) -> bool:
+    """Whether ``record`` may carry an event of the customer keyed ``key``: the same key, no key, or a batch
+    envelope (an object with ``events``: its events may be of several customers)."""
+    return record.key is None or record.key == key or b'"events"' in (record.value or b"")
 
 
 class _Current:
@@ -92,10 +113,11 @@ class _InHand:
 class BatchIntake:
     """The drain loop of ``app``'s consumer for ``topics``: see the module docstring."""
 
-    def __init__(self, app: Any, topics: Collection[str], handle: Handler) -> None:
+    def __init__(self, app: Any, topics: Collection[str], handle: Handler, urgent: Urgent | None = None) -> None:
         self.app = app
         self.topics = frozenset(topics)
         self.handle = handle
+        self.urgent = urgent
         self.left = 0  # fetched records left unhandled (read again) because a rebalance or stop came first
 
     def install(self) -> None:
@@ -114,37 +136,64 @@ class BatchIntake:
             raise
 
     async def _drain(self, consumer: Any, fetcher: Any) -> None:
-        read_offset = consumer._read_offset
-        buffered = consumer._buffered_partitions
         while not (consumer._stopped.is_set() or fetcher._stopped.is_set()):
             await asyncio.sleep(0)
             records, active = await consumer._wait_next_records(1.0)
             if not records or consumer.should_stop:
                 continue
-            if not consumer.flow_active:  # as Faust's getmany: a rebalance is under way
-                await consumer.perform_seek()  # moves only the partitions with a committed offset: guard 9
-                await fetch_again(consumer, {tp: (rs[0].offset, rs[-1].offset) for tp, rs in records.items() if rs})
-                continue
             generation = self.app.consumer_generation_id
-            ours: list[tuple[Any, Any]] = []
-            skipped: dict[Any, tuple[int, int]] = {}  # paused since the fetch: first and last offset
-            for tp, record in consumer.scheduler.iterate(records):
-                if active is not None and tp not in active and tp not in buffered:
-                    skipped[tp] = (skipped.get(tp, (record.offset,))[0], record.offset)
-                    continue
-                seen = read_offset[tp]
-                if seen is not None and record.offset < seen:
-                    continue  # read already (Faust drops these too)
-                if tp.topic in self.topics:
-                    ours.append((tp, record))
-                else:  # a table's changelog: Faust's own path
-                    await consumer.wait_first(consumer.callback(consumer._to_message(tp, record)),
-                                              consumer.suspend_flow.wait())
-                read_offset[tp] = record.offset
-            if skipped:
-                await fetch_again(consumer, skipped)
+            ours = await self._take(consumer, records, active)
             if ours:
                 await asyncio.shield(self.handle_fetch(consumer, generation, ours))
+
+    async def _take(self, consumer: Any, records: Any, active: Any) -> list[tuple[Any, Any]]:
+        """The fetched records of our topics to handle, in the fetch's round-robin order; the others as Faust's
+        drain loop does (a table's changelog to Faust's path, a record read already dropped), and those of a
+        partition paused since the fetch, or all of them if the flow stopped, fetched again (guard 9)."""
+        if not consumer.flow_active:  # as Faust's getmany: a rebalance is under way
+            await consumer.perform_seek()  # moves only the partitions with a committed offset: guard 9
+            await fetch_again(consumer, {tp: (rs[0].offset, rs[-1].offset) for tp, rs in records.items() if rs})
+            return []
+        read_offset = consumer._read_offset
+        buffered = consumer._buffered_partitions
+        ours: list[tuple[Any, Any]] = []
+        skipped: dict[Any, tuple[int, int]] = {}  # paused since the fetch: first and last offset
+        for tp, record in consumer.scheduler.iterate(records):
+            if active is not None and tp not in active and tp not in buffered:
+                skipped[tp] = (skipped.get(tp, (record.offset,))[0], record.offset)
+                continue
+            seen = read_offset[tp]
+            if seen is not None and record.offset < seen:
+                continue  # read already (Faust drops these too)
+            if tp.topic in self.topics:
+                ours.append((tp, record))
+            else:  # a table's changelog: Faust's own path
+                await consumer.wait_first(consumer.callback(consumer._to_message(tp, record)),
+                                          consumer.suspend_flow.wait())
+            read_offset[tp] = record.offset
+        if skipped:
+            await fetch_again(consumer, skipped)
+        return ours
+
+    async def _top_up(self, consumer: Any, records: list[tuple[Any, Any]], start: int, ahead: set[int]) -> None:
+        """Take what aiokafka fetched meanwhile, so that it fetches the next records now rather than after
+        the fetch in hand. They go after the records in hand (from ``start``), except that an urgent one
+        goes before them, unless one of its partition there may be of its customer (:func:`_may_hold`);
+        ``ahead`` gets the ``id`` of each one put before a record of its own partition."""
+        fetched, active = await consumer._wait_next_records(0)
+        if not fetched:
+            return
+        front = start
+        for tp, record in await self._take(consumer, fetched, active):
+            if self.urgent is not None and self.urgent(record):
+                before = [other for other_tp, other in records[start:] if other_tp == tp]
+                if not any(_may_hold(other, record.key) for other in before):
+                    records.insert(front, (tp, record))
+                    front += 1
+                    if before:
+                        ahead.add(id(record))
+                    continue
+            records.append((tp, record))
 
     def _current(self, consumer: Any, generation: int) -> bool:
         return (consumer.flow_active and self.app.flow_control.is_active()
@@ -160,8 +209,10 @@ class BatchIntake:
         inbound = self.app.monitor.stream_inbound_time  # Faust's "stream is idle" check reads it
         last = len(records) - 1
         behind = unfetched(consumer, self.topics)
+        ahead: set[int] = set()  # ids of urgent records put before others of their partition (_top_up)
+        topped = time.monotonic()
         try:
-            for n, (tp, record) in enumerate(records):
+            for n, (tp, record) in enumerate(records):  # a list iterator sees what _top_up adds past n
                 if not self._current(consumer, generation):
                     self.left += last + 1 - n
                     log.info("rebalance or stop: %d fetched records left to be read again", last + 1 - n)
@@ -169,7 +220,7 @@ class BatchIntake:
                 more = last - n + behind
                 inbound[tp] = time.monotonic()
                 with within_event(_Current(record)):
-                    await handle(record, more)
+                    await handle(record, more, id(record) in ahead)
                 offset = record.offset
                 with ack_lock:  # Consumer.ack's bookkeeping, refused once the generation passed (guard 1)
                     if self._current(consumer, generation):
@@ -184,6 +235,12 @@ class BatchIntake:
                     await consumer.commit()
                 if n % YIELD_EVERY == YIELD_EVERY - 1:
                     await asyncio.sleep(0)
+                # no _wait_next_records while the flow is stopped: it would wait for the flow to resume, and
+                # the rebalance waits for this fetch
+                if (self.urgent is not None and time.monotonic() - topped >= TOP_UP_EVERY and last - n < TOP_UP_BELOW
+                        and self._current(consumer, generation)):
+                    await self._top_up(consumer, records, n + 1, ahead)
+                    last, behind, topped = len(records) - 1, unfetched(consumer, self.topics), time.monotonic()
         finally:
             in_hand.acked = True
             consumer._unacked_messages.discard(in_hand)

@@ -22,8 +22,8 @@ from .fakes import FakeFaustConsumer
 ORDERS, CHANGELOG = TP("orders", 0), TP("app-customers-changelog", 0)
 
 
-def record(tp: TP, offset: int, value: bytes = b"{}") -> ConsumerRecord[bytes, bytes]:
-    return ConsumerRecord(tp.topic, tp.partition, offset, 1_000_000 + offset, 0, b"c1", value, None, 2, 2, ())
+def record(tp: TP, offset: int, value: bytes = b"{}", key: bytes | None = b"c1") -> ConsumerRecord[bytes, bytes]:
+    return ConsumerRecord(tp.topic, tp.partition, offset, 1_000_000 + offset, 0, key, value, None, 2, 2, ())
 
 
 class FakeConsumer(FakeFaustConsumer):
@@ -48,8 +48,10 @@ class FakeConsumer(FakeFaustConsumer):
         self.consumer_stopped_errors = (ConnectionError,)
         self.active: set[TP] | None = None  # what Faust's _wait_next_records returns: unpaused partitions
         self.calls: list[Any] = []  # perform_seek and fetch_again, in order
+        self.timeouts: list[float] = []  # of each _wait_next_records
 
     async def _wait_next_records(self, timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
+        self.timeouts.append(timeout)
         if not self.fetches:
             self._stopped.set()
             return {}, None
@@ -96,16 +98,20 @@ def fetch_again(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("stream.intake.fetch_again", record_call)
 
 
-async def drain(consumer: FakeConsumer, seen: Seen, then: Callable[[Any], None] = lambda rec: None) -> BatchIntake:
-    """Run the intake's drain loop over the consumer's fetches, recording what the handler saw."""
+async def drain(consumer: FakeConsumer, seen: Seen, then: Callable[[Any], None] = lambda rec: None,
+                urgent: Callable[[Any], bool] | None = None, ahead: list[int] | None = None) -> BatchIntake:
+    """Run the intake's drain loop over the consumer's fetches, recording what the handler saw (and in
+    ``ahead`` the offsets it was told were ahead of earlier ones)."""
 
-    async def handle(rec: Any, more: int) -> None:
+    async def handle(rec: Any, more: int, is_ahead: bool) -> None:
         event = faust.current_event()  # what a table write reads for its changelog partition
         assert event is not None and event.message is rec
         seen.append((rec.topic, rec.partition, rec.offset, more, bool(list(consumer._unacked_messages))))
+        if is_ahead and ahead is not None:
+            ahead.append(rec.offset)
         then(rec)
 
-    intake = BatchIntake(app_for(consumer), {"orders", "logins"}, handle)
+    intake = BatchIntake(app_for(consumer), {"orders", "logins"}, handle, urgent)
     await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))
     return intake
 
@@ -215,7 +221,7 @@ async def test_a_cancelled_fetcher_does_not_cut_the_record_in_hand() -> None:
     started, release = asyncio.Event(), asyncio.Event()
     finished: list[int] = []
 
-    async def slow(rec: Any, more: int) -> None:
+    async def slow(rec: Any, more: int, ahead: bool) -> None:
         started.set()
         await release.wait()
         finished.append(rec.offset)
@@ -241,9 +247,64 @@ async def test_a_stopped_consumer_ends_the_intake_quietly_only_while_the_app_sto
 
     consumer._wait_next_records = stopped  # type: ignore[method-assign]
     app = app_for(consumer)
-    intake = BatchIntake(app, {"orders"}, lambda rec, more: asyncio.sleep(0))
+    intake = BatchIntake(app, {"orders"}, lambda rec, more, ahead: asyncio.sleep(0))
     app.should_stop = True
     await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))  # returns
     app.should_stop = False
     with pytest.raises(ConnectionError):
         await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))
+
+
+def in_hand_and_fetched_meanwhile() -> list[dict[TP, list[Any]]]:
+    """150 records of orders[0] (keys k0..k149), then what aiokafka fetched while the first 100 were handled:
+    urgent records of a new customer (150) and of k120 (152, still in hand), and one of orders[1] (7)."""
+    p1 = TP("orders", 1)
+    first = {ORDERS: [record(ORDERS, n, key=f"k{n}".encode()) for n in range(150)]}
+    meanwhile = {ORDERS: [record(ORDERS, 150, b"urgent", b"vip"), record(ORDERS, 151, key=b"k151"),
+                          record(ORDERS, 152, b"urgent", b"k120")],
+                 p1: [record(p1, 7, b"urgent", b"x")]}
+    return [first, meanwhile]
+
+
+def is_urgent(rec: Any) -> bool:
+    return bool(rec.value == b"urgent")
+
+
+@pytest.fixture
+def top_up_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("stream.intake.TOP_UP_EVERY", 0.0)  # after each record: the first takes the second fetch
+
+
+async def test_urgent_records_fetched_meanwhile_go_before_those_in_hand_but_after_their_customers(
+        top_up_at_once: None) -> None:
+    """aiokafka fetches a partition again only once its records are taken: records that came while a fetch
+    was handled waited for all of it before even being fetched (a big order's tag change took ~1 s at 80%
+    load). Every TOP_UP_EVERY s the intake takes them; an urgent one goes first, unless one in hand of
+    its partition may be its customer's (k120 at 152), and is handled ``ahead`` when records of its
+    partition were before it (150; orders[1]'s 7 had none)."""
+    consumer = FakeConsumer(in_hand_and_fetched_meanwhile())
+    seen: Seen = []
+    ahead: list[int] = []
+    await drain(consumer, seen, urgent=is_urgent, ahead=ahead)
+    order = [(partition, offset) for _, partition, offset, *_ in seen]
+    assert order[0] == (0, 0) and sorted(order[1:3]) == [(0, 150), (1, 7)]
+    assert order[3:] == [(0, n) for n in range(1, 150)] + [(0, 151), (0, 152)]
+    assert ahead == [150] and consumer.timeouts[:2] == [1.0, 0]
+    assert sorted(consumer._acked[ORDERS]) == list(range(153)) and consumer._acked[TP("orders", 1)] == [7]
+
+
+async def test_without_an_urgent_test_or_while_the_flow_stops_nothing_is_taken_in_the_middle(
+        top_up_at_once: None) -> None:
+    consumer = FakeConsumer(in_hand_and_fetched_meanwhile())
+    seen: Seen = []
+    await drain(consumer, seen)
+    assert 0 not in consumer.timeouts and [offset for _, _, offset, *_ in seen][150:] == [150, 7, 151, 152]
+
+    consumer = FakeConsumer(in_hand_and_fetched_meanwhile())
+
+    def rebalance_at_0(rec: Any) -> None:
+        if rec.offset == 0:
+            consumer.flow_active = False  # Faust's _wait_next_records would wait for the flow to resume
+
+    intake = await drain(consumer, [], rebalance_at_0, urgent=is_urgent)
+    assert 0 not in consumer.timeouts and intake.left == 149
