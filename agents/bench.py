@@ -433,9 +433,11 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
         deadline = time.monotonic() + 30
         while len(latencies(sent, watcher.arrived)) < len(sent) and time.monotonic() < deadline:
             time.sleep(0.1)
-        measured = latencies(sent, watcher.arrived)
-        in_worker = latencies(sent, watcher.stamped)
-        delivery = [total - sent_part for total, sent_part in zip(measured, in_worker, strict=True)]
+        arrived = dict(watcher.arrived)  # the watcher goes on; every event id in it is in stamped already
+        matched = {event_id: at for event_id, at in sent.items() if event_id in arrived}
+        measured = latencies(matched, arrived)
+        in_worker = latencies(matched, watcher.stamped)
+        delivery = [arrived[event_id] - watcher.stamped[event_id] for event_id in matched]
     return {"immediate_offered_events_per_s": offered, "immediate_events": len(sent),
             "immediate_matched": len(measured), "immediate_p50_s": quantile(measured, 0.5),
             "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None),

@@ -185,8 +185,8 @@ class TagChangeWatcher:
                     if error is None:
                         event_id = trigger_event_id(msg.value())
                         if event_id is not None and event_id not in self.arrived:
+                            self.stamped[event_id] = msg.timestamp()[1] / 1000  # first: arrived is read meanwhile
                             self.arrived[event_id] = now
-                            self.stamped[event_id] = msg.timestamp()[1] / 1000
                     elif error.code() == KafkaError._PARTITION_EOF:
                         at_end.add(msg.partition() or 0)
                 if len(at_end) >= len(partitions):

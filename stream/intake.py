@@ -189,7 +189,8 @@ class BatchIntake:
             await fetch_again(consumer, skipped)
         return ours
 
-    async def _top_up(self, consumer: Any, records: list[tuple[Any, Any]], start: int, ahead: set[int]) -> None:
+    async def _top_up(self, consumer: Any, urgent: Urgent, records: list[tuple[Any, Any]], start: int,
+                      ahead: set[int]) -> None:
         """Take what aiokafka fetched meanwhile, so that it fetches the next records now rather than after
         the fetch in hand. They go after the records in hand (from ``start``), except that an urgent one
         goes before them, unless one of its partition there may be of its customer (:func:`_holder`) or
@@ -205,7 +206,7 @@ class BatchIntake:
         first: list[tuple[Any, Any]] = []
         held: dict[Any, set[Any]] | None = None  # per partition, the holders in hand (once an urgent one came)
         for tp, record in taken:
-            if self.urgent is not None and self.urgent(record):
+            if urgent(record):
                 if held is None:
                     held = {}
                     for other_tp, other in records[start:]:
@@ -240,7 +241,7 @@ class BatchIntake:
         consumer._unacked_messages.add(in_hand)
         acked, index, committed = consumer._acked, consumer._acked_index, consumer._committed_offset
         commit_every = consumer._commit_every
-        handle = self.handle
+        handle, urgent = self.handle, self.urgent
         inbound = self.app.monitor.stream_inbound_time  # Faust's "stream is idle" check reads it
         last = len(records) - 1
         behind = unfetched(consumer, self.topics)
@@ -272,9 +273,9 @@ class BatchIntake:
                     await asyncio.sleep(0)
                 # no _wait_next_records while the flow is stopped: it would wait for the flow to resume, and
                 # the rebalance waits for this fetch
-                if (self.urgent is not None and more < TOP_UP_BELOW and time.monotonic() - topped >= TOP_UP_EVERY
+                if (urgent is not None and more < TOP_UP_BELOW and time.monotonic() - topped >= TOP_UP_EVERY
                         and self._current(consumer, generation)):
-                    await self._top_up(consumer, records, n + 1, ahead)
+                    await self._top_up(consumer, urgent, records, n + 1, ahead)
                     last, behind, topped = len(records) - 1, unfetched(consumer, self.topics), time.monotonic()
         finally:
             in_hand.acked = True
