@@ -111,6 +111,7 @@ import os
 import shutil
 import tempfile
 import time
+from base64 import b64decode
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -270,7 +271,8 @@ def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
 
 def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[bytes, tuple[int, int, int]]:
     """Latest record per key of a changelog topic (read until ``idle_s`` without records):
-    its size in bytes, the bytes of its recent-ID dedupe list (``"i":[...],``) and that list's length."""
+    its size in bytes, the bytes of its recent-ID dedupe list (``"j":"...",``: base64 of 8 bytes an id,
+    stream.state) and that list's length."""
     from confluent_kafka import Consumer, TopicPartition
 
     from stream.kafka_admin import client_config
@@ -292,8 +294,8 @@ def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[byt
                 if value is None:
                     latest.pop(key, None)  # a tombstone (erasure)
                 else:
-                    ids = orjson.loads(value).get("i", [])
-                    latest[key] = (len(value), len(orjson.dumps(ids)) + 5 if ids else 0, len(ids))
+                    ids = orjson.loads(value).get("j", "")
+                    latest[key] = (len(value), len(ids) + 7 if ids else 0, len(b64decode(ids)) // 8)
         return latest
     finally:
         consumer.close()
@@ -602,7 +604,7 @@ class _Null:
         if key in (b"sweep",):
             self.sent.append(value)
 
-    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
+    def stage(self, cid: str, view: Any, spend: float) -> None:
         self.staged += 1
 
     async def flush(self) -> int:

@@ -543,7 +543,7 @@ class Runtime:
         if changed or change is not None or alert is not None:
             self.table[cid] = state
         self.due.set(self.partition_of(cid), cid, next_due(state, now))
-        self.view.stage(cid, partial(self.evaluator.view_json, cid, state, facts), facts["spend_365d"])
+        self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
             self._observe_emit("tag_change", trigger, arrival)
@@ -715,7 +715,7 @@ class Runtime:
             state = self.table.get(cid)
             if state is not None:
                 facts = self.evaluator.facts(state, now)
-                self.view.stage(cid, partial(self.evaluator.view_json, cid, state, facts), facts["spend_365d"])
+                self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
 
     def restore_clock(self) -> None:
         """Raise the clock to the latest event time held in the (recovered) table."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import sys
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -83,6 +84,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout,
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_commit_interval=settings.commit_interval,
+        broker_commit_every=settings.commit_every or sys.maxsize,  # Faust has no "off": a count never reached
         producer_linger=0.005,
         producer_max_request_size=16 << 20,
         # a full batch makes the next send wait for the broker to take it: with aiokafka's 16 KB

@@ -14,6 +14,10 @@ Keys (``P`` is the configured prefix):
 - ``P:clock``: the largest event time seen by any worker (stream clock).
 - ``P:epoch``: present while the projection is intact.
 - ``P:ack:<request>:<phase>``: partitions that finished a command phase.
+
+A view write sends the customer's tags beside its view JSON, so the write script never
+decodes the JSON; it compares them with ``P:ct:<customer_id>`` and changes only the index
+memberships of the tags that were lost or gained.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ import asyncio
 import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
+from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
@@ -35,36 +41,37 @@ return cur
 
 
 # A chunk of customers' writes in one call, atomic: per customer its view, its rank entry and
-# its tag-index memberships (tags it lost are removed using its tag set; its tags are read from
-# the view's "tags"). An empty view erases the customer.
+# its tag-index memberships. Its tags come as their own argument, separated by single spaces
+# (tag names match rules.model.TAG_PATTERN: no whitespace); the script compares them with the
+# customer's tag set and changes only the difference: a lost tag leaves its index and the set
+# (ZREM + SREM), a new one joins both (ZADD + SADD), a kept one is not touched. An empty view
+# with empty tags erases the customer: the view, its rank entry, every index membership and
+# (emptied) its tag set.
 # KEYS: spend rank. ARGV: view key prefix, tag-set key prefix, tag-index key prefix, then per
-# customer: id, view JSON ('' = erase), spend_365d.
+# customer: id, view JSON ('' = erase), spend_365d, tags ('a b c', '' = none).
 _WRITE_SCRIPT = """
 local viewp, setp, tagp = ARGV[1], ARGV[2], ARGV[3]
-for i = 4, #ARGV, 3 do
-  local cid, view, spend = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local tags, new = {}, {}
-  if view ~= '' then
-    local listed = cjson.decode(view).tags
-    if type(listed) == 'table' then
-      for _, t in ipairs(listed) do tags[#tags + 1] = t; new[t] = true end
-    end
-  end
+for i = 4, #ARGV, 4 do
+  local cid, view, spend, listed = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
   local set = setp .. cid
-  for _, t in ipairs(redis.call('SMEMBERS', set)) do
-    if not new[t] then redis.call('ZREM', tagp .. t, cid) end
+  local tags, new, kept = {}, {}, {}
+  for t in string.gmatch(listed, '%S+') do
+    if not new[t] then new[t] = true; tags[#tags + 1] = t end
   end
-  redis.call('DEL', set)
+  for _, t in ipairs(redis.call('SMEMBERS', set)) do
+    if new[t] then kept[t] = true else redis.call('ZREM', tagp .. t, cid); redis.call('SREM', set, t) end
+  end
   for _, t in ipairs(tags) do
-    redis.call('ZADD', tagp .. t, 0, cid)
-    redis.call('SADD', set, t)
+    if not kept[t] then redis.call('ZADD', tagp .. t, 0, cid); redis.call('SADD', set, t) end
   end
   if view == '' then redis.call('DEL', viewp .. cid) else redis.call('SET', viewp .. cid, view) end
   if spend > 0 then redis.call('ZADD', KEYS[1], spend, cid) else redis.call('ZREM', KEYS[1], cid) end
 end
-return (#ARGV - 3) / 3
+return (#ARGV - 3) / 4
 """
-_ERASE: tuple[bytes, float] = (b"", 0.0)  # staged in place of a view: remove the customer
+ViewDocument = dict[str, Any]  # the customer view (agents.evaluate.Evaluator.view_document), "tags" a list
+Staged = tuple[ViewDocument | Callable[[], ViewDocument] | None, float]  # None: erase
+_ERASE: Staged = (None, 0.0)  # staged in place of a view: remove the customer
 
 
 @dataclass(frozen=True)
@@ -76,12 +83,16 @@ class SpendRanks:
 
 
 class RedisView:
-    """Staged, batched writes of customer views to Redis, and global reads."""
+    """Staged, batched writes of customer views to Redis, and global reads.
+
+    Views are staged as documents (dicts with a ``"tags"`` list); a flush renders each to
+    JSON and sends its tags beside it (see ``_WRITE_SCRIPT``).
+    """
 
     def __init__(self, client: aioredis.Redis, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
-        self._pending: dict[str, tuple[bytes | Callable[[], bytes], float]] = {}
+        self._pending: dict[str, Staged] = {}
         self._max = client.register_script(_MAX_SCRIPT)
         self._write_sha = client.register_script(_WRITE_SCRIPT).sha
         self._flushing = asyncio.Lock()
@@ -111,11 +122,12 @@ class RedisView:
         """Number of customers whose view waits to be written."""
         return len(self._pending)
 
-    def stage(self, customer_id: str, view: bytes | Callable[[], bytes], spend_365d: float) -> None:
-        """Queue a customer's latest view; only the newest per customer is written.
+    def stage(self, customer_id: str, view: ViewDocument | Callable[[], ViewDocument], spend_365d: float) -> None:
+        """Queue a customer's latest view document; only the newest per customer is written.
 
-        ``view`` may be a function that renders the JSON: it is called at flush time, so a
-        customer evaluated many times between two flushes is rendered once.
+        ``view`` may be a function that builds the document: it is called at flush time, so a
+        customer evaluated many times between two flushes is rendered once. Its ``"tags"``
+        (names matching ``rules.model.TAG_PATTERN``) become the customer's tag-index memberships.
         """
         self._pending[customer_id] = (view, spend_365d)
 
@@ -155,11 +167,19 @@ class RedisView:
                 written += len(chunk)
         return written
 
-    async def _write_chunk(self, chunk: list[tuple[str, tuple[bytes | Callable[[], bytes], float]]]) -> None:
-        """One EVALSHA for the whole chunk: one command and one reply, however many customers."""
+    async def _write_chunk(self, chunk: list[tuple[str, Staged]]) -> None:
+        """One EVALSHA for the whole chunk: one command and one reply, however many customers.
+
+        Per customer: id, view JSON, spend_365d and its tags joined by spaces; an erasure
+        sends an empty view and no tags.
+        """
         args: list[bytes | str] = [self.key(""), self.tags_key(""), f"{self.prefix}:tag:"]
         for cid, (view, spend) in chunk:
-            args += (cid, view() if callable(view) else view, repr(float(spend)))
+            if view is None:
+                args += (cid, b"", "0.0", "")
+                continue
+            doc = view() if callable(view) else view
+            args += (cid, orjson.dumps(doc), repr(float(spend)), " ".join(doc.get("tags") or ()))
         await self.client.evalsha(self._write_sha, 1, f"{self.prefix}:spend365", *args)
 
     async def spend_ranks(self, positions: list[int]) -> SpendRanks:

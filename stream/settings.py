@@ -131,6 +131,10 @@ class Settings(BaseSettings):
     commit_interval: float = Field(3.0, gt=0, description="Seconds between offset commits; every customer "
                                    "changed since the last one is written to the changelog first, once "
                                    "(a drain of 20,000 customers wrote each ~5 times with 1 s).")
+    commit_every: int = Field(0, ge=0, description="Also commit once this many records were handled since "
+                              "the last commit; 0: only every commit_interval. (Faust's default, 10,000, "
+                              "committed a two-worker 300,000-event drain every ~1.5 s: 157,000 changelog "
+                              "records against 94,000 with commit_interval alone.)")
     session_timeout: float = Field(60.0, description="Kafka consumer group session timeout (s).")
     heartbeat_interval: float = Field(3.0, description="Kafka consumer heartbeat interval (s).")
     tansu_compat: bool = Field(

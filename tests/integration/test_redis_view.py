@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
@@ -23,8 +24,8 @@ def server(tmp_path: Path) -> Iterator[RedisServer]:
         yield running
 
 
-def view(cid: str, tags: list[str]) -> bytes:
-    return orjson.dumps({"customer_id": cid, "tags": tags})
+def view(cid: str, tags: list[str]) -> dict[str, Any]:
+    return {"customer_id": cid, "tags": tags, "tier": "B"}
 
 
 def test_views_ranks_and_tag_indexes_survive_script_loss_and_concurrent_flushes(server: RedisServer) -> None:
@@ -36,12 +37,15 @@ def test_views_ranks_and_tag_indexes_survive_script_loss_and_concurrent_flushes(
             rv.stage(f"c{i}", view(f"c{i}", ["big", "vip"] if i % 2 else []), float(i))
         assert await rv.flush() == 2500 and rv.pending == 0
         assert sync.zcard("t:tag:big") == 1250 and sync.zscore("t:spend365", "c7") == 7.0
+        assert orjson.loads(sync.get("t:c:c7")) == view("c7", ["big", "vip"])
+        assert sync.smembers("t:ct:c7") == {b"big", b"vip"}
+        assert not sync.exists("t:ct:c6") and sync.zscore("t:tag:big", "c6") is None  # no tags, no set
         assert sync.zscore("t:spend365", "c0") is None  # no spend, no rank entry
         sync.script_flush()  # Redis lost the script (a restart): loaded again on NOSCRIPT
         rv.stage("c1", lambda: view("c1", ["big"]), 1.0)  # rendered at flush time; lost "vip"
         rv.stage_erase("c3")
         assert await rv.flush() == 2
-        assert orjson.loads(sync.get("t:c:c1"))["tags"] == ["big"]
+        assert orjson.loads(sync.get("t:c:c1")) == view("c1", ["big"])  # the document, rendered as JSON
         assert sync.zscore("t:tag:vip", "c1") is None and sync.smembers("t:ct:c1") == {b"big"}
         assert sync.get("t:c:c3") is None and sync.zscore("t:tag:big", "c3") is None
         assert sync.zscore("t:spend365", "c3") is None and not sync.exists("t:ct:c3")
@@ -108,6 +112,63 @@ def test_a_priority_flush_writes_only_its_customer(server: RedisServer) -> None:
         assert await rv.flush(only=["c2", "gone"]) == 1 and rv.pending == 2
         assert sync.exists("p:c:c2") and not sync.exists("p:c:c1") and not sync.exists("p:c:c3")
         assert await rv.flush() == 2 and sync.zcard("p:tag:vip") == 3
+        await rv.client.aclose()
+
+    asyncio.run(run())
+
+
+def test_a_write_changes_only_the_tags_that_differ_and_an_erase_removes_them_all(server: RedisServer) -> None:
+    """Tags go [a, b] → [b, c] → [c, b] (unchanged) → [] → [a] → erased: after each flush the tag
+    indexes and the customer's tag set are exactly right, a neighbour sharing tag b keeps its
+    membership, and the script issued index/set commands only for the tags lost or gained."""
+    sync = redis.Redis.from_url(server.url)
+
+    def indexes() -> dict[str, set[bytes]]:
+        return {t: set(sync.zrange(f"t:tag:{t}", 0, -1)) for t in ("a", "b", "c")}
+
+    def tag_calls() -> dict[str, int]:
+        """Calls since the last reset of the commands a write may issue (Lua's calls included)."""
+        stats = sync.info("commandstats")
+        return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("zadd", "zrem", "sadd", "srem", "del")}
+
+    async def run() -> None:
+        rv = RedisView(aioredis.Redis.from_url(server.url), "t")
+        rv.stage("n", view("n", ["b"]), 3.0)  # the neighbour
+        assert await rv.flush() == 1
+
+        async def write(tags: list[str] | None) -> dict[str, int]:
+            if tags is None:
+                rv.stage_erase("x")
+            else:
+                rv.stage("x", lambda: view("x", tags), 2.0)
+            sync.config_resetstat()
+            assert await rv.flush() == 1
+            return tag_calls()
+
+        # spend > 0: one ZADD of the rank entry per write; an erase: one ZREM of it and one DEL of the view
+        assert await write(["a", "b"]) == {"zadd": 3, "zrem": 0, "sadd": 2, "srem": 0, "del": 0}
+        assert indexes() == {"a": {b"x"}, "b": {b"n", b"x"}, "c": set()}
+        assert sync.smembers("t:ct:x") == {b"a", b"b"}
+
+        assert await write(["b", "c"]) == {"zadd": 2, "zrem": 1, "sadd": 1, "srem": 1, "del": 0}
+        assert indexes() == {"a": set(), "b": {b"n", b"x"}, "c": {b"x"}} and not sync.exists("t:tag:a")
+        assert sync.smembers("t:ct:x") == {b"b", b"c"}
+
+        assert await write(["c", "b"]) == {"zadd": 1, "zrem": 0, "sadd": 0, "srem": 0, "del": 0}  # same set
+        assert indexes() == {"a": set(), "b": {b"n", b"x"}, "c": {b"x"}}
+        assert sync.smembers("t:ct:x") == {b"b", b"c"} and orjson.loads(sync.get("t:c:x"))["tags"] == ["c", "b"]
+
+        assert await write([]) == {"zadd": 1, "zrem": 2, "sadd": 0, "srem": 2, "del": 0}
+        assert indexes() == {"a": set(), "b": {b"n"}, "c": set()} and not sync.exists("t:tag:c")
+        assert not sync.exists("t:ct:x") and orjson.loads(sync.get("t:c:x")) == view("x", [])
+        assert sync.zscore("t:spend365", "x") == 2.0
+
+        await write(["a", "c"])
+        assert indexes() == {"a": {b"x"}, "b": {b"n"}, "c": {b"x"}}
+        assert await write(None) == {"zadd": 0, "zrem": 3, "sadd": 0, "srem": 2, "del": 1}
+        assert indexes() == {"a": set(), "b": {b"n"}, "c": set()}
+        assert not sync.exists("t:ct:x", "t:c:x", "t:tag:a", "t:tag:c") and sync.zscore("t:spend365", "x") is None
+        assert sync.smembers("t:ct:n") == {b"b"} and sync.zscore("t:spend365", "n") == 3.0  # the neighbour: untouched
         await rv.client.aclose()
 
     asyncio.run(run())

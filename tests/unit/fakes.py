@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 from agents.evaluate import Evaluator, facts_schema
 from agents.runtime import Runtime
 from rules import default_rules_dir, load_ruleset
 from stream.clock import Clock
+from stream.redis_view import ViewDocument
 from stream.settings import Settings
 from stream.state import CustomerState
 
@@ -27,17 +28,17 @@ class FakeSender:
 
 
 class FakeView:
-    """Records staged views (rendered on demand), spends and acknowledgements."""
+    """Records staged views (documents or functions building them, as RedisView takes), spends and acks."""
 
     def __init__(self) -> None:
         self.staged: list[str] = []
-        self.views: dict[str, Any] = {}
+        self.views: dict[str, ViewDocument | Callable[[], ViewDocument]] = {}
         self.spend: dict[str, float] = {}
         self.acks: list[tuple[str, str, int]] = []
         self.flushed: list[list[str] | None] = []  # per flush: the customers it was asked for, None: all
         self.pending = 0
 
-    def stage(self, cid: str, view: Any, spend: float) -> None:
+    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float) -> None:
         self.staged.append(cid)
         self.views[cid] = view
         self.spend[cid] = spend

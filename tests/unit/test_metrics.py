@@ -306,7 +306,7 @@ class FakeSender:
 
 
 class FakeView:
-    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
+    def stage(self, cid: str, view: Any, spend: float) -> None:
         pass
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from typing import Any
 
 import orjson
@@ -13,6 +13,7 @@ from rules import default_rules_dir, load_ruleset
 from stream.audit import AuditLog
 from stream.clock import Clock
 from stream.kafka_admin import expected_partition
+from stream.redis_view import ViewDocument
 from stream.settings import Settings
 
 PARTITIONS = 4
@@ -28,11 +29,11 @@ class FakeSender:
 
 class FakeView:
     def __init__(self) -> None:
-        self.pending: dict[str, bytes | None] = {}
-        self.written: dict[str, bytes] = {}
+        self.pending: dict[str, ViewDocument | Callable[[], ViewDocument] | None] = {}
+        self.written: dict[str, ViewDocument] = {}
 
-    def stage(self, cid: str, view_json: bytes, spend: float) -> None:
-        self.pending[cid] = view_json
+    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float) -> None:
+        self.pending[cid] = view
 
     def stage_erase(self, cid: str) -> None:
         self.pending[cid] = None
@@ -44,7 +45,7 @@ class FakeView:
             if value is None:
                 self.written.pop(cid, None)
             else:
-                self.written[cid] = value
+                self.written[cid] = value() if callable(value) else value  # rendered at flush, as RedisView does
         return len(chosen)
 
 
@@ -80,6 +81,7 @@ async def test_erase_removes_state_due_entry_and_view_and_emits_one_empty_change
     assert await feed(runtime, "tag-commands", cid, manual, 0) == "ok"
     await view.flush()
     assert cid in table and cid in view.written and runtime.due.size(p) == 1
+    assert "vip_watch" in view.written[cid]["tags"]
 
     request = {"request_id": "dsr-1", "customer_id": cid, "ts": "2026-02-01T00:00:00Z", "type": "erase"}
     assert await feed(runtime, "privacy-requests", cid, request, 0) == "ok"

@@ -6,6 +6,7 @@ import random
 from collections import defaultdict
 from typing import Any
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -19,7 +20,7 @@ from stream.events import (
     dedupe_key,
 )
 from stream.exceptions import StateDecodeError
-from stream.state import AGGREGATE_FIELDS, DAY_MS, CustomerState
+from stream.state import AGGREGATE_FIELDS, DAY_MS, CustomerState, id_digest
 
 TODAY = 20_414  # 2025-11-22 (UTC day number)
 NOW = TODAY * DAY_MS + 12 * 3_600_000  # noon
@@ -200,7 +201,26 @@ def test_the_id_filter_answers_like_a_scan_of_the_last_64_ids() -> None:
         new_id = f"order:{rng.getrandbits(64):x}"
         s.mark("replay", -1, new_id)
         marked.append(new_id)
-    assert s.recent_ids == marked[-64:]
+    assert s.recent_ids.tolist() == [id_digest(i) for i in marked[-64:]]
+
+
+def test_recent_ids_are_digests_in_the_changelog_and_old_records_still_dedupe() -> None:
+    """The changelog keeps 8 bytes (base64) an id, not the id; a record written before (ids as
+    strings under "i") is read, converted, and still recognises its ids."""
+    ids = [f"order:{n:032x}" for n in range(64)]
+    doc = orjson.loads(_marked(ids).to_bytes())
+    assert "i" not in doc and len(doc["j"]) == 684  # 64 × 8 bytes in base64, against ~2,600 bytes of ids
+    old = {**{k: v for k, v in doc.items() if k != "j"}, "i": ids[-3:]}
+    converted = CustomerState.from_bytes(orjson.dumps(old))
+    assert converted.is_duplicate("replay", -1, ids[-1]) and not converted.is_duplicate("replay", -1, ids[0])
+    assert orjson.loads(converted.to_bytes())["j"] == orjson.loads(_marked(ids[-3:]).to_bytes())["j"]
+
+
+def _marked(ids: list[str]) -> CustomerState:
+    s = CustomerState()
+    for dedupe_id in ids:
+        s.mark("replay", -1, dedupe_id)
+    return s
 
 
 def test_negative_offset_checks_only_the_id() -> None:
@@ -287,7 +307,10 @@ def test_round_trip_is_exact() -> None:
 
 @pytest.mark.parametrize("raw", [b"", b"[]", b"{}", b'{"v": 2, "l": []}', b'{"v": 1}',
                                  b'{"v": 1, "l": [0], "h": 0}', b"\xff",
-                                 b'{"v":1,"l":[0,0,null,null,null,null,null,null],"h":0,"d":[1]}'])
+                                 b'{"v":1,"l":[0,0,null,null,null,null,null,null],"h":0,"d":[1]}',
+                                 b'{"v":1,"l":[0,0,null,null,null,null,null,null],"h":0,"j":"AAAA"}',
+                                 b'{"v":1,"l":[0,0,null,null,null,null,null,null],"h":0,"j":"not base64!"}',
+                                 b'{"v":1,"l":[0,0,null,null,null,null,null,null],"h":0,"i":"a"}'])
 def test_corrupt_state_raises_state_decode_error(raw: bytes) -> None:
     with pytest.raises(StateDecodeError):
         CustomerState.from_bytes(raw)
