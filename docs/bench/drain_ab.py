@@ -65,19 +65,29 @@ def drain(run: Run, name: str, command: str, workers: int) -> float:
         bench_workers.stop_group(group)
 
 
-def main(workers: int, repeats: int, other: Path, batch: int) -> None:
-    def spawn_worker(group: bench_workers.Group, i: int) -> object:  # the "other" groups run OTHER's code
+def groups_named_other_run(other: Path) -> None:
+    """From now on, groups whose name starts with "other" run the code of the checkout ``other``."""
+    def spawn_worker(group: bench_workers.Group, i: int) -> object:
         env = dict(group.env, TAGGER_WEB_PORT=str(group.ports[i]),
                    TAGGER_DATADIR=str(group.workdir / f"{group.name}-{i}-data"))
         return spawn([sys.executable, "-m", "agents", group.command], env=env, log_path=group.logs[i],
                      cwd=other if group.name.startswith("other") else None)
 
     bench_workers.spawn_worker = spawn_worker  # type: ignore[assignment]
+
+
+def bench_run(services: ServiceGroup, batch: int) -> Run:
+    """The backlog of ``tagger bench --events 300000 --customers 20000 [--batch BATCH]``."""
     config = DemoConfig(customers=CUSTOMERS, rate=0, start_ms=int(time.time() * 1000) - EVENTS * STEP_MS,
                         time_step_ms=STEP_MS)
     messages = backlog(config, EVENTS, PARTITIONS, batch)
+    return Run(services, Path(tempfile.mkdtemp(prefix="ab-")), EVENTS, CUSTOMERS, PARTITIONS, batch, messages)
+
+
+def main(workers: int, repeats: int, other: Path, batch: int) -> None:
+    groups_named_other_run(other)
     with ServiceGroup() as services:
-        run = Run(services, Path(tempfile.mkdtemp(prefix="drain-ab-")), EVENTS, CUSTOMERS, PARTITIONS, batch, messages)
+        run = bench_run(services, batch)
         for i in range(repeats):
             noop = drain(run, f"noop{i}", "baseline-worker", workers) * max(batch, 1)  # events/s
             rates = {k: drain(run, f"{k}{i}", "worker", workers)
