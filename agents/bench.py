@@ -23,7 +23,8 @@ phases, in order:
    Right before each do-nothing group (no worker running), :func:`machine_scaling` measures
    what two busy processes get done on this machine against one.
 2. **Latency against offered rate**, on the one-worker tagger group, each phase once the
-   worker has settled (no evaluation or Redis view waiting, then a second): single demo events at
+   worker has settled (no evaluation or Redis view waiting, then its commit interval and a second:
+   the changelog write of what a drain left dirty lands before the phase): single demo events at
    a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
    (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
    of the worker's histogram (Kafka timestamp → tag change sent) between before and after.

@@ -23,6 +23,7 @@ import click
 
 from stream.demo import DEFAULT_TOPICS, DemoConfig, DemoGenerator
 from stream.embedded import free_port, spawn, terminate
+from stream.settings import Settings
 
 from .devmode import worker_env
 
@@ -162,9 +163,10 @@ def wait_done(group: Group, target: int, stall_timeout: float = 120.0, poll: flo
         time.sleep(poll)
 
 
-def wait_settled(group: Group, timeout: float = 30.0, quiet: float = 1.0) -> None:
-    """Wait until no worker of the group has evaluations or Redis views waiting, then ``quiet`` seconds more
-    (a changelog write and commit), so that a latency phase measures a steady worker.
+def wait_settled(group: Group, timeout: float = 30.0) -> None:
+    """Wait until no worker of the group has evaluations or Redis views waiting, then the group's commit
+    interval and a second more (the changelog write of what was left dirty, and its commit), so that a
+    latency phase measures a steady worker.
 
     Right after a drain a worker still writes the views of the customers it evaluated last (~2,000
     after 30,000 events over 3,000 customers): a phase started then had p99 ~200 ms at 1,000 ev/s
@@ -177,7 +179,7 @@ def wait_settled(group: Group, timeout: float = 30.0, quiet: float = 1.0) -> Non
         if all(d.get("redis_pending") == 0 and d.get("events_waiting_evaluation") == 0 for d in docs):
             break
         time.sleep(0.1)
-    time.sleep(quiet)
+    time.sleep(float(group.env.get("TAGGER_COMMIT_INTERVAL", Settings.model_fields["commit_interval"].default)) + 1)
 
 
 def drain_rate(group: Group, expected: int, started: float, stall_timeout: float = 120.0) -> float:
