@@ -13,8 +13,6 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-import orjson
-
 from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
 from rules.churn import assess_churn
 from stream.events import format_ts
@@ -198,7 +196,3 @@ class Evaluator:
             "evaluated_at": format_ts(view["evaluated_at"]) if "evaluated_at" in view else None,
             "ruleset_version": self.ruleset.version,
         }
-
-    def view_json(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any]) -> bytes:
-        """:meth:`view_document` as JSON bytes."""
-        return orjson.dumps(self.view_document(customer_id, state, facts))

@@ -140,7 +140,7 @@ def test_view_facts_round_trips_the_workers_view() -> None:
     evaluator = Evaluator(ruleset)
     now = T0 + 10 * DAY + 1234
     evaluated, _ = evaluator.evaluate("c", state, now, Cutoffs(), {"kind": "event"})
-    got, tags, tier, manual = view_facts(evaluator.view_json("c", state, evaluated), facts_schema())
+    got, tags, tier, manual = view_facts(orjson.dumps(evaluator.view_document("c", state, evaluated)), facts_schema())
     assert got == {k: v for k, v in evaluated.items() if k != "tags"}
     assert tags == ["big_spender", "new_customer", "vip_watch"] and tier == "C" and manual == ["vip_watch"]
     assert got["last_order_at"] == T0 + 3 * DAY and got["customer_since_days"] == pytest.approx(110.0, abs=0.01)
