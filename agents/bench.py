@@ -22,32 +22,39 @@ phases, in order:
    A raw aiokafka ``getmany`` loop reads the first do-nothing group's input topics (no group).
    Right before each do-nothing group (no worker running), :func:`machine_scaling` measures
    what two busy processes get done on this machine against one.
-2. **Latency against offered rate**, on the one-worker tagger group, each phase once the
-   worker has settled (no evaluation or Redis view waiting, then its commit interval and a second:
-   the changelog write of what a drain left dirty lands before the phase): single demo events at
-   a fixed 1,000 events/s for ``--latency-seconds``, if the reference capacity reaches it
-   (else null), then at each ``--rates`` fraction of the *reference capacity*; p50/p95/p99
-   of the worker's histogram (Kafka timestamp → tag change sent) between before and after.
+2. **Latency**, on the one-worker tagger group, each phase once the worker has settled (no
+   evaluation or Redis view waiting, then its commit interval and a second: the changelog
+   write of what a drain left dirty lands before the phase), each ``--latency-seconds`` long:
+
+   a. single demo events at a fixed 1,000 events/s, if the reference capacity reaches it
+      (else null); p50/p95/p99 of the worker's histogram (Kafka timestamp → tag change
+      sent) between before and after;
+   b. the **immediate path**: normal traffic at the highest ``--rates`` fraction of the
+      reference capacity plus 20 priority events/s (big orders of 20,000, complaint
+      tickets; new customers, so each yields a tag change), measured end to end from the
+      outside (``agents/bench_latency.py``);
+   c. single demo events at each ``--rates`` fraction of the reference capacity, as in a.
+
    The reference capacity is the rate of one worker that evaluates every event on its own
    (a drain with coalescing off, group ``tagger-each-1``): a worker that keeps up never
    coalesces, so the coalesced drain rate is a catch-up rate it only reaches while
    behind. With ``--batch`` that rate is of envelopes, and single events cost more, so it
    is capped at ``--latency-capacity``.
-   Tansu's CPU per fetch grows with the partition's log (at a steady 920 msg/s read by a
-   plain aiokafka consumer: 21% of a core in the first 11 s, 94% in the fifth; flat 6-7%
-   with no consumer), so every phase runs on a slower broker than the one before: each
-   reports the broker's CPU.
-3. **Immediate path**: normal traffic at the highest ``--rates`` fraction plus 20 priority
-   events/s (big orders of 20,000, complaint tickets; new customers, so each yields a tag
-   change), measured end to end from the outside (``agents/bench_latency.py``).
-4. **Memory**: worker RSS, state bytes per customer (latest changelog record per key),
+   Tansu's CPU per fetch grows with the number of record batches in each partition it
+   reads (it lists them all: ~1 µs each), and these phases add one small batch every few
+   events (at a steady 920 msg/s read by a plain aiokafka consumer: 21% of a core in the
+   first 11 s, 94% in the fifth; flat 6-7% with no consumer), so every phase runs on a
+   slower broker than the one before: each reports the broker's CPU. The immediate path
+   runs before the sweep: after it, with a consumer of the tag changes besides, the broker
+   took a whole core of the two.
+3. **Memory**: worker RSS, state bytes per customer (latest changelog record per key),
    Redis bytes per customer (whole instance, flushed before this group started).
-5. **Whole-base re-evaluation under load**: steady traffic at 50% of the reference capacity;
+4. **Whole-base re-evaluation under load**: steady traffic at 50% of the reference capacity;
    intake and p99 for ``--latency-seconds`` before, then ``tagger reevaluate`` (rank, then
    evaluate, every partition, acks in Redis) and the same during it (the p99 window runs
    until a second after the last ack, so events queued behind it count). Also the
    in-process incremental-sweep cost (``sweep_cost``, as ``tagger bench-sweep``).
-6. **Recovery**: the worker is stopped and restarted on the same (memory) store; seconds
+5. **Recovery**: the worker is stopped and restarted on the same (memory) store; seconds
    until /readyz is 200.
 
 JSON keys (``--out``); rates are per second, latencies in seconds, null where not measured:
@@ -87,7 +94,8 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   traffic) and matched to their tag change, and their end-to-end latency (bench's produce
   call → tag change consumed by the bench). Split in two: ``immediate_sent_p99_s``, produce call →
   the tag change's Kafka timestamp (the worker's send), and ``immediate_delivery_p99_s``, that
-  timestamp → consumed by the bench.
+  timestamp → consumed by the bench. ``immediate_broker_cpu_percent``: the broker's CPU (% of one
+  core) from the start of that traffic until every tag change was consumed.
 - ``worker_rss_mb``, ``state_bytes_per_customer``, ``customers_in_state``,
   ``redis_bytes_per_customer``: memory after the latency phases (the customers include
   the immediate path's new ones). State is the latest changelog record per customer;
@@ -375,11 +383,26 @@ def _flush_redis(run: Run) -> None:
     redis_sync.Redis.from_url(run.services.redis_url).flushall()
 
 
-# --- 2. and 3. latency -----------------------------------------------------------------------
+# --- 2. latency ------------------------------------------------------------------------------
 
 
 def _demo(run: Run, group: Group, rate: float, seed: int) -> DemoConfig:
     return DemoConfig(customers=run.customers, rate=rate, seed=seed, topics=group.demo_topics)
+
+
+class CpuMeter:
+    """CPU seconds the broker and the group's first worker use from creation to :meth:`read`."""
+
+    def __init__(self, run: Run, group: Group) -> None:
+        broker = run.services.broker.pid
+        assert broker is not None  # the broker runs for the whole bench
+        self.pids = (broker, group.procs[0].pid)
+        self.start, self.began = [_cpu_seconds(pid) for pid in self.pids], time.monotonic()
+
+    def read(self) -> tuple[float, float, float]:
+        """(broker CPU seconds, worker CPU seconds, seconds elapsed) so far."""
+        broker, worker = (_cpu_seconds(pid) - start for pid, start in zip(self.pids, self.start, strict=True))
+        return broker, worker, time.monotonic() - self.began
 
 
 def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int) -> dict[str, Any]:
@@ -390,35 +413,32 @@ def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int
     """
     wait_settled(group)
     progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
-    before = snapshot(group)
-    broker = run.services.broker.pid
-    assert broker is not None  # the broker runs for the whole bench
-    pids = (broker, group.procs[0].pid)
-    (broker0, worker0), started = (_cpu_seconds(pid) for pid in pids), time.monotonic()
+    before, cpu = snapshot(group), CpuMeter(run, group)
     sent = asyncio.run(run_demo(run.services.bootstrap, _demo(run, group, offered, seed),
                                 limit=max(1, round(offered * seconds))))
     group.expected += sent
     wait_done(group, group.expected)
-    broker1, worker1 = (_cpu_seconds(pid) for pid in pids)
+    broker, worker, elapsed = cpu.read()
     return {"offered_events_per_s": offered, "events": sent, **percentiles(before, snapshot(group)),
-            "broker_cpu_percent": 100 * (broker1 - broker0) / (time.monotonic() - started),
-            "worker_cpu_us_per_event": 1e6 * (worker1 - worker0) / max(sent, 1)}
+            "broker_cpu_percent": 100 * broker / elapsed, "worker_cpu_us_per_event": 1e6 * worker / max(sent, 1)}
 
 
-def latency_by_rate(run: Run, group: Group, rates: list[float], reference: float, seconds: float,
-                    result: dict[str, Any]) -> None:
-    """Phase 2: 1,000 events/s if reachable, then each fraction of the reference capacity."""
+def latency_1k(run: Run, group: Group, reference: float, seconds: float, result: dict[str, Any]) -> None:
+    """Phase 2a: 1,000 events/s, if the reference capacity reaches it."""
     reachable = reference >= ONE_K
     at_1k = latency_at(run, group, ONE_K, seconds, 99) if reachable else {}
     result["latency_1k_reachable"] = reachable
     for key in ("p50_s", "p95_s", "p99_s", "broker_cpu_percent", "worker_cpu_us_per_event"):
         result[f"latency_1k_{key}"] = at_1k.get(key)
-    result["latency_by_rate"] = [{"fraction": f, **latency_at(run, group, f * reference, seconds, 100 + i)}
-                                 for i, f in enumerate(rates)]
+
+
+def latency_by_rate(run: Run, group: Group, rates: list[float], reference: float, seconds: float) -> list[Any]:
+    """Phase 2c: each fraction of the reference capacity, lowest first."""
+    return [{"fraction": f, **latency_at(run, group, f * reference, seconds, 100 + i)} for i, f in enumerate(rates)]
 
 
 def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> dict[str, Any]:
-    """Phase 3: priority events among normal traffic at ``offered``/s, latency measured end to end."""
+    """Phase 2b: priority events among normal traffic at ``offered``/s, latency measured end to end."""
     bootstrap = run.services.bootstrap
     count = max(2, round(PRIORITY_EVENTS_PER_S * seconds))
     wait_settled(group)
@@ -430,6 +450,7 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
 
     progress(f"immediate path: {count} priority events among {offered:,.0f} events/s")
     with TagChangeWatcher(bootstrap, group.topic("tag-changes")) as watcher:
+        cpu = CpuMeter(run, group)
         produced, sent = asyncio.run(traffic())
         group.expected += produced + len(sent)
         wait_done(group, group.expected)
@@ -441,17 +462,19 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
         measured = latencies(matched, arrived)
         in_worker = latencies(matched, watcher.stamped)
         delivery = [arrived[event_id] - watcher.stamped[event_id] for event_id in matched]
+        broker, _, elapsed = cpu.read()
     return {"immediate_offered_events_per_s": offered, "immediate_events": len(sent),
-            "immediate_matched": len(measured), "immediate_p50_s": quantile(measured, 0.5),
+            "immediate_broker_cpu_percent": 100 * broker / elapsed, "immediate_matched": len(measured),
+            "immediate_p50_s": quantile(measured, 0.5),
             "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None),
             "immediate_sent_p99_s": quantile(in_worker, 0.99), "immediate_delivery_p99_s": quantile(delivery, 0.99)}
 
 
-# --- 4. memory -------------------------------------------------------------------------------
+# --- 3. memory -------------------------------------------------------------------------------
 
 
 def memory(run: Run, group: Group) -> dict[str, Any]:
-    """Phase 4: RSS of the (first) worker, changelog bytes and Redis bytes per customer."""
+    """Phase 3: RSS of the (first) worker, changelog bytes and Redis bytes per customer."""
     import redis as redis_sync
 
     progress("memory: reading the changelog")
@@ -466,7 +489,7 @@ def memory(run: Run, group: Group) -> dict[str, Any]:
             "customers_in_state": len(latest), "redis_bytes_per_customer": used / n}
 
 
-# --- 5. whole-base re-evaluation under load --------------------------------------------------
+# --- 4. whole-base re-evaluation under load --------------------------------------------------
 
 
 async def _sample(group: Group) -> tuple[Buckets, int, float]:
@@ -503,7 +526,7 @@ async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_
 
 def reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float,
                           customers: int) -> dict[str, Any]:
-    """Phase 5: ``tagger reevaluate`` of every customer while traffic flows at ``offered``/s."""
+    """Phase 4: ``tagger reevaluate`` of every customer while traffic flows at ``offered``/s."""
     wait_settled(group)  # the immediate path at the highest rate can leave the worker behind
     result = asyncio.run(_reevaluate_under_load(run, group, offered, before_s))
     wait_done(group, group.expected)
@@ -514,11 +537,11 @@ def reevaluate_under_load(run: Run, group: Group, offered: float, before_s: floa
     return result
 
 
-# --- 6. recovery -----------------------------------------------------------------------------
+# --- 5. recovery -----------------------------------------------------------------------------
 
 
 def recovery(group: Group) -> float:
-    """Phase 6: stop worker 0, start it again on the same store; seconds until /readyz is 200."""
+    """Phase 5: stop worker 0, start it again on the same store; seconds until /readyz is 200."""
     progress("recovery: restarting the worker")
     terminate(group.procs[0], grace=15.0)
     began = time.monotonic()
@@ -544,7 +567,7 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0, late
                               "load_average_start": os.getloadavg()[0]}
     # one event a minute, ending now: the latency phases' events (now) carry on from the backlog. A backlog
     # that ended months ago made their first seconds a whole-base re-evaluation (every customer's windows
-    # moved at once), which phase 5 measures on its own
+    # moved at once), which phase 4 measures on its own
     step_ms = 60_000
     config = DemoConfig(customers=customers, rate=0, start_ms=int(time.time() * 1000) - events * step_ms,
                         time_step_ms=step_ms)
@@ -559,8 +582,11 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0, late
             one = result["one_worker_uncoalesced_events_per_s"]
             reference = one if batch <= 0 else min(one, latency_capacity)
             result["latency_reference_events_per_s"] = reference
-            latency_by_rate(run, group, rates, reference, latency_seconds, result)
+            latency_1k(run, group, reference, latency_seconds, result)
+            # before the sweep: Tansu's CPU per fetch grows with every small batch the phases add to a partition
+            # (docs/bench/README.md), and at its end the broker took a whole core of the two
             result.update(immediate_path(run, group, max(rates) * reference, latency_seconds))
+            result["latency_by_rate"] = latency_by_rate(run, group, rates, reference, latency_seconds)
             result.update(memory(run, group))
             result.update(reevaluate_under_load(run, group, reference / 2, latency_seconds,
                                                 result["customers_in_state"]))

@@ -143,8 +143,9 @@ async def priority_traffic(bootstrap: str, topics: Mapping[str, str], count: int
 class TagChangeWatcher:
     """Reads a tag-changes topic in a thread; notes the wall time each ``trigger.event_id`` arrived.
 
-    Use as a context manager: entering returns once the topic has been read to its end,
-    so records of events produced afterwards are seen as they come.
+    Use as a context manager: entering returns once it reads at the topic's end, so records of events
+    produced afterwards are seen as they come. It starts there: reading the earlier tag changes
+    first kept the broker busy for the first seconds of the phase.
     """
 
     def __init__(self, bootstrap: str, topic: str) -> None:
@@ -167,7 +168,7 @@ class TagChangeWatcher:
         self._thread.join(10)
 
     def _run(self) -> None:
-        from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+        from confluent_kafka import OFFSET_END, Consumer, KafkaError, TopicPartition
 
         from stream.kafka_admin import client_config
 
@@ -175,7 +176,7 @@ class TagChangeWatcher:
                              "enable.auto.commit": False, "enable.partition.eof": True, "fetch.wait.max.ms": 10})
         try:
             partitions = consumer.list_topics(self.topic, timeout=20).topics[self.topic].partitions
-            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_END) for p in partitions])
             at_end: set[int] = set()
             while not self._stop.is_set():
                 batch = consumer.consume(1000, timeout=0.005)  # returns at 1,000 or the timeout: it adds to latency
