@@ -3,6 +3,8 @@
 Starts the embedded broker and Redis, drains a 300k-event backlog over 20,000 customers with WORKERS
 workers (as ``tagger bench`` does), then runs its immediate-path phase REPEATS times: 200 big orders and
 complaints among RATE single events/s for 10 s, end to end. Prints the drain rate and each phase's JSON.
+The repeats share the group's topics, so each runs on a busier broker than the one before (Tansu's
+CPU per fetch grows with the batches in a partition: ``agents/bench.py``, phase 2).
 
     .venv/bin/python docs/bench/immediate_path.py WORKERS RATE REPEATS
 
@@ -14,21 +16,17 @@ with this checkout's ``.venv/bin/python``).
 from __future__ import annotations
 
 import sys
-import tempfile
-import time
 from pathlib import Path
 
-from agents.bench import DemoConfig, Run, ServiceGroup, backlog, immediate_path, measure_drain, stop_group
+from agents.bench import ServiceGroup, immediate_path, measure_drain, stop_group
 
-EVENTS, CUSTOMERS, PARTITIONS, STEP_MS = 300_000, 20_000, 8, 60_000
+sys.path.insert(0, str(Path(__file__).parent))
+from drain_ab import EVENTS, bench_run  # noqa: E402
 
 
 def main(workers: int, rate: float, repeats: int) -> None:
-    config = DemoConfig(customers=CUSTOMERS, rate=0, start_ms=int(time.time() * 1000) - EVENTS * STEP_MS,
-                        time_step_ms=STEP_MS)
-    messages = backlog(config, EVENTS, PARTITIONS, 0)
     with ServiceGroup() as services:
-        run = Run(services, Path(tempfile.mkdtemp(prefix="immediate-")), EVENTS, CUSTOMERS, PARTITIONS, 0, messages)
+        run = bench_run(services, 0)
         rate_drained, group, _ = measure_drain(run, "tagger", "worker", workers, EVENTS, keep=True)
         print(f"drain {rate_drained:,.0f} events/s", flush=True)
         try:

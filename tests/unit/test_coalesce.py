@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -77,7 +78,30 @@ async def test_a_big_order_is_evaluated_at_once_and_covers_the_waiting_evaluatio
     assert [c["trigger"].get("priority") for c in sent] == ["big_order"]
     assert sent[0]["trigger"]["event_id"] == "e1" and table["c1"].orders_total == 2
     assert await rt.evaluate_deferred() == 0  # the big order's evaluation covered the first order
+    await asyncio.sleep(0)  # the write runs beside the intake (Runtime.flush_soon)
     assert rt.view.flushed == [["c1"]]  # type: ignore[attr-defined]  # its view at once, only its own
+
+
+async def test_a_big_order_does_not_wait_for_redis_and_later_ones_share_the_next_write() -> None:
+    rt, _, _ = runtime()
+    release, calls = asyncio.Event(), []
+
+    async def slow_flush(batch: int = 200, only: Any = None) -> int:
+        calls.append(list(only))
+        await release.wait()
+        return len(only)
+
+    rt.view.flush = slow_flush  # type: ignore[method-assign]
+    await rt.handle("orders", 0, 0, b"c1", order(0, "c1", 12_000))  # returns though Redis does not answer
+    await asyncio.sleep(0)
+    for offset, cid in ((1, "c2"), (2, "c3")):
+        await rt.handle("orders", 0, offset, cid.encode(), order(offset, cid, 12_000))
+    await asyncio.sleep(0)
+    assert calls == [["c1"]]  # one write at a time
+    release.set()
+    for _ in range(3):
+        await asyncio.sleep(0)
+    assert calls == [["c1"], ["c2", "c3"]]
 
 
 async def test_waiting_evaluations_run_when_a_limit_is_reached() -> None:
