@@ -41,7 +41,7 @@ phases, in order:
    behind. With ``--batch`` that rate is of envelopes, and single events cost more, so it
    is capped at ``--latency-capacity``.
    Tansu's CPU per fetch grows with the number of record batches in each partition it
-   reads (it lists them all: ~1 µs each), and these phases add one small batch every few
+   reads (it lists them all: 1-2 µs each), and these phases add one small batch every few
    events (at a steady 920 msg/s read by a plain aiokafka consumer: 21% of a core in the
    first 11 s, 94% in the fifth; flat 6-7% with no consumer), so every phase runs on a
    slower broker than the one before: each reports the broker's CPU. The immediate path
@@ -527,7 +527,7 @@ async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_
 def reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float,
                           customers: int) -> dict[str, Any]:
     """Phase 4: ``tagger reevaluate`` of every customer while traffic flows at ``offered``/s."""
-    wait_settled(group)  # the immediate path at the highest rate can leave the worker behind
+    wait_settled(group)  # the sweep's highest rate can leave the worker behind
     result = asyncio.run(_reevaluate_under_load(run, group, offered, before_s))
     wait_done(group, group.expected)
     result["reevaluate_customers_per_s"] = customers / result["reevaluate_seconds"]

@@ -516,7 +516,8 @@ class Runtime:
     def flush_soon(self, *cids: str) -> None:
         """Have these customers' staged Redis views written (:meth:`flush_priority`) as soon as the current
         message lets the loop run, without waiting for Redis meanwhile: every big order or complaint
-        of a backlog kept the intake waiting a round trip to Redis. Customers added while a write is
+        of a backlog kept the intake waiting a round trip to Redis, and the flush timer's whole write
+        when one was running (RedisView flushes take turns). Customers added while a write is
         under way go in the next one; one write at a time, so a customer's views land in order."""
         self._urgent_views.update(dict.fromkeys(cids))
         if self._urgent_flush is None or self._urgent_flush.done():
