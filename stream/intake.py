@@ -80,6 +80,8 @@ def unfetched(consumer: Any, topics: Collection[str]) -> int:
     return sum(later_in_partition(consumer, tp, offset) for tp, offset in list(consumer._read_offset.items())
                if offset is not None and tp.topic in topics)
 
+
+_HANDLED: tuple[Any, Any] = (None, None)  # in place of a handled record in the list of records in hand
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
 TOP_UP_EVERY = 0.01  # seconds between two looks at what aiokafka fetched meanwhile (with an urgent test)...
 # ...while fewer records than this are known to be behind (in hand and not fetched yet). In a backlog
@@ -266,6 +268,7 @@ class BatchIntake:
                             done.add(offset)
                             acked[tp].append(offset)
                             consumer._n_acked += 1
+                records[n] = _HANDLED  # top-ups make the list as long as the traffic lasts: free each record now
                 if commit_every is not None and consumer._n_acked >= commit_every:
                     consumer._n_acked = 0
                     self._commit_beside(consumer)

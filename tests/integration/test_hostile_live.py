@@ -3,6 +3,9 @@
 Five batches of 3,000 messages from tests/hostile.py (the generator the unit fuzz test drives).
 Measured RSS after each batch (MB): 283, 306, 306, 306 in one run; 176, 195, 188, 177, 214 and
 190, 194, 203, 260, 260 in others: it steps up with the large messages but does not keep growing.
+Once the intake freed each record as soon as it was handled (2026-12-04; before, every record of a
+fetch and its top-ups stayed in hand until the last was done, and one CI run grew by 134 MB): at most
+206-239 MB in five runs, against 292-315 MB in three runs just before.
 """
 
 from __future__ import annotations

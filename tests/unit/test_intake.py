@@ -305,6 +305,28 @@ async def test_urgent_records_fetched_meanwhile_go_before_those_in_hand_but_afte
     assert sorted(consumer._acked[ORDERS]) == list(range(153)) and consumer._acked[TP("orders", 1)] == [7]
 
 
+async def test_each_handled_record_is_let_go_at_once(top_up_at_once: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Top-ups make the list in hand as long as the traffic lasts: a handled record (a value of up to
+    max_event_bytes) is not kept until all of it is done (hostile input: 80 MB higher RSS, once over budget)."""
+    consumer = FakeConsumer(in_hand_and_fetched_meanwhile())
+    lists: list[list[Any]] = []
+    handle_fetch = BatchIntake.handle_fetch
+
+    async def keep_list(self: BatchIntake, consumer: Any, generation: int, records: list[Any]) -> None:
+        lists.append(records)
+        await handle_fetch(self, consumer, generation, records)
+
+    def earlier_ones_gone(rec: Any) -> None:
+        records = lists[-1]
+        position = next(i for i, (_, other) in enumerate(records) if other is rec)
+        assert all(other is None for _, other in records[:position])
+
+    monkeypatch.setattr(BatchIntake, "handle_fetch", keep_list)
+    seen: Seen = []
+    await drain(consumer, seen, then=earlier_ones_gone, urgent=is_urgent)
+    assert len(seen) == len(lists[0]) == 154 and all(entry == (None, None) for entry in lists[0])
+
+
 async def test_without_an_urgent_test_while_the_flow_stops_or_in_a_backlog_nothing_is_taken_in_the_middle(
         top_up_at_once: None) -> None:
     consumer = FakeConsumer(in_hand_and_fetched_meanwhile())
