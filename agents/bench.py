@@ -121,7 +121,7 @@ import shutil
 import tempfile
 import time
 from base64 import b64decode
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -391,18 +391,22 @@ def _demo(run: Run, group: Group, rate: float, seed: int) -> DemoConfig:
 
 
 class CpuMeter:
-    """CPU seconds the broker and the group's first worker use from creation to :meth:`read`."""
+    """CPU seconds each of some processes (name → pid) uses from creation to :meth:`read`."""
 
-    def __init__(self, run: Run, group: Group) -> None:
-        broker = run.services.broker.pid
-        assert broker is not None  # the broker runs for the whole bench
-        self.pids = (broker, group.procs[0].pid)
-        self.start, self.began = [_cpu_seconds(pid) for pid in self.pids], time.monotonic()
+    def __init__(self, pids: Mapping[str, int]) -> None:
+        self.pids = dict(pids)
+        self.start, self.began = {name: _cpu_seconds(pid) for name, pid in self.pids.items()}, time.monotonic()
 
-    def read(self) -> tuple[float, float, float]:
-        """(broker CPU seconds, worker CPU seconds, seconds elapsed) so far."""
-        broker, worker = (_cpu_seconds(pid) - start for pid, start in zip(self.pids, self.start, strict=True))
-        return broker, worker, time.monotonic() - self.began
+    def read(self) -> tuple[dict[str, float], float]:
+        """(CPU seconds by name, seconds elapsed) so far."""
+        return ({name: _cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()},
+                time.monotonic() - self.began)
+
+
+def _broker_and_worker(run: Run, group: Group) -> CpuMeter:
+    broker = run.services.broker.pid
+    assert broker is not None  # the broker runs for the whole bench
+    return CpuMeter({"broker": broker, "worker": group.procs[0].pid})
 
 
 def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int) -> dict[str, Any]:
@@ -413,23 +417,24 @@ def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int
     """
     wait_settled(group)
     progress(f"latency at {offered:,.0f} events/s for {seconds:g}s")
-    before, cpu = snapshot(group), CpuMeter(run, group)
+    before, cpu = snapshot(group), _broker_and_worker(run, group)
     sent = asyncio.run(run_demo(run.services.bootstrap, _demo(run, group, offered, seed),
                                 limit=max(1, round(offered * seconds))))
     group.expected += sent
     wait_done(group, group.expected)
-    broker, worker, elapsed = cpu.read()
+    used, elapsed = cpu.read()
     return {"offered_events_per_s": offered, "events": sent, **percentiles(before, snapshot(group)),
-            "broker_cpu_percent": 100 * broker / elapsed, "worker_cpu_us_per_event": 1e6 * worker / max(sent, 1)}
+            "broker_cpu_percent": 100 * used["broker"] / elapsed,
+            "worker_cpu_us_per_event": 1e6 * used["worker"] / max(sent, 1)}
 
 
-def latency_1k(run: Run, group: Group, reference: float, seconds: float, result: dict[str, Any]) -> None:
+def latency_1k(run: Run, group: Group, reference: float, seconds: float) -> dict[str, Any]:
     """Phase 2a: 1,000 events/s, if the reference capacity reaches it."""
     reachable = reference >= ONE_K
     at_1k = latency_at(run, group, ONE_K, seconds, 99) if reachable else {}
-    result["latency_1k_reachable"] = reachable
-    for key in ("p50_s", "p95_s", "p99_s", "broker_cpu_percent", "worker_cpu_us_per_event"):
-        result[f"latency_1k_{key}"] = at_1k.get(key)
+    return {"latency_1k_reachable": reachable,
+            **{f"latency_1k_{key}": at_1k.get(key)
+               for key in ("p50_s", "p95_s", "p99_s", "broker_cpu_percent", "worker_cpu_us_per_event")}}
 
 
 def latency_by_rate(run: Run, group: Group, rates: list[float], reference: float, seconds: float) -> list[Any]:
@@ -450,7 +455,7 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
 
     progress(f"immediate path: {count} priority events among {offered:,.0f} events/s")
     with TagChangeWatcher(bootstrap, group.topic("tag-changes")) as watcher:
-        cpu = CpuMeter(run, group)
+        cpu = _broker_and_worker(run, group)
         produced, sent = asyncio.run(traffic())
         group.expected += produced + len(sent)
         wait_done(group, group.expected)
@@ -462,9 +467,9 @@ def immediate_path(run: Run, group: Group, offered: float, seconds: float) -> di
         measured = latencies(matched, arrived)
         in_worker = latencies(matched, watcher.stamped)
         delivery = [arrived[event_id] - watcher.stamped[event_id] for event_id in matched]
-        broker, _, elapsed = cpu.read()
+        used, elapsed = cpu.read()
     return {"immediate_offered_events_per_s": offered, "immediate_events": len(sent),
-            "immediate_broker_cpu_percent": 100 * broker / elapsed, "immediate_matched": len(measured),
+            "immediate_broker_cpu_percent": 100 * used["broker"] / elapsed, "immediate_matched": len(measured),
             "immediate_p50_s": quantile(measured, 0.5),
             "immediate_p99_s": quantile(measured, 0.99), "immediate_max_s": max(measured, default=None),
             "immediate_sent_p99_s": quantile(in_worker, 0.99), "immediate_delivery_p99_s": quantile(delivery, 0.99)}
@@ -582,7 +587,7 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0, late
             one = result["one_worker_uncoalesced_events_per_s"]
             reference = one if batch <= 0 else min(one, latency_capacity)
             result["latency_reference_events_per_s"] = reference
-            latency_1k(run, group, reference, latency_seconds, result)
+            result.update(latency_1k(run, group, reference, latency_seconds))
             # before the sweep: Tansu's CPU per fetch grows with every small batch the phases add to a partition
             # (docs/bench/README.md), and at its end the broker took a whole core of the two
             result.update(immediate_path(run, group, max(rates) * reference, latency_seconds))

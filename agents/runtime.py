@@ -343,7 +343,6 @@ class Runtime:
         for _, event, element in batch.events:
             groups.setdefault(event.customer_id, []).append((event, element))
         rekeyed = applied = done = 0  # counted once per envelope, also when a customer's part fails
-        urgent: list[str] = []  # customers with a big order or complaint: their Redis views, in one call
         try:
             for cid, items in groups.items():
                 if self.partition_of(cid) != partition:
@@ -353,10 +352,8 @@ class Runtime:
                     rekeyed += len(items)
                 else:
                     applied += await self.apply_events(kind, cid, [event for event, _ in items], topic, source,
-                                                       offset, batch.batch_id, urgent)
+                                                       offset, batch.batch_id)
                 done += len(items)
-            if urgent:
-                self.flush_soon(*urgent)
         finally:
             self._count(topic, "rekeyed", rekeyed)
             self._count(topic, "ok", applied)
@@ -364,15 +361,15 @@ class Runtime:
         return "batch"
 
     async def apply_events(self, kind: str, cid: str, events: list[Event], topic: str, source: str, offset: int,
-                           batch_id: str | None = None, urgent: list[str] | None = None) -> int:
+                           batch_id: str | None = None) -> int:
         """Apply one customer's events exactly once and evaluate once; return how many were applied.
 
         A single event is marked by its offset (redelivery) and its id (producer retry). Events
         of an envelope (``batch_id``) are marked by their ids, and the envelope by its offset and
         ``batch:<batch_id>`` (a producer's retry of the whole envelope). State is written once,
         after all of them. A big order or complaint has the customer's Redis view written at once
-        (:meth:`flush_soon`), or adds the customer to ``urgent`` for the caller to have written with
-        the rest of its envelope's (one Redis call per priority customer was ~4% of a drain of envelopes).
+        (:meth:`flush_soon`: those of one envelope go in one call; one call per priority customer was
+        ~4% of a drain of envelopes).
         """
         state = self.table.get(cid)
         if state is None:
@@ -405,9 +402,7 @@ class Runtime:
             self._defer(cid, state, trigger, event_time, applied)
             return applied
         await self.reevaluate(cid, state, trigger, event_time, changed=True)
-        if priority is not None and urgent is not None:
-            urgent.append(cid)
-        elif priority is not None:
+        if priority is not None:
             self.flush_soon(cid)
         return applied
 

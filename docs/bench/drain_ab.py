@@ -24,7 +24,7 @@ from pathlib import Path
 from confluent_kafka import Consumer, TopicPartition
 
 from agents import bench_workers
-from agents.bench import DemoConfig, Run, ServiceGroup, _cpu_seconds, backlog
+from agents.bench import CpuMeter, DemoConfig, Run, ServiceGroup, backlog
 from stream.embedded import spawn
 from stream.kafka_admin import client_config
 
@@ -52,12 +52,12 @@ def drain(run: Run, name: str, command: str, workers: int) -> float:
         assert broker is not None and redis is not None  # both run for the whole script
         pids = {"broker": broker, "redis": redis, "bench": os.getpid(),
                 **{f"worker{i}": proc.pid for i, proc in enumerate(group.procs)}}
-        cpu0, began = {k: _cpu_seconds(pid) for k, pid in pids.items()}, time.monotonic()
+        meter, began = CpuMeter(pids), time.monotonic()
         bench_workers.produce(run.services.bootstrap, run.messages, group)
         expected = EVENTS if command == "worker" else len(run.messages)  # the do-nothing agent counts messages
         rate = bench_workers.drain_rate(group, expected, began)
-        seconds = time.monotonic() - began
-        cpu = {k: round(100 * (_cpu_seconds(pid) - cpu0[k]) / seconds) for k, pid in pids.items()}
+        used, seconds = meter.read()
+        cpu = {k: round(100 * s / seconds) for k, s in used.items()}
         written = records_written(run.services.bootstrap, group) if command == "worker" else {}
         print(f"{name:8s} {rate:9,.0f}/s  cpu% {cpu}  {written}", flush=True)
         return rate

@@ -15,7 +15,7 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agents.bench import _cpu_seconds
+from agents.bench import CpuMeter
 from stream.embedded import TansuBroker
 from stream.kafka_admin import client_config
 
@@ -34,12 +34,13 @@ def main() -> None:
                 batches += 1
             consumer = Consumer({**conf, "group.id": f"g{target}", "enable.auto.commit": False,
                                  "fetch.wait.max.ms": 10})
-            rounds, began, cpu0 = 0, time.monotonic(), _cpu_seconds(broker.pid)
+            rounds, meter, began = 0, CpuMeter({"broker": broker.pid}), time.monotonic()
             while time.monotonic() - began < 3:
                 consumer.assign([TopicPartition("t", 0, max(batches - 1, 0))])
                 consumer.consume(1, timeout=1)
                 rounds += 1
-            cpu, elapsed = _cpu_seconds(broker.pid) - cpu0, time.monotonic() - began
+            used, elapsed = meter.read()
+            cpu = used["broker"]
             consumer.close()
             print(f"{batches:6,} batches: {rounds} rounds in {elapsed:.1f} s, broker {100 * cpu / elapsed:.0f}% "
                   f"of a core, {1000 * cpu / rounds:.2f} ms a round", flush=True)
