@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
-from typing import NoReturn, Self
+from typing import NoReturn, Protocol, Self
 
 from confluent_kafka.admin import AdminClient
 
@@ -401,13 +401,24 @@ class RedisServer(_Service):
         return reply.startswith(b"+PONG") and f"process_id:{self.pid}\r".encode() in reply
 
 
+class Broker(Protocol):
+    """What :class:`ServiceGroup` needs of a broker: Tansu here, or :class:`stream.kafka_local.KafkaCluster`."""
+
+    @property
+    def bootstrap(self) -> str: ...
+
+    def start(self) -> Self: ...
+
+    def stop(self) -> None: ...
+
+
 class ServiceGroup(_Managed):
     """A broker and a redis started together and stopped in reverse order."""
 
     def __init__(
-        self, broker: TansuBroker | None = None, redis: RedisServer | None = None
+        self, broker: Broker | None = None, redis: RedisServer | None = None
     ) -> None:
-        self.broker = broker or TansuBroker()
+        self.broker: Broker = broker or TansuBroker()
         self.redis = redis or RedisServer()
 
     @property

@@ -1,4 +1,8 @@
-"""Fixtures that run the real thing: Tansu, redis-server and tagger worker processes.
+"""Fixtures that run the real thing: Apache Kafka (or Tansu), redis-server and tagger worker processes.
+
+The broker is real Apache Kafka (one KRaft node from Maven Central, :mod:`stream.kafka_local`) whenever
+Java and Maven are here, else Tansu; ``TAGGER_TEST_BROKER=tansu`` (or ``kafka``) picks one. Tansu-only
+workarounds (the highwater shim, 6 s session timeouts) are set only on Tansu.
 
 Every test gets its own topic names, consumer group and Redis key prefix, so
 tests sharing the session's broker and Redis never see each other's data.
@@ -24,12 +28,17 @@ import pytest
 import redis
 
 from stream.auth import hash_token, new_token
-from stream.embedded import ServiceGroup, free_port, spawn, terminate
+from stream.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
+from stream.kafka_local import KafkaCluster, kafka_unavailable
 from stream.kafka_admin import consume_all, make_producer
 from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
 PARTITIONS = 4
+# Broker settings of the tests' Kafka beside the defaults of stream.kafka_local: messages up to our producers'
+# 16 MiB, so a worker sees (and dead-letters) an event over TAGGER_MAX_EVENT_BYTES, as it would where
+# operators raised the broker's 1 MiB default (docker-compose.yml sets the same).
+KAFKA_TEST_CONFIG = {"message.max.bytes": str(16 << 20), "replica.fetch.max.bytes": str(16 << 20)}
 
 
 def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
@@ -60,9 +69,32 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
                                                 json.dumps(doc, indent=1)))
 
 
+def broker_kind() -> str:
+    """``kafka`` or ``tansu``: ``TAGGER_TEST_BROKER`` if set, else Kafka when Java and Maven are here."""
+    chosen = os.environ.get("TAGGER_TEST_BROKER", "").strip().lower()
+    if chosen not in ("", "kafka", "tansu"):
+        raise pytest.UsageError(f"TAGGER_TEST_BROKER={chosen!r}: use kafka or tansu")
+    return chosen or ("tansu" if kafka_unavailable() else "kafka")
+
+
+def require_kafka() -> None:
+    """Skip, saying what to install, where real Apache Kafka cannot run."""
+    why = kafka_unavailable()
+    if why:
+        pytest.skip(f"needs real Apache Kafka: {why}")
+
+
+def tansu_settings(services: ServiceGroup) -> dict[str, Any]:
+    """The workarounds only Tansu needs (BROKER_NOTES.md): none on real Kafka."""
+    if isinstance(services.broker, TansuBroker):
+        return {"tansu_compat": "true", "session_timeout": 6, "heartbeat_interval": 1}
+    return {}
+
+
 @pytest.fixture(scope="session")
 def services() -> Iterator[ServiceGroup]:
-    with ServiceGroup() as group:
+    broker = TansuBroker() if broker_kind() == "tansu" else KafkaCluster(1, config=KAFKA_TEST_CONFIG)
+    with ServiceGroup(broker=broker) as group:
         yield group
 
 
@@ -129,7 +161,8 @@ class Namespace:
     workers: list[Worker] = field(default_factory=list)
 
     def __post_init__(self) -> None:
-        self.producer = make_producer(self.services.bootstrap)
+        self.delivery_errors: list[str] = []
+        self.producer = make_producer(self.services.bootstrap, on_delivery=self._delivered)
         self.redis = redis.Redis.from_url(self.services.redis_url)
 
     def worker(self, **settings: Any) -> Worker:
@@ -156,10 +189,16 @@ class Namespace:
         self.producer.produce(self.topic(kind), key=key, value=value, **kwargs)
         self.flush()
 
+    def _delivered(self, err: Any, msg: Any) -> None:
+        if err is not None:
+            self.delivery_errors.append(f"{msg.topic()}: {err}")
+
     def flush(self, timeout: float = 30) -> None:
-        """Wait until the broker has every produced message; fail if some are still queued after ``timeout``."""
+        """Wait until the broker has every produced message; fail if some are still queued after ``timeout``
+        or the broker refused one."""
         left = self.producer.flush(timeout)
         assert left == 0, f"{left} produced messages not delivered to the broker within {timeout}s"
+        assert not self.delivery_errors, f"the broker refused produced messages: {self.delivery_errors[:5]}"
 
     def read(self, topic: str, until: Callable[[list[dict[str, Any]]], bool],
              timeout: float = 60) -> list[dict[str, Any]]:
@@ -200,8 +239,7 @@ def isolated_namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Names
         profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
         churn_alerts_topic=f"churn-alerts-{uid}", privacy_requests_topic=f"privacy-{uid}",
         audit_log_topic=f"audit-{uid}",
-        clock="stream", tansu_compat="true", session_timeout=6, heartbeat_interval=1,
-        sweep_interval=3600, log_level="info",
+        clock="stream", sweep_interval=3600, log_level="info", **tansu_settings(services),
     )
     settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url, **fields)
     # one API token per role, and a sales token of the support team (restricted tags owned by support)
