@@ -1,4 +1,6 @@
-"""Integration tests for the embedded Tansu broker and redis-server, admin helpers and demo."""
+"""Integration tests for the embedded Tansu broker and redis-server, admin helpers and demo, and the
+Tansu smoke of the whole pipeline (``./dev run`` keeps Tansu as its zero-Java default; every other
+integration test runs on real Kafka where Java is here)."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import textwrap
 import time
 import uuid
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -34,8 +37,40 @@ from stream.kafka_admin import (
     partition_count,
 )
 
+from .conftest import Namespace, isolated_namespace, wait_for
+
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def services() -> Iterator[ServiceGroup]:
+    """Tansu and redis-server, whatever broker the rest of the suite runs on."""
+    with ServiceGroup(broker=TansuBroker()) as group:
+        yield group
+
+
+@pytest.fixture
+def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
+    yield from isolated_namespace(services, tmp_path)
+
+
+def test_pipeline_smoke_on_tansu(namespace: Namespace) -> None:
+    """A worker with the Tansu settings (highwater shim, 6 s sessions) tags a customer and restarts exactly."""
+    ns = namespace
+    assert ns.env["TAGGER_TANSU_COMPAT"] == "true" and ns.env["TAGGER_SESSION_TIMEOUT"] == "6"
+    worker = ns.worker()
+    day = 86_400_000
+    for i, amount in enumerate((6000, 5000)):
+        ns.produce("order", {"event_id": f"s{i}", "customer_id": "c-smoke", "ts": 1_767_225_600_000 + i * day,
+                             "order_id": f"o{i}", "amount": amount})
+    ns.changes("c-smoke", lambda cs: any("big_spender" in c["added"] for c in cs))
+    worker.stop()
+    ns.worker()  # recovers the table from the changelog through the shim
+    ns.produce("order", {"event_id": "s2", "customer_id": "c-smoke", "ts": 1_767_225_600_000 + 2 * day,
+                         "order_id": "o2", "amount": 1})
+    wait_for(lambda: (v := ns.view("c-smoke")) and v["aggregates"]["orders_total"] == 3, 60, "3 orders")
+    assert ns.view("c-smoke")["aggregates"]["spend_365d"] == 11001.0
 
 
 def unique(name: str) -> str:
