@@ -1,7 +1,13 @@
 """Guards that make Faust's at-least-once delivery hold under rebalances and kills.
 
 Found by our SIGKILL test (tests/integration/test_pipeline.py), which compares
-every aggregate with an independent recomputation:
+every aggregate with an independent recomputation, and the fault suite, all on
+Tansu. Re-checked against real Apache Kafka (issue 27): each one fixes Faust's
+(or aiokafka's) own code, which gives the same wrong result whatever the broker;
+the tests named below run the library's original method (:func:`faust_original`)
+and show the loss or stall. None is Tansu-only, so all stay on every broker; the
+Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
+``TAGGER_TANSU_COMPAT``) and the dev/test session timeouts.
 
 1. During a rebalance Faust's stream *skips* messages fetched under the old
    consumer generation (or while flow control is paused) and still acks them.
@@ -10,8 +16,10 @@ every aggregate with an independent recomputation:
    the message is fetched again after the rebalance, and the per-customer
    offset bookkeeping in :class:`~stream.state.CustomerState` makes the
    second application a no-op if it had in fact been applied.
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard1_*.
 2. Faust's pre-commit producer flush gives up after 0.1 s and can miss a
    changelog write in flight (see :class:`~stream.app.CustomerTable`).
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard2_*.
 3. Faust commits past an offset nobody acked when it is the *first* after the
    committed position: its check is ``min(acked) - committed > 1`` where
    ``committed`` is already the next offset to read (and it skips the check
@@ -21,15 +29,20 @@ every aggregate with an independent recomputation:
    ``min(acked) > committed``; the agent fills such holes itself
    (:class:`GapFiller`: it reads them from the committed offset on) and marks
    them done with :meth:`GapFiller.mark_done`.
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard3_*, and on
+   Kafka tests/integration/test_kafka_not_tansu.py::
+   test_fausts_head_check_commits_past_an_unprocessed_first_offset.
 4. Faust also counts offsets it never delivered (its "gap") as done, so a
    commit could pass a dropped message before the agent had read it: a
    SIGKILL then lost it. The replacement ignores Faust's gap; only offsets
    the agent processed (acked, or marked done after a gap fill) are committed.
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard4_*.
 5. Faust records offsets as committed when the commit failed (a rebalance
    overtook it). The partition then resumed below Faust's committed offset,
    Faust ignored the acks of what it read again and the head check (3) held
    commits forever: :func:`keep_committed_on_failure` undoes that record
    (with :func:`note_failed_commit`).
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard5_*.
 6. Whatever else leaves a partition stuck (its committed offset stands still
    while messages wait: :class:`stream.lag.StallWatch`), the worker reads it
    again from the group's committed offset, as a new assignment would:
@@ -38,12 +51,18 @@ every aggregate with an independent recomputation:
    (:func:`rejoin_group`). In CI two broker-cut runs stalled for good; here
    three partitions once got no message for 34 s after the cut. The warning
    logged carries :func:`partition_report`.
+   Not classified: a safety net for a cause not found (seen only in broker-cut
+   runs on Tansu so far). It acts only on a partition already stuck, so it costs
+   nothing where none is; it stays on every broker until the fault suite on Kafka
+   (tests/fault) shows whether Kafka ever needs it.
 7. A rebalance (and a stop) waits for Faust's producer flush, which is our
    changelog write-and-wait (:class:`stream.app.CustomerTable`). In a CI run a
    worker hung there for good after the broker cut, and the whole group with
    it. :func:`bounded_flush` gives up after ``FLUSH_TIMEOUT`` seconds: nothing
    is committed on that path, so the messages are applied again (idempotently)
    wherever the partitions go; the commit path keeps its unbounded wait.
+   Faust bug (any broker; a broker cut is not Tansu's): Faust's
+   ``App._producer_flush`` has no bound: tests/unit/test_faust_bugs.py::test_guard7_*.
 8. Faust gives its producer a request timeout of 1,200 s, and aiokafka uses it
    for every wait of the producer's client: a connection's set-up and each
    request's response. A request whose connection went silent (no response, no
@@ -54,6 +73,8 @@ every aggregate with an independent recomputation:
    Delivery itself keeps Faust's horizon (batches are retried until 1,200 s
    old, and a send waits that long for room), so a long broker outage still
    loses nothing.
+   Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard8_* (a silent
+   peer, no broker at all).
 9. A fetch can return records that are then not handled: the partition was
    paused meanwhile (an assignment pauses every partition for the table's
    recovery), or the flow stopped (a fetch that began before a rebalance and
@@ -63,6 +84,13 @@ every aggregate with an independent recomputation:
    dropped records for good. Seen in CI: after a restart, the first record
    ever of a partition was never processed. :func:`fetch_again` puts such a
    partition back to the first record not handled.
+   aiokafka/Faust bug (any broker: ``seek_to_committed`` skips a committed offset
+   of None or 0): on Kafka, tests/integration/test_kafka_not_tansu.py::
+   test_seek_to_committed_leaves_partitions_without_a_commit_past_dropped_records.
+
+The batch intake (:mod:`stream.intake`) is not a workaround of either kind: it
+replaces Faust's per-message path for speed (its cost is Faust's, on any
+broker) and keeps guards 1 and 9 for its own records.
 """
 
 from __future__ import annotations
@@ -78,6 +106,17 @@ FLUSH_TIMEOUT = 30.0  # seconds a rebalance or stop waits for the producer flush
 REQUEST_TIMEOUT = 30.0  # seconds a producer connection's set-up or a request's response may take (guard 8)
 
 _installed = False
+_ORIGINALS: dict[tuple[type, str], Any] = {}  # Faust's own methods the guards replaced (tests show their bugs)
+
+
+def faust_original(cls: type, name: str) -> Any:
+    """Faust's own ``cls.name``, as it was before :func:`install_ack_guard` replaced it."""
+    return _ORIGINALS.get((cls, name), getattr(cls, name))
+
+
+def _replace(cls: type, name: str, new: Any) -> None:
+    _ORIGINALS.setdefault((cls, name), getattr(cls, name))
+    setattr(cls, name, new)
 
 
 def install_ack_guard() -> None:
@@ -101,13 +140,12 @@ def install_ack_guard() -> None:
             return False
         return bool(original(self, message))
 
-    Consumer.ack = ack  # type: ignore[method-assign]
-    Consumer._new_offset = new_offset  # type: ignore[method-assign]
-    Consumer._commit_offsets = keep_committed_on_failure(  # type: ignore[method-assign,assignment]
-        Consumer._commit_offsets)
-    DriverConsumer._commit = note_failed_commit(DriverConsumer._commit)  # type: ignore[method-assign,assignment]
-    App._producer_flush = bounded_flush(App._producer_flush)  # type: ignore[method-assign,assignment]
-    Producer._new_producer = bounded_producer_requests(Producer._new_producer)  # type: ignore[method-assign]
+    _replace(Consumer, "ack", ack)  # guard 1
+    _replace(Consumer, "_new_offset", new_offset)  # guards 3 and 4
+    _replace(Consumer, "_commit_offsets", keep_committed_on_failure(Consumer._commit_offsets))  # guard 5
+    _replace(DriverConsumer, "_commit", note_failed_commit(DriverConsumer._commit))  # guard 5
+    _replace(App, "_producer_flush", bounded_flush(App._producer_flush))  # guard 7
+    _replace(Producer, "_new_producer", bounded_producer_requests(Producer._new_producer))  # guard 8
     _installed = True
 
 
