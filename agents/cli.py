@@ -27,6 +27,22 @@ def _settings() -> Settings:
         raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
+def _check_kafka(settings: Settings) -> None:
+    """Start-up preflight: reach Kafka with the configured security, or exit 1 naming the cause.
+
+    A wrong SASL password or an untrusted broker certificate ends the command in about a second with
+    "Kafka authentication failed ..." or "Kafka TLS certificate verification failed ..." instead of a
+    client retrying forever (stream.kafka_admin.check_connection).
+    """
+    from stream.kafka_admin import KafkaAdminError, check_connection
+    from stream.security import librdkafka_config
+
+    try:
+        check_connection(librdkafka_config(settings))
+    except KafkaAdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def main() -> None:
     """Real-time customer tagger. Settings come from environment variables (see README)."""
@@ -40,6 +56,7 @@ def worker() -> None:
     from rules import RulesetError
     from stream.app import tune_gc
     from stream.auth import TokenConfigError
+    from stream.kafka_admin import KafkaAdminError
     from stream.webhooks import WebhookConfigError
 
     from .tagger import build
@@ -53,7 +70,11 @@ def worker() -> None:
         raise click.ClickException(f"invalid API tokens: {exc}") from exc
     except WebhookConfigError as exc:
         raise click.ClickException(f"invalid webhooks file: {exc}") from exc
-    ensure_all_topics(settings)
+    _check_kafka(settings)
+    try:
+        ensure_all_topics(settings)
+    except KafkaAdminError as exc:
+        raise click.ClickException(str(exc)) from exc
     tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
@@ -68,6 +89,7 @@ def baseline_worker() -> None:
     from .baseline import build_baseline
 
     settings = _settings()
+    _check_kafka(settings)
     ensure_all_topics(settings)
     app = build_baseline(settings)
     tune_gc()
@@ -124,6 +146,7 @@ def reevaluate(timeout: float, customer: str | None) -> None:
     rank definition exactly. With --customer only phase 2 runs, for that customer.
     """
     settings = _settings()
+    _check_kafka(settings)
     timings = asyncio.run(_reevaluate(settings, timeout, customer))
     what = f"customer {customer}" if customer else f"all {settings.partitions} partitions"
     click.echo(f"re-evaluated {what}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
@@ -155,6 +178,7 @@ def tail(tags: tuple[str, ...], tiers: tuple[str, ...], levels: tuple[str, ...],
     from .console import tail_tag_changes
 
     settings = _settings()
+    _check_kafka(settings)
     asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers), alerts=churn, levels=set(levels)))
 
 

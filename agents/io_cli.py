@@ -53,7 +53,7 @@ def replay_command(file: Path, kind: str | None, mapping_file: Path | None, maps
     stops with --stop-on-error); the summary gives rows read, sent, rejected and
     failed. Exit status 1 if the run stopped on a bad row or a send failed.
     """
-    from .cli import _settings
+    from .cli import _check_kafka, _settings
     from .replay import replay
 
     columns_map, constants = _pairs(maps, "--map"), _pairs(consts, "--const")
@@ -73,6 +73,7 @@ def replay_command(file: Path, kind: str | None, mapping_file: Path | None, maps
         mapping = ColumnMap(kind=mapping.kind, columns=mapping.columns, constants=mapping.constants,
                             ts_format=mapping.ts_format, id_prefix=file.stem)
     settings: Settings = _settings()
+    _check_kafka(settings)  # a wrong password or CA: a clear error now, not 60 s of failed sends
     names = [c.strip() for c in columns.split(",")] if columns else None
     summary = replay(file, mapping, settings, topic=getattr(settings, _TOPICS[mapping.kind]), fmt=fmt,
                      delimiter=delimiter, columns=names, rate=rate, stop_on_error=stop_on_error, progress=progress)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -48,6 +48,23 @@ class PartitionMismatchError(KafkaAdminError):
     """
 
 
+class KafkaAuthenticationError(KafkaAdminError):
+    """The brokers refused the SASL credentials (checked at start-up, before anything else connects).
+
+    Check TAGGER_KAFKA_SASL_USERNAME, TAGGER_KAFKA_SASL_PASSWORD and TAGGER_KAFKA_SASL_MECHANISM: a SCRAM
+    user's credentials exist per mechanism (``kafka-configs --alter --entity-type users --entity-name NAME
+    --add-config 'SCRAM-SHA-512=[password=...]'``).
+    """
+
+
+class KafkaTLSError(KafkaAdminError):
+    """The TLS handshake with a broker failed, most often because its certificate could not be verified.
+
+    Give the CA that signed the brokers' certificates in TAGGER_KAFKA_SSL_CAFILE (PEM); the certificate must
+    also name the host in the bootstrap address (or set TAGGER_KAFKA_SSL_CHECK_HOSTNAME=false, not advised).
+    """
+
+
 def client_config(bootstrap: Bootstrap) -> dict[str, Any]:
     """A librdkafka configuration for ``bootstrap`` (servers, or a full configuration)."""
     return {"bootstrap.servers": bootstrap} if isinstance(bootstrap, str) else dict(bootstrap)
@@ -67,6 +84,58 @@ def _counts_now(admin: AdminClient, bootstrap: Bootstrap, timeout: float) -> dic
         return _counts(admin.list_topics(timeout=max(timeout, 0.1)))
     except KafkaException as exc:
         raise KafkaAdminError(f"no metadata from {servers(bootstrap)!r}: {exc.args[0]}") from exc
+
+
+def connection_error(bootstrap: Bootstrap, errors: Sequence[KafkaError]) -> KafkaAdminError | None:
+    """The start-up error that ``errors`` (librdkafka's error callbacks) amount to, None while none is fatal.
+
+    A SASL authentication failure or a TLS handshake failure is a configuration error that no retry mends;
+    transport errors (a broker not up yet) are not. The message names the servers, mechanism and user and
+    the settings to check, never a secret (librdkafka's own text names none either).
+    """
+    config = client_config(bootstrap)
+    for error in errors:
+        reason = error.str()
+        if error.code() == KafkaError._AUTHENTICATION:
+            who = f"SASL {config.get('sasl.mechanism', '?')} user {config.get('sasl.username')!r}"
+            return KafkaAuthenticationError(
+                f"Kafka authentication failed at {servers(bootstrap)}: the broker refused {who} "
+                f"(check TAGGER_KAFKA_SASL_USERNAME, TAGGER_KAFKA_SASL_PASSWORD, TAGGER_KAFKA_SASL_MECHANISM): "
+                f"{reason}")
+        if error.code() == KafkaError._SSL:
+            if "certificate" in reason:
+                cafile = config.get("ssl.ca.location", "the system's CA certificates")
+                return KafkaTLSError(
+                    f"Kafka TLS certificate verification failed at {servers(bootstrap)}: the broker's "
+                    f"certificate is not signed by a CA in {cafile} or does not name the host "
+                    f"(check TAGGER_KAFKA_SSL_CAFILE, TAGGER_KAFKA_SSL_CHECK_HOSTNAME): {reason}")
+            return KafkaTLSError(f"Kafka TLS handshake failed at {servers(bootstrap)} (is "
+                                 f"TAGGER_KAFKA_SECURITY_PROTOCOL right for this listener?): {reason}")
+    return None
+
+
+def check_connection(bootstrap: Bootstrap, *, timeout: float = 30.0) -> None:
+    """Start-up preflight: metadata from the brokers with the client's own security settings.
+
+    Raises KafkaAuthenticationError or KafkaTLSError as soon as librdkafka reports one (about a second),
+    and KafkaAdminError when no broker answers within ``timeout`` seconds. Without it a worker with a wrong
+    password failed after 30 s with a traceback saying only "Broker transport failure", and aiokafka
+    (``tagger tail``) with "Unable to bootstrap"; librdkafka's retry lines stay off stderr here.
+    """
+    errors: list[KafkaError] = []
+    admin = AdminClient({**client_config(bootstrap), "error_cb": errors.append, "log_level": 0})
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            admin.list_topics(timeout=max(min(1.0, deadline - time.monotonic()), 0.1))
+            return
+        except KafkaException as exc:
+            last = exc.args[0]
+        admin.poll(0)  # serves the error callbacks
+        if (error := connection_error(bootstrap, errors)) is not None:
+            raise error
+        if time.monotonic() >= deadline:
+            raise KafkaAdminError(f"no Kafka broker answered at {servers(bootstrap)} within {timeout:g}s: {last}")
 
 
 def _counts(metadata: ClusterMetadata) -> dict[str, int]:
