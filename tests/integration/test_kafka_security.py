@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import psutil
 import pytest
 
 from stream.embedded import ServiceGroup, free_port, spawn, terminate
@@ -179,10 +178,23 @@ def tagger(env: dict[str, str], *args: str, timeout: float = 180) -> subprocess.
                           timeout=timeout, check=False)
 
 
-def kafka_ports(pid: int) -> set[int]:
-    """Remote ports of the process's established TCP connections."""
-    return {c.raddr.port for c in psutil.Process(pid).net_connections("tcp")
-            if c.raddr and c.status == psutil.CONN_ESTABLISHED}
+def remote_ports(pid: int) -> set[int]:
+    """Remote ports of the process's established TCP connections (Linux /proc: its sockets' inodes)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        try:
+            link = os.readlink(fd)
+        except OSError:  # closed meanwhile (the listing's own descriptor, for one)
+            continue
+        if link.startswith("socket:["):
+            inodes.add(link[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        for line in Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]:
+            fields = line.split()  # sl local_address rem_address st ... inode (the tenth)
+            if fields[3] == "01" and fields[9] in inodes:  # 01: ESTABLISHED
+                ports.add(int(fields[2].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def test_worker_replay_tail_and_webhooks_over_sasl_ssl(secure: SecureKafka, tmp_path: Path) -> None:
@@ -226,7 +238,7 @@ def test_worker_replay_tail_and_webhooks_over_sasl_ssl(secure: SecureKafka, tmp_
 
         # every Kafka connection of the worker and of tail is to the SASL_SSL listener
         for name, pid in (("worker", worker.proc.pid), ("tail", tail.pid)):
-            ports = kafka_ports(pid) & secure.all_ports
+            ports = remote_ports(pid) & secure.all_ports
             assert ports == secure.secure_ports, f"{name}: connections to the node's ports {ports}, " \
                 f"only {secure.secure_ports} (SASL_SSL) expected"
         log = (tmp_path / "worker.log").read_text(errors="replace")
