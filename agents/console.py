@@ -1,4 +1,10 @@
-"""Terminal rendering of tag changes (``tagger tail`` and ``tagger dev``)."""
+"""Terminal rendering of tag changes (``tagger tail`` and ``tagger dev``).
+
+A tag change or churn alert the tagger re-published after a crash (same ``change_id``,
+stream/sequence.py) is printed once: a :class:`~stream.sequence.RepeatFilter` keeps each
+customer's highest ``seq`` per topic partition, for at most 100,000 customers (least
+recently seen dropped first; beyond that a repeat may be printed again).
+"""
 
 from __future__ import annotations
 
@@ -11,6 +17,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from stream.security import aiokafka_options
+from stream.sequence import MAX_CUSTOMERS, RepeatFilter
 from stream.settings import Settings
 
 _TIER_COLOURS = {"A": "magenta", "B": "cyan", "C": "green", "D": "white"}
@@ -66,23 +73,36 @@ def alert_wanted(alert: Mapping[str, Any], levels: Collection[str]) -> bool:
 
 async def tail_tag_changes(settings: Settings, *, tags: Collection[str] = (), tiers: Collection[str] = (),
                            alerts: bool = False, stop: asyncio.Event | None = None,
-                           levels: Collection[str] = ()) -> None:
-    """Print every tag change (and churn alert) from the beginning of the topics until stopped."""
+                           levels: Collection[str] = (), max_customers: int = MAX_CUSTOMERS) -> None:
+    """Print every tag change (and churn alert) from the beginning of the topics until stopped, each once."""
     names = [settings.tag_changes_topic] + ([settings.churn_alerts_topic] if alerts else [])
     consumer = AIOKafkaConsumer(*names, bootstrap_servers=settings.kafka_bootstrap_servers,
                                 group_id=None, auto_offset_reset="earliest", enable_auto_commit=False,
                                 **aiokafka_options(settings))
+    repeats = RepeatFilter(max_customers)
     await consumer.start()
     try:
         while stop is None or not stop.is_set():
             batches = await consumer.getmany(timeout_ms=500)
             for records in batches.values():
                 for record in records:
-                    message = orjson.loads(record.value or b"{}")
-                    if record.topic == settings.churn_alerts_topic:
-                        if alert_wanted(message, levels):
-                            click.echo(render_alert(message))
-                    elif wanted(message, tags, tiers):
-                        click.echo(render_change(message))
+                    line = tail_line(settings, record.topic, record.partition, record.value, repeats,
+                                     tags=tags, tiers=tiers, levels=levels)
+                    if line is not None:
+                        click.echo(line)
     finally:
         await consumer.stop()
+
+
+def tail_line(settings: Settings, topic: str, partition: int, value: bytes | None, repeats: RepeatFilter, *,
+              tags: Collection[str] = (), tiers: Collection[str] = (), levels: Collection[str] = ()) -> str | None:
+    """The line ``tagger tail`` prints for one record, or None: filtered out, or a repeat of one seen."""
+    try:
+        message = orjson.loads(value or b"{}")
+    except orjson.JSONDecodeError:
+        return None
+    if not isinstance(message, dict) or repeats.seen((topic, partition), message):
+        return None
+    if topic == settings.churn_alerts_topic:
+        return render_alert(message) if alert_wanted(message, levels) else None
+    return render_change(message) if wanted(message, tags, tiers) else None

@@ -36,6 +36,7 @@ from stream.priority import priority_of
 from stream.privacy import erase_change, parse_privacy_request
 from stream.profiles import parse_profile
 from stream.redis_view import RedisView
+from stream.sequence import stamp
 from stream.settings import Settings
 from stream.state import CustomerState
 
@@ -552,10 +553,22 @@ class Runtime:
         if errors:
             self.rule_errors += len(errors)
             log.warning("rule errors for %s: %s", cid, errors)
+        # numbered before the table write, which a RocksDB store serialises at once; the record reaches
+        # the changelog at the next commit (stream/app.py write_dirty), after the sends below: a crash
+        # before it makes the replay number the same outputs again from the counters the changelog kept
+        if change is not None:
+            stamp(change, cid, "tag", state.next_seq("tag"))
+        if alert is not None:
+            stamp(alert, cid, "churn", state.next_seq("churn"))
         if changed or change is not None or alert is not None:
             self.table[cid] = state
         self.due.set(self.partition_of(cid), cid, next_due(state, now))
         self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
+        await self._emit(change, alert, cid, trigger, arrival)
+
+    async def _emit(self, change: dict[str, Any] | None, alert: dict[str, Any] | None, cid: str,
+                    trigger: dict[str, Any], arrival: Arrival | None) -> None:
+        """Publish a tag change and a churn alert (numbered already: stream/sequence.py)."""
         if change is not None:
             await self.senders["tag_changes"].send(key=cid.encode(), value=orjson.dumps(change))
             self._observe_emit("tag_change", trigger, arrival)

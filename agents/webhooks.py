@@ -5,11 +5,22 @@ It runs in every worker as its own consumer group (``<app_id>-webhooks``) on
 endpoint never holds up tagging. Offsets are committed only after every message
 of a fetched batch was delivered (2xx) or dead-lettered to
 ``webhook-dead-letters``: nothing is dropped, and after a crash the uncommitted
-messages come again. Each delivery carries an ``Idempotency-Key``
-(subscription, topic, partition, offset) and is recorded in Redis
-(``P:wh:<key>``, 7 days) once delivered, so a redelivered message is not sent a
-second time; only a crash between the 2xx and that record can repeat it, and the
-key lets the receiver drop that repeat.
+messages come again. Each delivery carries an ``Idempotency-Key``,
+``<subscription>:<change_id>`` (stream/sequence.py: the same for a tag change
+the tagger re-published after a crash, at another offset), and is recorded in
+Redis (``P:wh:<key>``, 7 days) once delivered.
+
+Repeats are dropped twice over. In memory, a :class:`~stream.sequence.RepeatFilter`
+keeps each customer's highest ``seq`` per topic partition read (at most
+``MAX_CUSTOMERS``, 100,000, least recently seen dropped first; a partition's
+marks are dropped when it is revoked): a message at or below its customer's mark
+is a repeat, whatever its offset, and costs no request and no Redis call. Across
+a restart or a rebalance the marks are gone: the sink starts again at its
+committed offset, after which only the messages of the last uncommitted batch
+and tagger re-publications can repeat, and the Redis record of their key drops
+them. A repeat can still reach the endpoint only after a crash between its 2xx
+and that record, after Redis lost the record (down, flushed, 7 days passed), or
+when the in-memory bound was exceeded too; the key lets the receiver drop it.
 
 Matching, payloads, signing, backoff and the circuit breaker are in stream/webhooks.py.
 """
@@ -26,6 +37,7 @@ import aiohttp
 import orjson
 
 from stream.metrics import WebhookMetrics
+from stream.sequence import MAX_CUSTOMERS, RepeatFilter
 from stream.webhooks import (
     CircuitBreaker,
     Subscription,
@@ -88,7 +100,7 @@ class Deliverer:
     async def deliver(self, sub: Subscription, kind: str, topic: str, partition: int, offset: int,
                       message: dict[str, Any]) -> str:
         """'delivered', 'duplicate' or 'dead_letter'; raises only if the dead letter itself cannot be sent."""
-        key = idempotency_key(topic, partition, offset, sub.name)
+        key = idempotency_key(topic, partition, offset, sub.name, message)
         if await self._seen(key):
             self.metrics.deliveries.labels(sub.name, "duplicate").inc()
             return "duplicate"
@@ -131,17 +143,44 @@ class Deliverer:
         return outcome
 
 
-async def deliver_record(deliverer: Deliverer, kinds: dict[str, str], record: Any) -> None:
-    """Every matching subscription's delivery of one consumed record, concurrently."""
-    kind = kinds[record.topic]
+def decode_record(record: Any) -> dict[str, Any] | None:
+    """A consumed record's message, or None when it is not a JSON object (nothing to deliver)."""
     try:
         message = orjson.loads(record.value or b"null")
     except orjson.JSONDecodeError:
         log.warning("webhook sink: %s[%s]@%s is not JSON; nothing to deliver",
                     record.topic, record.partition, record.offset)
-        return
-    if not isinstance(message, dict):
-        return
+        return None
+    return message if isinstance(message, dict) else None
+
+
+def fresh_records(deliverer: Deliverer, kinds: dict[str, str], records: list[Any],
+                  repeats: RepeatFilter) -> list[tuple[Any, dict[str, Any]]]:
+    """The records to deliver, in order, with their messages: repeats (same customer, ``seq`` at or below
+    the last seen in the partition) are left out and counted as duplicates of each matching subscription."""
+    fresh = []
+    for record in records:
+        message = decode_record(record)
+        if message is None:
+            continue
+        if repeats.seen((record.topic, record.partition), message):
+            kind = kinds[record.topic]
+            for sub in deliverer.config.webhooks:
+                if matches(sub, kind, message):
+                    deliverer.metrics.deliveries.labels(sub.name, "duplicate").inc()
+            continue
+        fresh.append((record, message))
+    return fresh
+
+
+async def deliver_record(deliverer: Deliverer, kinds: dict[str, str], record: Any,
+                         message: dict[str, Any] | None = None) -> None:
+    """Every matching subscription's delivery of one consumed record, concurrently."""
+    kind = kinds[record.topic]
+    if message is None:
+        message = decode_record(record)
+        if message is None:
+            return
     subs = [s for s in deliverer.config.webhooks if matches(s, kind, message)]
     await asyncio.gather(*(deliverer.deliver(s, kind, record.topic, record.partition, record.offset, message)
                            for s in subs))
@@ -150,7 +189,7 @@ async def deliver_record(deliverer: Deliverer, kinds: dict[str, str], record: An
 async def run_sink(settings: Any, config: WebhookConfig, metrics: WebhookMetrics,
                    stop: asyncio.Event | None = None) -> None:
     """Consume, deliver, then commit, batch after batch, until ``stop`` is set or the task is cancelled."""
-    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+    from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
     from aiokafka.errors import CommitFailedError, KafkaError
 
     from stream.kafka_admin import ensure_topics
@@ -160,12 +199,25 @@ async def run_sink(settings: Any, config: WebhookConfig, metrics: WebhookMetrics
                             {settings.webhook_dead_letters_topic: settings.partitions})
     kinds = {settings.tag_changes_topic: "tag_change", settings.churn_alerts_topic: "churn_alert"}
     options = aiokafka_options(settings)
+    repeats = RepeatFilter(MAX_CUSTOMERS)
+
+    class ForgetRevoked(ConsumerRebalanceListener):  # type: ignore[misc]
+        """A revoked partition's marks go: its next owner may deliver more, and an erasure, meanwhile."""
+
+        async def on_partitions_revoked(self, revoked: Any) -> None:
+            for tp in revoked:
+                repeats.forget((tp.topic, tp.partition))
+
+        async def on_partitions_assigned(self, assigned: Any) -> None:
+            pass
+
     consumer = AIOKafkaConsumer(
-        *kinds, bootstrap_servers=settings.kafka_bootstrap_servers, group_id=f"{settings.app_id}-webhooks",
+        bootstrap_servers=settings.kafka_bootstrap_servers, group_id=f"{settings.app_id}-webhooks",
         enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=100,
         session_timeout_ms=int(settings.session_timeout * 1000),
         heartbeat_interval_ms=int(settings.heartbeat_interval * 1000),
         max_poll_interval_ms=int((config.max_delivery_seconds + 120) * 1000), **options)
+    consumer.subscribe(topics=list(kinds), listener=ForgetRevoked())
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", **options)
 
     async def send_dead_letter(key: bytes, value: bytes) -> None:
@@ -188,7 +240,8 @@ async def run_sink(settings: Any, config: WebhookConfig, metrics: WebhookMetrics
                 records = [r for rs in batches.values() for r in rs]
                 if not records:
                     continue
-                await asyncio.gather(*(deliver_record(deliverer, kinds, r) for r in records))
+                fresh = fresh_records(deliverer, kinds, records, repeats)
+                await asyncio.gather(*(deliver_record(deliverer, kinds, r, m) for r, m in fresh))
                 try:
                     await consumer.commit({tp: rs[-1].offset + 1 for tp, rs in batches.items() if rs})
                 except (CommitFailedError, KafkaError) as exc:  # rebalanced: the new owner redelivers; Redis dedupes

@@ -13,6 +13,7 @@ import time
 from typing import Any
 
 from .events import _fail, _id, _show, decode_object, format_ts, parse_ts
+from .sequence import erase_change_id
 
 TYPES = ("erase",)
 
@@ -36,6 +37,8 @@ def erase_change(request: dict[str, Any], *, topic: str, ruleset_version: str,
         "tier": None, "previous_tier": None, "score": None, "reasons": {},
         "trigger": {"kind": "erase", "topic": topic, "event_id": request["request_id"]},
         "erased": True,
+        "seq": None,  # the customer's sequences end here; a later event starts them again at 1
+        "change_id": erase_change_id(request["customer_id"], request["request_id"]),
         "event_time": format_ts(request["ts"]),
         "emitted_at": format_ts(int(time.time() * 1000)),
         "ruleset_version": ruleset_version,

@@ -34,6 +34,14 @@ looked for in ``recent_ids`` only when its bit is set in a 1,024-bit filter of
 the digests (kept in memory, never persisted): scanning 64 entries for every event
 cost ~5% of a worker draining a backlog of 20,000 customers. A changelog record
 written before digests (``"i"``: the ids as strings) is read and converted.
+
+Output sequences: ``tag_seq`` and ``churn_seq`` count the ``tag-changes`` and
+``churn-alerts`` messages the customer was given (:meth:`next_seq`), so every
+output carries a ``seq`` and a ``change_id`` (stream/sequence.py) that a replay
+after a crash gives again: the counters travel in the changelog with the rest
+of the state (``"q": [tag_seq, churn_seq]``, left out while both are 0: 0 bytes a
+customer then, else 10 plus one per digit beyond the first of each, e.g. 11 for
+``[12,3]``; a record written before them loads as 0).
 """
 
 from __future__ import annotations
@@ -67,7 +75,7 @@ _LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "la
              "first_seen_at", "last_activity_at", "last_event_ts")
 
 _PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", "profile", "manual",
-              *_LIFETIME)
+              "tag_seq", "churn_seq", *_LIFETIME)
 # window sums, in this order, cached per UTC day (see CustomerState._sums)
 _S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90, _OP90, _L365 = range(13)
 
@@ -191,6 +199,8 @@ class CustomerState:
         self.view: dict[str, Any] | None = None  # the agent's published view, carried opaquely
         self.profile: dict[str, Any] | None = None  # latest customer-profiles record (stream.profiles)
         self.manual: dict[str, Any] | None = None  # manual tags and score adjustment (stream.manual)
+        self.tag_seq = 0  # tag-changes messages given a seq so far (the last one's seq)
+        self.churn_seq = 0  # churn-alerts messages likewise: each output topic numbers 1, 2, 3, ...
         self.orders_total = 0
         self.max_order = 0
         self.first_order_at: int | None = None
@@ -232,6 +242,17 @@ class CustomerState:
             self._ids_dropped += 1
             if self._ids_dropped >= RECENT_IDS:  # the filter holds as many dropped ids as kept ones
                 self._id_bits, self._ids_dropped = -1, 0
+
+    # -- output sequences ---------------------------------------------------------------
+    def next_seq(self, kind: str) -> int:
+        """The ``seq`` of the customer's next ``kind`` output (``tag`` or ``churn``), counted now."""
+        if kind == "tag":
+            self.tag_seq += 1
+            return self.tag_seq
+        if kind == "churn":
+            self.churn_seq += 1
+            return self.churn_seq
+        raise ValueError(f"no output sequence {kind!r}")
 
     # -- apply --------------------------------------------------------------------------
     def apply(self, event: Event, source: str, offset: int, dedupe_id: str) -> None:
@@ -410,6 +431,8 @@ class CustomerState:
                 doc[key] = value
         if self.recent_ids:
             doc["j"] = _ids_to_text(self.recent_ids)
+        if self.tag_seq or self.churn_seq:
+            doc["q"] = [self.tag_seq, self.churn_seq]
         for key, carried in (("w", self.view), ("p", self.profile), ("m", self.manual)):
             if carried is not None:
                 doc[key] = carried
@@ -436,6 +459,7 @@ class CustomerState:
             state.view = doc.get("w")
             state.profile = doc.get("p")
             state.manual = doc.get("m")
+            state.tag_seq, state.churn_seq = (int(n) for n in doc.get("q", (0, 0)))
             if not (isinstance(state.tickets, dict) and isinstance(state.offsets, dict)):
                 raise TypeError("tickets or offsets have the wrong JSON type")
         except StateDecodeError:

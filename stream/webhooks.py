@@ -106,8 +106,14 @@ def matches(sub: Subscription, kind: str, message: Mapping[str, Any]) -> bool:
     return tier != previous and bool(sub.tiers & {tier, previous})
 
 
-def idempotency_key(topic: str, partition: int, offset: int, subscription: str) -> str:
-    """Stable across redeliveries of the same message to the same subscription."""
+def idempotency_key(topic: str, partition: int, offset: int, subscription: str,
+                    message: Mapping[str, Any] | None = None) -> str:
+    """``<subscription>:<change_id>``: the same for a message re-published after a crash (stream/sequence.py)
+    and for its redeliveries. A message without ``change_id`` (written before it existed) is named
+    by its place instead, ``<subscription>:<topic>:<partition>:<offset>``."""
+    ident = None if message is None else message.get("change_id")
+    if isinstance(ident, str) and ident:
+        return f"{subscription}:{ident}"
     return f"{subscription}:{topic}:{partition}:{offset}"
 
 
