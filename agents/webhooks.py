@@ -12,15 +12,16 @@ Redis (``P:wh:<key>``, 7 days) once delivered.
 
 Repeats are dropped twice over. In memory, a :class:`~stream.sequence.RepeatFilter`
 keeps each customer's highest ``seq`` per topic partition read (at most
-``MAX_CUSTOMERS``, 100,000, least recently seen dropped first; a partition's
+``MAX_CUSTOMERS``, 100,000, ~28 MB, least recently seen dropped first; a partition's
 marks are dropped when it is revoked): a message at or below its customer's mark
 is a repeat, whatever its offset, and costs no request and no Redis call. Across
 a restart or a rebalance the marks are gone: the sink starts again at its
 committed offset, after which only the messages of the last uncommitted batch
 and tagger re-publications can repeat, and the Redis record of their key drops
-them. A repeat can still reach the endpoint only after a crash between its 2xx
-and that record, after Redis lost the record (down, flushed, 7 days passed), or
-when the in-memory bound was exceeded too; the key lets the receiver drop it.
+them (within one run too, for a customer whose mark the bound dropped). A repeat
+can still reach the endpoint only after a crash between its 2xx and that record,
+or when Redis lost the record (down, flushed, 7 days passed) and no mark holds
+the customer; the key, the same for every copy, lets the receiver drop it.
 
 Matching, payloads, signing, backoff and the circuit breaker are in stream/webhooks.py.
 """
