@@ -75,6 +75,7 @@ def create_app(settings: Settings) -> faust.App:
         key_serializer="raw",
         value_serializer="raw",
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.topic_replication_factor,  # the changelog's (Faust's default 1)
         # No standby replicas: Faust's memory store deletes standby rows when a recovery
         # completes and later resumes them from the standby offset, losing customers
         # (seen in our SIGKILL test). Recovery reads the changelog instead.

@@ -48,6 +48,9 @@ class Settings(BaseSettings):
         "(flagged 'value_truncated'); the original stays at its topic/partition/offset.",
     )
     partitions: int = Field(8, description="Partition count of every input and internal topic.")
+    topic_replication_factor: int = Field(1, ge=1, description="Replication factor of the topics Faust creates "
+                                          "(the customers table's changelog): 3 on a 3-broker cluster. The "
+                                          "topics stream.topics creates take the broker's default.replication.factor.")
 
     orders_topic: str = "orders"
     logins_topic: str = "logins"

@@ -1,4 +1,4 @@
-"""A TCP proxy in front of the broker that can cut every connection for a while (broker outage)."""
+"""A TCP proxy in front of a broker that can cut every connection for a while, or let them go silent."""
 
 from __future__ import annotations
 
@@ -7,15 +7,15 @@ import socket
 import threading
 import time
 
-from stream.embedded import TansuBroker, free_port
+from stream.embedded import free_port
 
 
 class CuttableProxy:
-    """Forwards 127.0.0.1:``port`` to the broker; :meth:`cut` drops all connections and refuses new ones,
-    :meth:`silence` lets them go silent instead."""
+    """Forwards 127.0.0.1:``port`` (default: a free one) to ``target_port``; :meth:`cut` drops all connections
+    and refuses new ones, :meth:`silence` lets them go silent instead."""
 
-    def __init__(self, target_port: int) -> None:
-        self.port = free_port()
+    def __init__(self, target_port: int, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.target_port = target_port
         self._down_until = 0.0
         self._conns: set[socket.socket] = set()
@@ -93,23 +93,3 @@ class CuttableProxy:
         self._server.close()
         self.cut(0)
 
-
-class ProxiedTansu(TansuBroker):
-    """Tansu advertising the proxy's address, so every client (metadata included) goes through it."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.proxy = CuttableProxy(self.port)
-
-    @property
-    def bootstrap(self) -> str:
-        return f"127.0.0.1:{self.proxy.port}"
-
-    def command(self) -> list[str]:
-        command = super().command()  # listens on the proxy's address too: point the listener at our own
-        command[command.index("--listener-url") + 1] = f"tcp://127.0.0.1:{self.port}"
-        return command
-
-    def stop(self) -> None:
-        super().stop()
-        self.proxy.close()
