@@ -1,4 +1,8 @@
-"""``tagger bench``: the issue-7 benchmark harness on embedded Tansu and Redis.
+"""``tagger bench``: the benchmark harness (issues 7 and 27) on a local broker and Redis.
+
+The broker (``--broker``): one real Apache Kafka node (``stream.kafka_local``, KRaft, on this
+machine) when Java and Maven are here, else the embedded Tansu; ``broker`` in the JSON says which.
+Workers get Tansu's settings (fast joins, the highwater shim) only on Tansu.
 
 Every measured *group* (``agents/bench_workers.py``) is its own consumer group with its
 own app id, input/output topics and Redis prefix, and reads the same backlog (``--events``
@@ -20,6 +24,17 @@ phases, in order:
    then both with 1 if N > 1, each do-nothing group right before its tagger group (the
    machine's speed drifts over a run: adjacent groups make the ratios fairer).
    A raw aiokafka ``getmany`` loop reads the first do-nothing group's input topics (no group).
+   Between the one-worker do-nothing and tagger groups, on Kafka only, the **Quix Streams peer**
+   (``agents/bench_quix.py``, one process, group ``quix-1``): the same backlog through net spend
+   over 30/90/365 days, paid-order counts and the ``big_spender`` tag on change, with Quix's own
+   RocksDB state and changelog; then, still running, 1,000 events/s of demo traffic with 20
+   priority events a second among it (half of them big orders of new customers: each one a
+   big_spender change, so there are changes to time) for ``--latency-seconds``, latency from its
+   own record (input's Kafka timestamp → tag change handed to its producer). On Tansu it does not
+   run (its keys are null): Quix 3.28 derives its changelog topic's config from the input topics'
+   ``retention.ms`` (DescribeConfigs), which Tansu does not return, and with that patched in, the
+   peer's readiness check (DescribeGroups) never saw a stable group there within 180 s.
+   Each drain also measures its workers' CPU (/proc) per event of the backlog.
    Right before each do-nothing group (no worker running), :func:`machine_scaling` measures
    what two busy processes get done on this machine against one.
 2. **Latency**, on the one-worker tagger group, each phase once the worker has settled (no
@@ -34,6 +49,10 @@ phases, in order:
       tickets; new customers, so each yields a tag change), measured end to end from the
       outside (``agents/bench_latency.py``);
    c. single demo events at each ``--rates`` fraction of the reference capacity, as in a.
+
+   On Kafka the broker is a JVM, whose CPU the ``broker_cpu_percent`` keys report in the same
+   way; the Tansu-specific growth below does not apply (Kafka finds a fetch's position by its
+   offset index), so on Kafka those figures are just the broker's share, not a trend.
 
    The reference capacity is the rate of one worker that evaluates every event on its own
    (a drain with coalescing off, group ``tagger-each-1``): a worker that keeps up never
@@ -59,14 +78,16 @@ phases, in order:
 
 JSON keys (``--out``); rates are per second, latencies in seconds, null where not measured:
 
-- ``events``, ``customers``, ``partitions``, ``batch``, ``workers``, ``rates``: the run's options.
+- ``broker`` (``kafka`` or ``tansu``), ``broker_version`` (Kafka's, null on Tansu), ``events``,
+  ``customers``, ``partitions``, ``batch``, ``workers``, ``rates``: the run's options.
 - ``cpu_count``, ``load_average_start``, ``load_average_end``: the machine (1-minute load).
 - ``machine_scaling_ratio_before_n_workers``, ``machine_scaling_ratio_before_one_worker``:
   :func:`machine_scaling` right before the N-worker and the one-worker groups that
   ``scaling_ratio`` compares (null if N = 1): the ceiling of any scaling ratio here.
 - ``backlog_messages``: messages in the backlog (= events, or envelopes with ``--batch``).
 - ``produce_events_per_s``: how fast the bench produced the backlog (first group).
-- ``raw_aiokafka_messages_per_s``: plain aiokafka ``getmany`` over the backlog, no group.
+- ``raw_aiokafka_messages_per_s``: plain aiokafka ``getmany`` over the backlog, no group;
+  ``raw_aiokafka_cpu_us_per_event``: its CPU per event (µs; per message ÷ ``batch``).
 - ``faust_noop_messages_per_s``: the do-nothing Faust agent, N workers together.
 - ``faust_noop_one_worker_messages_per_s``, ``faust_noop_scaling_ratio``: the same with one
   worker, and N / 1 (null if N = 1).
@@ -75,7 +96,19 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   (null if N = 1).
 - ``tagger_vs_faust_noop``, ``tagger_vs_raw_aiokafka``: ``worker_events_per_s`` over the
   N-worker no-op rate and over the raw rate (both in events, envelopes × ``batch``).
-- ``one_worker_tagger_vs_faust_noop``: ``one_worker_events_per_s`` over the one-worker no-op rate.
+- ``one_worker_tagger_vs_faust_noop``: ``one_worker_events_per_s`` over the one-worker no-op rate;
+  ``one_worker_tagger_vs_raw_aiokafka`` over the raw rate (in events), ``one_worker_tagger_vs_quix``
+  over ``quix_events_per_s`` (null on Tansu).
+- ``one_worker_cpu_us_per_event``, ``faust_noop_one_worker_cpu_us_per_event``: CPU µs per event of
+  the one-worker tagger and do-nothing drains (the worker's /proc user + system time from the start
+  of production until drained, ÷ the backlog's events).
+- ``quix_version``, ``quix_events_per_s``, ``quix_cpu_us_per_event``: the Quix Streams peer's drain
+  (one process) and its CPU per event; ``quix_big_spenders_after_drain`` and
+  ``tagger_big_spenders_after_drain`` (the one-worker tagger group's Redis tag index, once settled):
+  customers holding big_spender after the backlog, a check that the two jobs agree.
+  ``quix_latency_1k_reachable`` (its drain reached 1,000 events/s), ``quix_latency_1k_p50_s``,
+  ``quix_latency_1k_p99_s`` (nearest rank), ``quix_latency_1k_samples`` (tag changes timed),
+  ``quix_latency_1k_worker_cpu_us_per_event``: its phase at 1,000 events/s. All null on Tansu.
 - ``one_worker_stream_intake_events_per_s``, ``stream_intake_vs_faust_noop``: one tagger worker
   with ``TAGGER_INTAKE=stream`` (records through a Faust agent's stream, Faust's per-message
   path, instead of the batch intake of ``stream/intake.py``), and that over the one-worker no-op rate.
@@ -130,7 +163,7 @@ import click
 import orjson
 
 from stream.demo import DemoConfig, run_demo
-from stream.embedded import ServiceGroup, terminate
+from stream.embedded import ServiceGroup, TansuBroker, terminate
 from stream.settings import Settings
 
 from .bench_latency import (
@@ -188,6 +221,7 @@ class Run:
     """One benchmark run: services, options and the backlog every group reads."""
 
     services: ServiceGroup
+    tansu: bool  # the broker is Tansu (else Apache Kafka, stream.kafka_local)
     workdir: Path
     events: int
     customers: int
@@ -197,7 +231,15 @@ class Run:
 
     def group(self, name: str, command: str, count: int, settings: dict[str, str] | None = None) -> Group:
         return new_group(name, command, count, bootstrap=self.services.bootstrap, redis_url=self.services.redis_url,
-                         partitions=self.partitions, workdir=self.workdir, settings=settings)
+                         partitions=self.partitions, workdir=self.workdir, settings=settings, tansu=self.tansu)
+
+    @property
+    def broker_pid(self) -> int:
+        """The broker's process: Tansu's, or the one Kafka node's JVM."""
+        broker: Any = self.services.broker
+        pid = broker.pid if isinstance(broker, TansuBroker) else broker.nodes[0].pid
+        assert pid is not None  # the broker runs for the whole bench
+        return int(pid)
 
     def settings(self, group: Group) -> Settings:
         """Settings of a group's workers, for commands sent from here (reevaluate)."""
@@ -254,24 +296,29 @@ def _cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> float:
-    """Messages/s of a plain aiokafka ``getmany`` loop reading ``topics`` from the start (no group)."""
+def raw_consume_rate(bootstrap: str, topics: list[str], expected: int) -> tuple[float, float]:
+    """(messages/s, CPU µs per message) of a plain aiokafka ``getmany`` loop reading ``topics`` from the
+    start (no group), in this process (nothing else runs in it meanwhile)."""
     from aiokafka import AIOKafkaConsumer
     from aiokafka.structs import TopicPartition
+    from confluent_kafka.admin import AdminClient
 
-    async def run() -> float:
+    listed = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0}).list_topics(timeout=20).topics
+    partitions = {t: sorted(listed[t].partitions) for t in topics}  # (Kafka tells a consumer of no topic none)
+
+    async def run() -> tuple[float, float]:
         consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
                                     auto_offset_reset="earliest")
         await consumer.start()
         try:
-            tps = [TopicPartition(t, p) for t in topics for p in (consumer.partitions_for_topic(t) or set())]
+            tps = [TopicPartition(t, p) for t, parts in partitions.items() for p in parts]
             consumer.assign(tps)
             await consumer.seek_to_beginning(*tps)
-            read, began = 0, time.monotonic()
+            read, began, cpu = 0, time.monotonic(), time.process_time()  # ns resolution; /proc's is 10 ms
             while read < expected and time.monotonic() - began < 120:
                 batches = await consumer.getmany(timeout_ms=500, max_records=10_000)
                 read += sum(len(records) for records in batches.values())
-            return read / (time.monotonic() - began)
+            return read / (time.monotonic() - began), 1e6 * (time.process_time() - cpu) / max(read, 1)
         finally:
             await consumer.stop()
 
@@ -313,9 +360,19 @@ def changelog_sizes(bootstrap: str, topic: str, idle_s: float = 3.0) -> dict[byt
 # --- 1. throughput ---------------------------------------------------------------------------
 
 
+@dataclass
+class Drain:
+    """One timed drain of the backlog by a group."""
+
+    rate: float  # finished per second (events, or envelopes for the do-nothing agent)
+    group: Group
+    produce_s: float
+    cpu_us_per_event: float  # the group's workers' CPU over the drain ÷ the backlog's events
+
+
 def measure_drain(run: Run, name: str, command: str, count: int, expected: int, keep: bool = False,
-                  settings: dict[str, str] | None = None) -> tuple[float, Group, float]:
-    """(rate, group, produce seconds): start the group on empty topics, wait ready, produce, time the drain.
+                  settings: dict[str, str] | None = None) -> Drain:
+    """Start the group on empty topics, wait ready, produce, time the drain.
 
     The group is stopped afterwards unless ``keep``.
     """
@@ -323,9 +380,11 @@ def measure_drain(run: Run, name: str, command: str, count: int, expected: int, 
     group = run.group(name, command, count, settings)
     try:
         progress(f"{name}: ready after {wait_ready(group):.1f}s; producing the backlog, timing the drain")
+        cpu = CpuMeter({str(i): proc.pid for i, proc in enumerate(group.procs)})
         started = time.monotonic()
         produce_s = produce(run.services.bootstrap, run.messages, group)
         rate = drain_rate(group, expected, started)
+        used, _ = cpu.read()
         group.expected = expected
         progress(f"{name}: drained {expected:,} at {rate:,.0f}/s")
     except BaseException:
@@ -333,48 +392,116 @@ def measure_drain(run: Run, name: str, command: str, count: int, expected: int, 
         raise
     if not keep:
         stop_group(group)
-    return rate, group, produce_s
+    return Drain(rate, group, produce_s, 1e6 * sum(used.values()) / run.events)
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
-def throughput(run: Run, workers: int, result: dict[str, Any]) -> Group:
-    """Phase 1; returns the one-worker tagger group, still running."""
+def throughput(run: Run, workers: int, result: dict[str, Any], seconds: float) -> Group:
+    """Phase 1 (and the Quix peer's latency at 1,000 events/s); returns the one-worker tagger group, still running."""
     counts = [workers, 1] if workers > 1 else [1]
     per_message = max(run.batch, 1)  # events per backlog message
-    noop: dict[int, float] = {}
-    tagger: dict[int, float] = {}
+    noop: dict[int, Drain] = {}
+    tagger: dict[int, Drain] = {}
     # evaluating every event on its own, as a worker that keeps up does: the latency phases' reference
-    result["one_worker_uncoalesced_events_per_s"], _, _ = measure_drain(
-        run, "tagger-each-1", "worker", 1, run.events, settings={"TAGGER_COALESCE_CUSTOMERS": "0"})
+    result["one_worker_uncoalesced_events_per_s"] = measure_drain(
+        run, "tagger-each-1", "worker", 1, run.events, settings={"TAGGER_COALESCE_CUSTOMERS": "0"}).rate
     # the same tagger fed through a Faust agent's stream (Faust's per-message path) instead of the batch intake
-    result["one_worker_stream_intake_events_per_s"], _, _ = measure_drain(
-        run, "tagger-stream-1", "worker", 1, run.events, settings={"TAGGER_INTAKE": "stream"})
+    result["one_worker_stream_intake_events_per_s"] = measure_drain(
+        run, "tagger-stream-1", "worker", 1, run.events, settings={"TAGGER_INTAKE": "stream"}).rate
     result.update(machine_scaling_ratio_before_n_workers=None, machine_scaling_ratio_before_one_worker=None)
     for n in counts:  # each do-nothing group right before its tagger group: the machine drifts between runs
         if workers > 1:
             result[f"machine_scaling_ratio_before_{'one_worker' if n == 1 else 'n_workers'}"] = machine_scaling()
-        noop[n], group, produce_s = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
+        noop[n] = measure_drain(run, f"noop-{n}", "baseline-worker", n, len(run.messages))
         if "raw_aiokafka_messages_per_s" not in result:
-            result["produce_events_per_s"] = run.events / produce_s
-            topics = [group.topic(t) for t in ("orders", "logins", "support-tickets")]
-            result["raw_aiokafka_messages_per_s"] = raw_consume_rate(run.services.bootstrap, topics,
-                                                                     len(run.messages))
+            result["produce_events_per_s"] = run.events / noop[n].produce_s
+            topics = [noop[n].group.topic(t) for t in ("orders", "logins", "support-tickets")]
+            result["raw_aiokafka_messages_per_s"], raw_cpu = raw_consume_rate(run.services.bootstrap, topics,
+                                                                              len(run.messages))
+            result["raw_aiokafka_cpu_us_per_event"] = raw_cpu / per_message
         if n == 1:
+            # between the one-worker no-op and tagger groups; Kafka only (see the module docstring)
+            result.update(QUIX_KEYS if run.tansu else quix_peer(run, seconds))
             _flush_redis(run)  # Redis bytes per customer are measured on this group alone
-        tagger[n], group, _ = measure_drain(run, f"tagger-{n}", "worker", n, run.events, keep=n == 1)
+        tagger[n] = measure_drain(run, f"tagger-{n}", "worker", n, run.events, keep=n == 1)
+    raw = result["raw_aiokafka_messages_per_s"] * per_message
     result.update(
-        faust_noop_messages_per_s=noop[workers], faust_noop_one_worker_messages_per_s=noop[1],
-        faust_noop_scaling_ratio=_ratio(noop[workers], noop[1]) if workers > 1 else None,
-        worker_events_per_s=tagger[workers], one_worker_events_per_s=tagger[1],
-        scaling_ratio=_ratio(tagger[workers], tagger[1]) if workers > 1 else None,
-        tagger_vs_faust_noop=tagger[workers] / (noop[workers] * per_message),
-        one_worker_tagger_vs_faust_noop=tagger[1] / (noop[1] * per_message),
-        stream_intake_vs_faust_noop=result["one_worker_stream_intake_events_per_s"] / (noop[1] * per_message),
-        tagger_vs_raw_aiokafka=tagger[workers] / (result["raw_aiokafka_messages_per_s"] * per_message))
-    return group  # the last one measured: one worker
+        faust_noop_messages_per_s=noop[workers].rate, faust_noop_one_worker_messages_per_s=noop[1].rate,
+        faust_noop_scaling_ratio=_ratio(noop[workers].rate, noop[1].rate) if workers > 1 else None,
+        worker_events_per_s=tagger[workers].rate, one_worker_events_per_s=tagger[1].rate,
+        scaling_ratio=_ratio(tagger[workers].rate, tagger[1].rate) if workers > 1 else None,
+        tagger_vs_faust_noop=tagger[workers].rate / (noop[workers].rate * per_message),
+        one_worker_tagger_vs_faust_noop=tagger[1].rate / (noop[1].rate * per_message),
+        stream_intake_vs_faust_noop=result["one_worker_stream_intake_events_per_s"] / (noop[1].rate * per_message),
+        tagger_vs_raw_aiokafka=tagger[workers].rate / raw, one_worker_tagger_vs_raw_aiokafka=tagger[1].rate / raw,
+        one_worker_tagger_vs_quix=_ratio(tagger[1].rate, result["quix_events_per_s"]),
+        one_worker_cpu_us_per_event=tagger[1].cpu_us_per_event,
+        faust_noop_one_worker_cpu_us_per_event=noop[1].cpu_us_per_event)
+    return tagger[1].group  # the last one measured: one worker, still running
+
+
+QUIX_KEYS: dict[str, Any] = dict.fromkeys(
+    ("quix_version", "quix_events_per_s", "quix_cpu_us_per_event", "quix_big_spenders_after_drain",
+     "quix_latency_1k_reachable", "quix_latency_1k_p50_s", "quix_latency_1k_p99_s", "quix_latency_1k_samples",
+     "quix_latency_1k_worker_cpu_us_per_event"))
+"""The Quix peer's keys, all null: on Tansu it does not run."""
+
+
+def quix_peer(run: Run, seconds: float) -> dict[str, Any]:
+    """The Quix Streams peer (``agents/bench_quix.py``), one process: its drain of the backlog, the
+    big_spender customers after it, and its latency at 1,000 events/s (if its drain rate reaches it)."""
+    from importlib.metadata import version
+
+    drain = measure_drain(run, "quix-1", "quix", 1, run.events, keep=True)
+    group = drain.group
+    try:
+        stats = orjson.loads(get(group.ports[0], "/stats")[1])
+        reachable = drain.rate >= ONE_K
+        at_1k = quix_latency_at(run, group, ONE_K, seconds) if reachable else {}
+    finally:
+        stop_group(group)
+    return {"quix_version": version("quixstreams"), "quix_events_per_s": drain.rate,
+            "quix_cpu_us_per_event": drain.cpu_us_per_event, "quix_big_spenders_after_drain": stats["tagged"],
+            "quix_latency_1k_reachable": reachable,
+            **{f"quix_latency_1k_{key}": at_1k.get(key) for key in ("p50_s", "p99_s", "samples",
+                                                                     "worker_cpu_us_per_event")}}
+
+
+def quix_latency_at(run: Run, group: Group, offered: float, seconds: float) -> dict[str, Any]:
+    """Demo events at ``offered``/s for ``seconds`` into the Quix peer, with priority big orders among them
+    (new customers: each one is a big_spender change, so there are changes to time); p50/p99 of the
+    peer's own latencies (input's Kafka timestamp → tag change handed to its producer) meanwhile."""
+    time.sleep(float(group.env.get("TAGGER_COMMIT_INTERVAL", "3")) + 1)  # its checkpoint after the drain
+    port = group.ports[0]
+    first = len(orjson.loads(get(port, "/latency")[1]))
+    count = max(2, round(PRIORITY_EVENTS_PER_S * seconds))
+
+    async def traffic() -> tuple[int, dict[str, float]]:
+        normal = run_demo(run.services.bootstrap, _demo(run, group, offered, 99),
+                          limit=max(1, round(offered * seconds)))
+        special = priority_traffic(run.services.bootstrap, group.demo_topics, count, 1 / PRIORITY_EVENTS_PER_S)
+        return await asyncio.gather(normal, special)
+
+    progress(f"quix: latency at {offered:,.0f} events/s for {seconds:g}s")
+    cpu = CpuMeter({"worker": group.procs[0].pid})
+    produced, sent = asyncio.run(traffic())
+    group.expected += produced + len(sent)
+    wait_done(group, group.expected)
+    used, _ = cpu.read()
+    measured = orjson.loads(get(port, f"/latency?from={first}")[1])
+    return {"p50_s": quantile(measured, 0.5), "p99_s": quantile(measured, 0.99), "samples": len(measured),
+            "worker_cpu_us_per_event": 1e6 * used["worker"] / max(produced + len(sent), 1)}
+
+
+def big_spenders(run: Run, group: Group) -> int:
+    """Customers holding big_spender in a tagger group's Redis tag index (once its views are written)."""
+    import redis as redis_sync
+
+    wait_settled(group)
+    return int(redis_sync.Redis.from_url(run.services.redis_url).zcard(f"{group.redis_prefix}:tag:big_spender"))
 
 
 def _flush_redis(run: Run) -> None:
@@ -404,9 +531,7 @@ class CpuMeter:
 
 
 def _broker_and_worker(run: Run, group: Group) -> CpuMeter:
-    broker = run.services.broker.pid
-    assert broker is not None  # the broker runs for the whole bench
-    return CpuMeter({"broker": broker, "worker": group.procs[0].pid})
+    return CpuMeter({"broker": run.broker_pid, "worker": group.procs[0].pid})
 
 
 def latency_at(run: Run, group: Group, offered: float, seconds: float, seed: int) -> dict[str, Any]:
@@ -562,12 +687,32 @@ def recovery(group: Group) -> float:
 # --- the whole run ---------------------------------------------------------------------------
 
 
+def default_broker() -> str:
+    """``kafka`` when Java and Maven are here (stream.kafka_local), else ``tansu``."""
+    from stream.kafka_local import kafka_unavailable
+
+    return "kafka" if kafka_unavailable() is None else "tansu"
+
+
+def _services(broker: str) -> ServiceGroup:
+    if broker == "tansu":
+        return ServiceGroup()
+    from stream.kafka_local import KafkaCluster
+
+    return ServiceGroup(broker=KafkaCluster(1))
+
+
 def run_bench(events: int, customers: int, partitions: int, batch: int = 0, latency_seconds: float = 10.0,
               workers: int = 1, rates: list[float] | None = None,
-              latency_capacity: float = 400.0) -> dict[str, Any]:
-    """The whole benchmark on embedded services; returns its figures (keys: the module docstring)."""
+              latency_capacity: float = 400.0, broker: str | None = None) -> dict[str, Any]:
+    """The whole benchmark on a local broker (``kafka`` or ``tansu``; default :func:`default_broker`) and
+    Redis; returns its figures (keys: the module docstring)."""
+    from stream.kafka_local import kafka_version
+
     rates = rates or [0.25, 0.5, 0.8]
-    result: dict[str, Any] = {"events": events, "customers": customers, "partitions": partitions, "batch": batch,
+    broker = broker or default_broker()
+    result: dict[str, Any] = {"broker": broker, "broker_version": kafka_version() if broker == "kafka" else None,
+                              "events": events, "customers": customers, "partitions": partitions, "batch": batch,
                               "workers": workers, "rates": rates, "cpu_count": os.cpu_count(),
                               "load_average_start": os.getloadavg()[0]}
     # one event a minute, ending now: the latency phases' events (now) carry on from the backlog. A backlog
@@ -578,12 +723,13 @@ def run_bench(events: int, customers: int, partitions: int, batch: int = 0, late
                         time_step_ms=step_ms)
     messages = backlog(config, events, partitions, batch)
     result["backlog_messages"] = len(messages)
-    with ServiceGroup() as services:
-        run = Run(services, Path(tempfile.mkdtemp(prefix="tagger-bench-")), events, customers, partitions,
-                  batch, messages)
-        progress(f"broker {services.bootstrap}, redis {services.redis_url}; worker logs in {run.workdir}")
-        group = throughput(run, workers, result)
+    with _services(broker) as services:
+        run = Run(services, broker == "tansu", Path(tempfile.mkdtemp(prefix="tagger-bench-")), events, customers,
+                  partitions, batch, messages)
+        progress(f"broker {broker} {services.bootstrap}, redis {services.redis_url}; worker logs in {run.workdir}")
+        group = throughput(run, workers, result, latency_seconds)
         try:
+            result["tagger_big_spenders_after_drain"] = big_spenders(run, group)
             one = result["one_worker_uncoalesced_events_per_s"]
             reference = one if batch <= 0 else min(one, latency_capacity)
             result["latency_reference_events_per_s"] = reference

@@ -212,7 +212,7 @@ def plot_latency(result: Mapping[str, Any], path: Path) -> None:
     for key, style in (("p50_s", "o-"), ("p95_s", "s-"), ("p99_s", "^-")):
         values = [row[key] * 1000 if row[key] is not None else math.nan for row in rows]
         ax.plot(rates, values, style, label=key[:-2])
-    # the development broker's share of the two cores, which rises phase after phase (bench.py, phase 2)
+    # the broker's share of the two cores (on Tansu it rises phase after phase: bench.py, phase 2)
     points = [(row["offered_events_per_s"], row["p99_s"], row.get("broker_cpu_percent"), 8) for row in rows]
     points += [(1000, result.get("latency_1k_p99_s"), result.get("latency_1k_broker_cpu_percent"), 8),
                (result.get("immediate_offered_events_per_s"), result.get("immediate_p99_s"),
@@ -232,7 +232,8 @@ def plot_latency(result: Mapping[str, Any], path: Path) -> None:
     ax.set_yscale("log")  # from tens of ms when idle to seconds when saturated, with the 100 ms target in view
     ax.set_title(f"tagger bench: {result['events']:,} events, {result['customers']:,} customers, "
                  f"batch {result['batch']}, load average {result['load_average_start']:.1f}\n"
-                 "in order: 1,000 ev/s, big orders + complaints, the rates; broker: Tansu's CPU, % of a core",
+                 f"in order: 1,000 ev/s, big orders + complaints, the rates; broker: "
+                 f"{result.get('broker', 'tansu').capitalize()}'s CPU, % of a core",
                  fontsize=9)
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8)

@@ -1,9 +1,10 @@
 """Worker groups and backlogs for ``tagger bench`` (see :mod:`agents.bench` for the phases).
 
-A *group* is N worker processes of one command (``worker`` or ``baseline-worker``) in
-one consumer group. Each group has its own app id, input and output topics and
-Redis prefix, so every group reads the same backlog from its start and no group
-sees another's state. Each worker of a group has its own web port and data dir.
+A *group* is N worker processes of one command (``worker`` or ``baseline-worker``, or
+``quix``: the Quix Streams peer, ``agents/bench_quix.py``) in one consumer group. Each
+group has its own app id, input and output topics and Redis prefix, so every group
+reads the same backlog from its start and no group sees another's state. Each worker of
+a group has its own web port and data dir.
 """
 
 from __future__ import annotations
@@ -91,10 +92,10 @@ class Group:
 
 
 def new_group(name: str, command: str, count: int, *, bootstrap: str, redis_url: str, partitions: int,
-              workdir: Path, settings: dict[str, str] | None = None) -> Group:
+              workdir: Path, settings: dict[str, str] | None = None, tansu: bool = True) -> Group:
     """Start ``count`` workers of ``command`` as group ``name`` (not waited for: see :func:`wait_ready`),
-    with extra ``settings`` (environment variables)."""
-    env = worker_env(bootstrap, redis_url, 0, workdir, embedded=True) | (settings or {})
+    with extra ``settings`` (environment variables); ``tansu``: the broker is Tansu (its settings)."""
+    env = worker_env(bootstrap, redis_url, 0, workdir, embedded=tansu) | (settings or {})
     env.update(TAGGER_PARTITIONS=str(partitions), TAGGER_APP_ID=f"bench-{name}", TAGGER_REDIS_PREFIX=f"bench-{name}")
     env.update({f"TAGGER_{field_}_TOPIC": f"{name}-{topic}" for topic, field_ in _GROUP_TOPICS.items()})
     group = Group(name, command, env, workdir)
@@ -109,7 +110,8 @@ def spawn_worker(group: Group, i: int) -> subprocess.Popen[bytes]:
     """Start (or restart) worker ``i`` of ``group`` with its own port and data dir."""
     env = dict(group.env, TAGGER_WEB_PORT=str(group.ports[i]),
                TAGGER_DATADIR=str(group.workdir / f"{group.name}-{i}-data"))
-    return spawn([sys.executable, "-m", "agents", group.command], env=env, log_path=group.logs[i])
+    module = ["agents.bench_quix"] if group.command == "quix" else ["agents", group.command]
+    return spawn([sys.executable, "-m", *module], env=env, log_path=group.logs[i])
 
 
 def stop_group(group: Group) -> None:

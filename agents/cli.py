@@ -228,25 +228,30 @@ def _rates(ctx: click.Context, param: click.Parameter, value: str) -> list[float
 @click.option("--out", type=click.Path(dir_okay=False, path_type=Path), default=None, help="write the JSON here")
 @click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="write a PNG of p50/p95/p99 against offered rate here")
+@click.option("--broker", type=click.Choice(["kafka", "tansu"]), default=None,
+              help="local broker: Apache Kafka (default when Java and Maven are on PATH) or embedded Tansu")
 def bench(events: int, customers: int, partitions: int, batch: int, workers: int, rates: list[float],
-          latency_seconds: float, latency_capacity: float, out: Path | None, plot: Path | None) -> None:
-    """Benchmark the tagger on the embedded broker and Redis (issue 7).
+          latency_seconds: float, latency_capacity: float, out: Path | None, plot: Path | None,
+          broker: str | None) -> None:
+    """Benchmark the tagger on a local broker (real Kafka, else Tansu) and Redis (issues 7 and 27).
 
     Each measured group of workers starts on empty topics and is timed only once
-    all its workers hold partitions. In one run: a raw aiokafka getmany baseline; a do-nothing
-    Faust agent and the tagger draining the same backlog with --workers N (and 1, for
-    the scaling ratio); p50/p95/p99 at each --rates fraction of one worker's capacity
-    and at 1,000 events/s; big orders and complaints among traffic at the highest
-    rate, end to end; RSS, state and Redis bytes per customer; a whole-base
-    `tagger reevaluate` under 50% load (its duration, customers/s, intake and p99
-    before and during); time for a restarted worker to be ready. Every JSON key is
+    all its workers hold partitions. In one run: a raw aiokafka getmany baseline; a
+    do-nothing Faust agent; the spend job written with Quix Streams
+    (agents/bench_quix.py); and the tagger draining the same backlog with --workers N
+    (and 1, for the scaling ratio); p50/p95/p99 at each --rates fraction of one
+    worker's capacity and at 1,000 events/s; big orders and complaints among traffic
+    at the highest rate, end to end; RSS, state and Redis bytes per customer; a
+    whole-base `tagger reevaluate` under 50% load (its duration, customers/s, intake
+    and p99 before and during); time for a restarted worker to be ready. Every JSON key is
     explained in the docstring of agents/bench.py.
     """
     import json
 
     from .bench import plot_latency, render_table, run_bench
 
-    result = run_bench(events, customers, partitions, batch, latency_seconds, workers, rates, latency_capacity)
+    result = run_bench(events, customers, partitions, batch, latency_seconds, workers, rates, latency_capacity,
+                       broker)
     if out is not None:
         out.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
     if plot is not None:

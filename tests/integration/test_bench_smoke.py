@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from stream.kafka_local import kafka_unavailable
+
 pytestmark = pytest.mark.integration
 
 POSITIVE = (
@@ -26,7 +28,10 @@ POSITIVE = (
     "reevaluate_evaluate_seconds", "reevaluate_customers_per_s", "intake_before_reevaluate_events_per_s",
     "intake_during_reevaluate_events_per_s", "p99_before_reevaluate_s", "p99_during_reevaluate_s",
     "incremental_sweep_us_per_evaluation", "recovery_to_ready_s",
+    "raw_aiokafka_cpu_us_per_event", "one_worker_tagger_vs_raw_aiokafka", "one_worker_cpu_us_per_event",
+    "faust_noop_one_worker_cpu_us_per_event",
 )
+QUIX = ("quix_events_per_s", "quix_cpu_us_per_event", "one_worker_tagger_vs_quix")
 
 
 def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None:
@@ -38,6 +43,7 @@ def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None
     assert run.returncode == 0, run.stderr[-3000:]
     result = json.loads(out.read_text())
     assert result["events"] == result["backlog_messages"] == 1500 and result["workers"] == 2
+    assert result["broker"] == ("kafka" if kafka_unavailable() is None else "tansu")
     assert "worker_events_per_s" in run.stdout and "latency_by_rate[0.500]" in run.stdout
     for key in POSITIVE:
         assert result[key] is not None and result[key] > 0, key
@@ -52,6 +58,15 @@ def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None
     # 1,000 ev/s is measured only when one worker reaches it; either way the keys are there
     assert (result["latency_1k_p99_s"] is not None) == result["latency_1k_reachable"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    if result["broker"] == "kafka":  # the Quix Streams peer runs on Kafka only (agents/bench.py)
+        for key in QUIX:
+            assert result[key] is not None and result[key] > 0, key
+        assert result["quix_big_spenders_after_drain"] >= 0
+        if result["quix_latency_1k_reachable"]:  # its latency phase has big orders: changes to time
+            assert result["quix_latency_1k_samples"] > 0
+            assert 0 < result["quix_latency_1k_p50_s"] <= result["quix_latency_1k_p99_s"]
+    else:
+        assert all(result[key] is None for key in QUIX)
 
 
 def test_percentile_between_two_histogram_snapshots() -> None:

@@ -125,3 +125,57 @@ def test_plot_is_a_png_even_with_unmeasured_points(tmp_path: Path) -> None:
               "latency_1k_p99_s": None, "immediate_offered_events_per_s": 800.0, "immediate_p99_s": 0.09}
     plot_latency(result, tmp_path / "latency.png")
     assert (tmp_path / "latency.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_quix_peer_windows_match_the_tagger_state_on_demo_events() -> None:
+    """The Quix peer's spend/order windows (agents/bench_quix.py) equal stream.state's on the same events."""
+    import time
+
+    from agents.bench_quix import apply_orders
+    from stream.demo import DemoGenerator
+    from stream.events import parse_event
+    from stream.state import CustomerState
+
+    now = int(time.time() * 1000)
+    config = DemoConfig(customers=40, rate=0, start_ms=now - 3000 * 3_600_000, time_step_ms=3_600_000)
+    states: dict[str, CustomerState] = {}
+    records: dict[str, dict[str, object]] = {}
+    for i, (topic, _key, value) in enumerate(DemoGenerator(config).take(3000)):
+        if topic != "orders":
+            continue
+        event = orjson.loads(value)
+        cid = event["customer_id"]
+        state = states.setdefault(cid, CustomerState())
+        state.apply(parse_event("order", value, currency="USD", max_bytes=1 << 20), "orders:0", i, f"o{i}")
+        records[cid], _ = apply_orders(records.get(cid), [event], now)
+    assert len(states) > 10 and any(s.aggregates(now)["spend_365d"] > 0 for s in states.values())
+    for cid, state in states.items():
+        facts = state.aggregates(now)
+        _, mine = apply_orders(dict(records[cid], t=None), [], now)  # t=None: a "change", carrying the sums
+        assert mine is not None
+        for n in (30, 90, 365):
+            assert mine[f"spend_{n}d"] == pytest.approx(facts[f"spend_{n}d"], abs=1e-9), (cid, n)
+            assert mine[f"orders_{n}d"] == facts[f"orders_{n}d"], (cid, n)
+
+
+def test_quix_peer_big_spender_has_the_rule_hysteresis_and_nets_refunds() -> None:
+    from agents.bench_quix import DAY_MS, apply_orders
+
+    now = 400 * DAY_MS
+
+    def order(amount: float, status: str = "paid", days_ago: int = 0) -> dict[str, object]:
+        return {"customer_id": "c1", "event_id": f"e{amount}{status}", "ts": now - days_ago * DAY_MS,
+                "amount": amount, "status": status}
+
+    record, change = apply_orders(None, [order(9_999.99)], now)
+    assert change is None and not record["t"]
+    record, change = apply_orders(record, [order(0.01)], now)
+    assert change is not None and change["added"] and change["spend_365d"] == pytest.approx(10_000)
+    record, change = apply_orders(record, [order(1_500, "refunded")], now)  # 8,500: still tagged
+    assert change is None and record["t"]
+    record, change = apply_orders(record, [order(600, "refunded")], now)  # 7,900 < 8,000: off
+    assert change is not None and not change["added"] and change["orders_365d"] == 2
+    record, change = apply_orders(record, [order(50_000, days_ago=366)], now)  # past the horizon: nowhere
+    assert change is None and record["d"].keys() == {str(now // DAY_MS)}
+    _, change = apply_orders(record, [order(20_000, "cancelled"), order(20_000, "placed")], now)
+    assert change is None
