@@ -20,6 +20,7 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
+from stream import guards
 from stream.access import TagRules, can_see_tag, filter_customer
 from stream.audit import AuditLog, audit_record
 from stream.auth import Decision, Principal, TokenRegistry, authorize, load_registry
@@ -225,6 +226,7 @@ def install_api(app: faust.App, table: Any, runtime: Runtime, settings: Settings
 
     @app.task
     async def announce() -> None:  # once the worker's logging is set up
+        await guards.learn_partitions(app, table.changelog_topic.get_topic_name())
         if len(registry):
             roles = ", ".join(f"{r} {n}" for r, n in registry.roles().items())
             log.info("API tokens: %s; audit to topic %r%s", roles, settings.audit_log_topic,

@@ -208,6 +208,7 @@ class OpsLoop:
         self.stalls = StallWatch(sources.settings.stall_timeout)
         self._restarted: dict[tuple[str, int], int] = {}  # partitions read again: from which offset
         self._due = {"ping": 0.0, "probe": 0.0, "tally": 0.0, "stall": 0.0}
+        self._tallied: set[int] = set()  # the partitions the last tally counted
 
     def start(self) -> None:
         """Start the loop once; the app waits for it (and it ends) when the app stops."""
@@ -237,12 +238,13 @@ class OpsLoop:
             if now >= due["stall"]:
                 due["stall"] = now + STALL_CHECK_INTERVAL
                 await self.restart_stalled(now)
-            if now >= due["tally"]:
+            owned = {tp.partition for tp in self.sources.owned()}
+            if now >= due["tally"] or owned != self._tallied:  # and at once after a rebalance
                 runtime = self.sources.runtime
-                owned = {tp.partition for tp in self.sources.owned()}
-                runtime.metrics.set_tally(tally_views(await _owned_views(runtime, owned)))
-                elapsed = time.monotonic() - now
-                due["tally"] = now + max(TALLY_INTERVAL, elapsed / TALLY_MAX_DUTY)
+                views, busy = await _owned_views(runtime, owned)
+                runtime.metrics.set_tally(tally_views(views))
+                self._tallied = owned
+                due["tally"] = now + max(TALLY_INTERVAL, busy / TALLY_MAX_DUTY)
         except Exception:  # noqa: BLE001 - metrics only: never take the worker down
             log.exception("observability loop failed; retrying")
 
@@ -301,13 +303,19 @@ def install(app: faust.App, runtime: Runtime, settings: Settings) -> WorkerSourc
     return sources
 
 
-async def _owned_views(runtime: Runtime, owned: set[int]) -> list[Any]:
-    """The current views of the local customers in ``owned`` partitions, yielding to the loop as it goes."""
+async def _owned_views(runtime: Runtime, owned: set[int]) -> tuple[list[Any], float]:
+    """The current views of the local customers in ``owned`` partitions, yielding to the loop as it goes,
+    and the seconds the count itself took (not the other tasks' turns in between: a busy worker's start
+    stretched the next tally by their time too, so a gauge stayed at its first value for minutes)."""
     views: list[Any] = []
+    started = time.perf_counter()
     items: Iterable[tuple[str, Any]] = list(runtime.table.items())
+    busy = 0.0
     for i, (cid, state) in enumerate(items):
         if runtime.partition_of(cid) in owned and state is not None:
             views.append(state.view)
         if i % TALLY_YIELD_EVERY == TALLY_YIELD_EVERY - 1:
+            busy += time.perf_counter() - started
             await asyncio.sleep(0)
-    return views
+            started = time.perf_counter()
+    return views, busy + time.perf_counter() - started

@@ -87,6 +87,14 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    aiokafka/Faust bug (any broker: ``seek_to_committed`` skips a committed offset
    of None or 0): on Kafka, tests/integration/test_kafka_not_tansu.py::
    test_seek_to_committed_leaves_partitions_without_a_commit_past_dropped_records.
+10. Faust's ``table_route`` finds a key's owner from its *producer's*
+   metadata, which on Kafka holds only the topics that producer has asked
+   about (Tansu answers every metadata request with every topic). Until the
+   worker's first changelog write, ``GET /customers/{id}`` answered 500
+   (aiokafka's ``_partition``: ``TypeError: 'NoneType' object is not
+   iterable``). Found on real Kafka by tests/integration/test_erasure.py.
+   :func:`learn_partitions` has the producer fetch the changelog's metadata at
+   start. Faust bug, shown on Kafka only.
 
 The batch intake (:mod:`stream.intake`) is not a workaround of either kind: it
 replaces Faust's per-message path for speed (its cost is Faust's, on any
@@ -391,3 +399,8 @@ class GapFiller:
         if self._consumer is not None:
             await self._consumer.stop()
             self._consumer = None
+
+
+async def learn_partitions(app: Any, topic: str) -> None:
+    """Guard 10: have Faust's producer hold ``topic``'s partitions, which ``table_route`` reads from it."""
+    await app.producer._ensure_producer().partitions_for(topic)

@@ -41,14 +41,16 @@ PARTITIONS = 4
 KAFKA_TEST_CONFIG = {"message.max.bytes": str(16 << 20), "replica.fetch.max.bytes": str(16 << 20)}
 
 
-def wait_for(check: Callable[[], Any], timeout: float, what: str, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; fail naming ``what``."""
+def wait_for(check: Callable[[], Any], timeout: float, what: str | Callable[[], str],
+             interval: float = 0.2) -> Any:
+    """Poll ``check`` until it returns something truthy; fail naming ``what`` (or what it returns then)."""
     deadline = time.monotonic() + timeout
     while True:
         result = check()
         if result:
             return result
         if time.monotonic() > deadline:
+            what = what() if callable(what) else what
             raise AssertionError(f"timed out after {timeout}s waiting for {what}; last: {result!r}")
         time.sleep(interval)
 

@@ -184,9 +184,13 @@ def test_prometheus_scrapes_two_workers(namespace: Namespace, prometheus_for: An
 
     def summed(metric: str, label: str) -> dict[str, float]:
         return {r["metric"][label]: float(r["value"][1]) for r in prom.query(f"sum by ({label}) ({metric})")}
-    wait_for(lambda: prom.scalar("sum(tagger_customers)") == 40 and summed("tagger_customers_by_tier", "tier") == tiers
-             and summed("tagger_customers_by_tag", "tag") == tags, 40,
-             f"customer gauges summed over workers = Redis: {dict(tiers)}, {dict(tags)}")
+    def gauges() -> tuple[float | None, dict[str, float], dict[str, float]]:
+        return (prom.scalar("sum(tagger_customers)"), summed("tagger_customers_by_tier", "tier"),
+                summed("tagger_customers_by_tag", "tag"))
+    seen: list[Any] = []
+    wait_for(lambda: seen.append(gauges()) or seen[-1] == (40, tiers, tags), 40,
+             lambda: f"customer gauges summed over workers = Redis: 40, {dict(tiers)}, {dict(tags)}; "
+                     f"Prometheus: {seen[-1]}")
 
     print("prometheus:", {"ok events": 220, "throughput/s": throughput, "p99 event->tag change s": p99,
                           "tag changes": len(changes), "tiers": summed("tagger_customers_by_tier", "tier")})
