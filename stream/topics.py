@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from .app import TABLE_NAME
 from .settings import Settings
 
 
@@ -53,10 +54,21 @@ def all_topic_names(settings: Settings) -> list[str]:
     ]
 
 
+def changelog_topic_name(settings: Settings) -> str:
+    """The customers table's changelog. Faust creates it (``cleanup.policy=compact``) when missing."""
+    return f"{settings.app_id}-{TABLE_NAME}-changelog"
+
+
+def compacted_topic_names(settings: Settings) -> list[str]:
+    """Topics that must be compacted, never deleted by age: the latest profile and the latest state (or
+    tombstone) per customer. Every other topic keeps the broker's ``cleanup.policy=delete``."""
+    return [settings.profiles_topic, changelog_topic_name(settings)]
+
+
 def ensure_all_topics(settings: Settings) -> None:
     """Create the tagger's topics if missing; refuse mismatched partition counts."""
     from .kafka_admin import ensure_topics
     from .security import librdkafka_config
 
     ensure_topics(librdkafka_config(settings), {t: settings.partitions for t in all_topic_names(settings)},
-                  compacted=[settings.profiles_topic])
+                  compacted=compacted_topic_names(settings))
