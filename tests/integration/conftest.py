@@ -29,8 +29,8 @@ import redis
 
 from stream.auth import hash_token, new_token
 from stream.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
-from stream.kafka_local import KafkaCluster, kafka_unavailable
 from stream.kafka_admin import consume_all, make_producer
+from stream.kafka_local import KafkaCluster, kafka_unavailable
 from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
