@@ -160,10 +160,11 @@ def reevaluate(timeout: float, customer: str | None) -> None:
 def demo(customers: int, rate: float, limit: int | None, seed: int) -> None:
     """Produce realistic demo events to the input topics."""
     from stream.demo import DemoConfig, run_demo
+    from stream.security import librdkafka_config
 
     settings = _settings()
     config = DemoConfig(customers=customers, rate=rate, seed=seed, currency=settings.currency)
-    sent = asyncio.run(run_demo(settings.kafka_bootstrap_servers, config, limit=limit))
+    sent = asyncio.run(run_demo(librdkafka_config(settings), config, limit=limit))
     click.echo(f"produced {sent} events")
 
 

@@ -34,7 +34,7 @@ from typing import Any
 
 import orjson
 
-from stream.kafka_admin import make_producer
+from stream.kafka_admin import Bootstrap, make_producer
 
 log = logging.getLogger(__name__)
 
@@ -356,7 +356,7 @@ class _Deliveries:
 
 
 async def run_demo(
-    bootstrap: str,
+    bootstrap: Bootstrap,
     config: DemoConfig,
     *,
     stop: asyncio.Event | None = None,
@@ -364,6 +364,8 @@ async def run_demo(
     flush_timeout: float = 30.0,
 ) -> int:
     """Produce demo events until ``stop`` is set or ``limit`` is reached.
+
+    ``bootstrap``: servers, or a full librdkafka configuration (security included).
 
     Returns the number of events the broker acknowledged; failed deliveries are
     counted and logged as a warning.
