@@ -68,8 +68,9 @@ class Feed:
                                     enable_auto_commit=False, **aiokafka_options(self.settings))
         await consumer.start()
         try:
-            await consumer.topics()
-            tps = [TopicPartition(t, p) for t in self.kinds for p in sorted(consumer.partitions_for_topic(t) or ())]
+            # every tagger topic has settings.partitions partitions (the worker refuses others); the consumer's
+            # own metadata is no source: on Kafka it holds no topics until asked for one (Tansu sent them all)
+            tps = [TopicPartition(t, p) for t in self.kinds for p in range(self.settings.partitions)]
             consumer.assign(tps)
             begin, end = await consumer.beginning_offsets(tps), await consumer.end_offsets(tps)
             for tp in tps:
