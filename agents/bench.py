@@ -687,13 +687,6 @@ def recovery(group: Group) -> float:
 # --- the whole run ---------------------------------------------------------------------------
 
 
-def default_broker() -> str:
-    """``kafka`` when Java and Maven are here (stream.kafka_local), else ``tansu``."""
-    from stream.kafka_local import kafka_unavailable
-
-    return "kafka" if kafka_unavailable() is None else "tansu"
-
-
 def _services(broker: str) -> ServiceGroup:
     if broker == "tansu":
         return ServiceGroup()
@@ -705,9 +698,9 @@ def _services(broker: str) -> ServiceGroup:
 def run_bench(events: int, customers: int, partitions: int, batch: int = 0, latency_seconds: float = 10.0,
               workers: int = 1, rates: list[float] | None = None,
               latency_capacity: float = 400.0, broker: str | None = None) -> dict[str, Any]:
-    """The whole benchmark on a local broker (``kafka`` or ``tansu``; default :func:`default_broker`) and
-    Redis; returns its figures (keys: the module docstring)."""
-    from stream.kafka_local import kafka_version
+    """The whole benchmark on a local broker (``kafka`` or ``tansu``; default
+    :func:`stream.kafka_local.default_broker`) and Redis; returns its figures (keys: the module docstring)."""
+    from stream.kafka_local import default_broker, kafka_version
 
     rates = rates or [0.25, 0.5, 0.8]
     broker = broker or default_broker()

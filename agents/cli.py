@@ -43,6 +43,17 @@ def _check_kafka(settings: Settings) -> None:
         raise click.ClickException(str(exc)) from exc
 
 
+def _prepare_kafka(settings: Settings) -> None:
+    """A worker's start: the preflight, then its topics (created if missing; a wrong partition count exits 1)."""
+    from stream.kafka_admin import KafkaAdminError
+
+    _check_kafka(settings)
+    try:
+        ensure_all_topics(settings)
+    except KafkaAdminError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 @click.group()
 def main() -> None:
     """Real-time customer tagger. Settings come from environment variables (see README)."""
@@ -56,7 +67,6 @@ def worker() -> None:
     from rules import RulesetError
     from stream.app import tune_gc
     from stream.auth import TokenConfigError
-    from stream.kafka_admin import KafkaAdminError
     from stream.webhooks import WebhookConfigError
 
     from .tagger import build
@@ -70,11 +80,7 @@ def worker() -> None:
         raise click.ClickException(f"invalid API tokens: {exc}") from exc
     except WebhookConfigError as exc:
         raise click.ClickException(f"invalid webhooks file: {exc}") from exc
-    _check_kafka(settings)
-    try:
-        ensure_all_topics(settings)
-    except KafkaAdminError as exc:
-        raise click.ClickException(str(exc)) from exc
+    _prepare_kafka(settings)
     tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
@@ -89,8 +95,7 @@ def baseline_worker() -> None:
     from .baseline import build_baseline
 
     settings = _settings()
-    _check_kafka(settings)
-    ensure_all_topics(settings)
+    _prepare_kafka(settings)
     app = build_baseline(settings)
     tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()

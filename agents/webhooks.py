@@ -175,13 +175,9 @@ def fresh_records(deliverer: Deliverer, kinds: dict[str, str], records: list[Any
 
 
 async def deliver_record(deliverer: Deliverer, kinds: dict[str, str], record: Any,
-                         message: dict[str, Any] | None = None) -> None:
-    """Every matching subscription's delivery of one consumed record, concurrently."""
+                         message: dict[str, Any]) -> None:
+    """Every matching subscription's delivery of one consumed record (decoded: :func:`fresh_records`)."""
     kind = kinds[record.topic]
-    if message is None:
-        message = decode_record(record)
-        if message is None:
-            return
     subs = [s for s in deliverer.config.webhooks if matches(s, kind, message)]
     await asyncio.gather(*(deliverer.deliver(s, kind, record.topic, record.partition, record.offset, message)
                            for s in subs))

@@ -21,6 +21,7 @@ runs ``kafka.tools.StorageTool format`` once per node and then ``kafka.Kafka``.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import os
 import shutil
@@ -28,6 +29,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +60,11 @@ def kafka_unavailable() -> str | None:
     if missing:
         return f"{' and '.join(missing)} not found: {INSTALL_HINT}"
     return None
+
+
+def default_broker() -> str:
+    """``kafka`` where Java and Maven are here, else ``tansu``: the local broker of tests and ``tagger bench``."""
+    return "tansu" if kafka_unavailable() else "kafka"
 
 
 def kafka_classpath() -> str:
@@ -319,7 +326,4 @@ class KafkaCluster(_Managed):
 
 def _random_cluster_id() -> str:
     """A KRaft cluster id: base64url of 16 random bytes, as ``StorageTool random-uuid`` prints."""
-    import base64
-    import uuid
-
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")

@@ -30,7 +30,7 @@ import redis
 from stream.auth import hash_token, new_token
 from stream.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
 from stream.kafka_admin import consume_all, make_producer
-from stream.kafka_local import KafkaCluster, kafka_unavailable
+from stream.kafka_local import KafkaCluster, default_broker, kafka_unavailable
 from stream.settings import Settings
 from stream.topics import ensure_all_topics
 
@@ -76,7 +76,7 @@ def broker_kind() -> str:
     chosen = os.environ.get("TAGGER_TEST_BROKER", "").strip().lower()
     if chosen not in ("", "kafka", "tansu"):
         raise pytest.UsageError(f"TAGGER_TEST_BROKER={chosen!r}: use kafka or tansu")
-    return chosen or ("tansu" if kafka_unavailable() else "kafka")
+    return chosen or default_broker()
 
 
 def require_kafka() -> None:
@@ -231,17 +231,24 @@ def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
     yield from isolated_namespace(services, tmp_path)
 
 
-def isolated_namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
-    """A fresh :class:`Namespace` whose workers stop at the end (for fixtures of any scope)."""
-    uid = uuid.uuid4().hex[:8]
-    fields: dict[str, Any] = dict(
-        app_id=f"tagger-{uid}", redis_prefix=f"t{uid}", partitions=PARTITIONS,
+def deployment_fields(uid: str) -> dict[str, Any]:
+    """Settings of one isolated deployment: its own group, Redis prefix and topics, stream clock, no sweeps."""
+    return dict(
+        app_id=f"tagger-{uid}", redis_prefix=f"t{uid}",
         orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
         tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
         profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
         churn_alerts_topic=f"churn-alerts-{uid}", privacy_requests_topic=f"privacy-{uid}",
         audit_log_topic=f"audit-{uid}",
-        clock="stream", sweep_interval=3600, log_level="info", **tansu_settings(services),
+        clock="stream", sweep_interval=3600, log_level="info",
+    )
+
+
+def isolated_namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
+    """A fresh :class:`Namespace` whose workers stop at the end (for fixtures of any scope)."""
+    uid = uuid.uuid4().hex[:8]
+    fields: dict[str, Any] = dict(
+        **deployment_fields(uid), partitions=PARTITIONS, **tansu_settings(services),
     )
     settings = Settings(kafka_bootstrap_servers=services.bootstrap, redis_url=services.redis_url, **fields)
     # one API token per role, and a sales token of the support team (restricted tags owned by support)

@@ -35,7 +35,7 @@ from stream.kafka_local import KafkaCluster, Listener, kafka_unavailable
 from stream.security import librdkafka_config
 from stream.settings import Settings
 
-from .conftest import Worker, wait_for
+from .conftest import Worker, deployment_fields, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -125,13 +125,7 @@ def tagger_fields(secure: SecureKafka, uid: str, **overrides: Any) -> dict[str, 
         kafka_bootstrap_servers=secure.bootstrap, redis_url=secure.services.redis_url,
         kafka_security_protocol="SASL_SSL", kafka_sasl_mechanism=MECHANISM, kafka_sasl_username=USER,
         kafka_sasl_password=PASSWORD, kafka_ssl_cafile=str(secure.certs.ca),
-        app_id=f"tagger-{uid}", redis_prefix=f"t{uid}", partitions=2,
-        orders_topic=f"orders-{uid}", logins_topic=f"logins-{uid}", tickets_topic=f"tickets-{uid}",
-        tag_changes_topic=f"tag-changes-{uid}", dead_letters_topic=f"dead-letters-{uid}",
-        profiles_topic=f"profiles-{uid}", tag_commands_topic=f"tag-commands-{uid}",
-        churn_alerts_topic=f"churn-alerts-{uid}", privacy_requests_topic=f"privacy-{uid}",
-        audit_log_topic=f"audit-{uid}", webhook_dead_letters_topic=f"webhook-dead-letters-{uid}",
-        clock="stream", sweep_interval=3600, log_level="info",
+        **deployment_fields(uid), partitions=2, webhook_dead_letters_topic=f"webhook-dead-letters-{uid}",
     )
     return {**fields, **overrides}
 
