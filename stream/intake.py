@@ -20,9 +20,9 @@ the handler once per record of our topics in the fetch's own round-robin order:
 - a rebalance or a stop stops the flow: the rest of the fetch is left unacked
   (fetched again from the committed offset, wherever the partition goes), and
   acks of a record whose generation has passed are refused, as guard 1 does.
-  While a fetch is being handled a marker sits in Faust's set of unacked
+  While a record is being handled a marker sits in Faust's set of unacked
   messages, so ``Consumer.wait_empty`` (before the commit of a rebalance or
-  stop) waits for the record in hand;
+  stop) waits for the record in hand, and only for it;
 - a fetch is handled in a shielded task, so cancelling the fetcher at shutdown
   does not cut a record in half: the handling sees the flow stopped and ends
   after the record in hand.
@@ -124,6 +124,18 @@ class _InHand:
         self.acked = False
         self.refcount = 1
 
+    def hold(self, consumer: Any) -> None:
+        self.acked = False
+        consumer._unacked_messages.add(self)
+
+    def release(self, consumer: Any) -> None:
+        """Out of the set, and ``wait_empty`` woken: no record is in hand."""
+        self.acked = True
+        consumer._unacked_messages.discard(self)
+        waiter = consumer._waiting_for_ack
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
 
 class BatchIntake:
     """The drain loop of ``app``'s consumer for ``topics``: see the module docstring."""
@@ -191,15 +203,27 @@ class BatchIntake:
             await fetch_again(consumer, skipped)
         return ours
 
-    async def _top_up(self, consumer: Any, urgent: Urgent, records: list[tuple[Any, Any]], start: int,
-                      ahead: set[int]) -> None:
+    async def _top_up(self, consumer: Any, generation: int, in_hand: _InHand, urgent: Urgent,
+                      records: list[tuple[Any, Any]], start: int, ahead: set[int]) -> None:
         """Take what aiokafka fetched meanwhile, so that it fetches the next records now rather than after
         the fetch in hand. They go after the records in hand (from ``start``), except that an urgent one
         goes before them, unless one of its partition there may be of its customer (:func:`_holder`) or
         :data:`TOP_UP_BELOW` or more came at once (a backlog: none is tested). ``ahead`` gets the ``id``
-        of each one put before a record of its own partition."""
-        fetched, active = await consumer._wait_next_records(0)
+        of each one put before a record of its own partition.
+
+        No record is in hand during the fetch, so ``in_hand`` is released meanwhile: once a rebalance has
+        begun, aiokafka's ``getmany`` waits for the next assignment, which waits for the revocation, which
+        waits (``wait_empty``) for the fetch in hand. Records fetched once the generation has passed
+        belong to the next assignment: they are fetched again (guard 9), not handled by this fetch."""
+        in_hand.release(consumer)
+        try:
+            fetched, active = await consumer._wait_next_records(0)
+        finally:
+            in_hand.hold(consumer)
         if not fetched:
+            return
+        if not self._current(consumer, generation):
+            await fetch_again(consumer, {tp: (rs[0].offset, rs[-1].offset) for tp, rs in fetched.items() if rs})
             return
         taken = await self._take(consumer, fetched, active)
         if len(taken) >= TOP_UP_BELOW:  # a backlog came: testing each record would stop the intake for long
@@ -240,7 +264,7 @@ class BatchIntake:
     async def handle_fetch(self, consumer: Any, generation: int, records: list[tuple[Any, Any]]) -> None:
         """Hand each record to the handler in order and ack it; stop at a rebalance or stop."""
         in_hand = _InHand()
-        consumer._unacked_messages.add(in_hand)
+        in_hand.hold(consumer)
         acked, index, committed = consumer._acked, consumer._acked_index, consumer._committed_offset
         commit_every = consumer._commit_every
         handle, urgent = self.handle, self.urgent
@@ -278,14 +302,10 @@ class BatchIntake:
                 # the rebalance waits for this fetch
                 if (urgent is not None and more < TOP_UP_BELOW and time.monotonic() - topped >= TOP_UP_EVERY
                         and self._current(consumer, generation)):
-                    await self._top_up(consumer, urgent, records, n + 1, ahead)
+                    await self._top_up(consumer, generation, in_hand, urgent, records, n + 1, ahead)
                     last, behind, topped = len(records) - 1, unfetched(consumer, self.topics), time.monotonic()
         finally:
-            in_hand.acked = True
-            consumer._unacked_messages.discard(in_hand)
-            waiter = consumer._waiting_for_ack
-            if waiter is not None and not waiter.done():
-                waiter.set_result(None)
+            in_hand.release(consumer)
 
 
 def _install_dispatch() -> None:

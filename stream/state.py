@@ -243,6 +243,16 @@ class CustomerState:
             if self._ids_dropped >= RECENT_IDS:  # the filter holds as many dropped ids as kept ones
                 self._id_bits, self._ids_dropped = -1, 0
 
+    def superseded_by(self, other: CustomerState) -> bool:
+        """Whether ``other`` has applied every message this state has, and more: no source read further here,
+        one read further there. Both are the same customer's messages applied in each partition's order, so
+        this state is then an older one (a worker's changelog write that reached the broker late, after a
+        worker given the partition since had written its newer state: stream.app.CustomerTable)."""
+        mine, theirs = self.offsets, other.offsets
+        if mine == theirs or any(offset > theirs.get(source, -1) for source, offset in mine.items()):
+            return False
+        return True
+
     # -- output sequences ---------------------------------------------------------------
     def next_seq(self, kind: str) -> int:
         """The ``seq`` of the customer's next ``kind`` output (``tag`` or ``churn``), counted now."""

@@ -8,8 +8,10 @@ from typing import Any
 
 import pytest
 
-from stream.app import CustomerTable
+from stream.app import CustomerTable, create_app, customers_table
 from stream.kafka_admin import expected_partition
+from stream.settings import Settings
+from stream.state import CustomerState
 
 TOPIC = "customers-changelog"
 
@@ -154,3 +156,41 @@ async def test_a_slow_step_of_the_commit_flush_is_named_in_a_warning(caplog: pyt
         await asyncio.sleep(0.3)  # the quick block's timer would have fired by now
     assert [r.getMessage() for r in caplog.records] == [
         "flush: producer flush not done after 0 s (3 changelog batches unacknowledged); still waiting"]
+
+
+def state(**offsets: int) -> CustomerState:
+    s = CustomerState()
+    s.offsets = dict(offsets)
+    return s
+
+
+def test_a_state_is_superseded_only_by_one_that_read_every_source_as_far_and_one_further() -> None:
+    old = state(orders=10, tickets=4)
+    assert old.superseded_by(state(orders=11, tickets=4)) and old.superseded_by(state(orders=10, tickets=4, logins=0))
+    assert not old.superseded_by(state(orders=10, tickets=4))  # the same messages: a re-evaluation, say
+    assert not old.superseded_by(state(orders=12, tickets=3))  # each has one the other lacks: the later applies
+    assert not old.superseded_by(state(orders=9))
+    assert state().superseded_by(old) and not old.superseded_by(state())
+
+
+def recovered(records: list[tuple[str, CustomerState | None]]) -> tuple[dict[str, CustomerState], int]:
+    """The customers table (memory store) after a recovery that read ``records`` from partition 0, and how
+    many records it passed over."""
+    settings = Settings()  # type: ignore[call-arg]
+    table = customers_table(create_app(settings), settings)
+    events = [SimpleNamespace(key=key, value=value, message=SimpleNamespace(
+        partition=0, offset=n, value=None if value is None else b"x", tp=(TOPIC, 0)))
+        for n, (key, value) in enumerate(records)]
+    table.apply_changelog_batch(events[:2])  # two of Faust's recovery batches: the second compares with
+    table.apply_changelog_batch(events[2:])  # what the first left in the store
+    return dict(table.data.items()), table.stale_records
+
+
+def test_recovery_passes_over_a_state_that_reached_the_changelog_after_a_newer_one() -> None:
+    """A worker cut off from the brokers longer than its session wrote c1 at orders 5; it reached the
+    broker after the state the partition's next owner wrote at orders 7 (and at 5, re-reading from the
+    committed offset). The recovery keeps 7, as the worker that applied 6 and 7 had it."""
+    got, passed_over = recovered([("c1", state(orders=5)), ("c1", state(orders=7)), ("c1", state(orders=5)),
+                                  ("c2", state(orders=3)), ("c2", None), ("c2", state(orders=1))])
+    assert got["c1"].offsets == {"orders": 7} and passed_over == 1
+    assert got["c2"].offsets == {"orders": 1}  # a deletion (an erasure) always applies; after it, anything

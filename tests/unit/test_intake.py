@@ -364,3 +364,37 @@ async def test_a_backlog_fetched_meanwhile_goes_after_the_records_in_hand_untest
     seen: Seen = []
     await drain(consumer, seen, urgent=urgent)
     assert [offset for _, _, offset, *_ in seen] == [0, 150, 7, 151, 152] and tested == []
+
+
+async def test_a_top_up_does_not_hold_a_rebalance_and_leaves_the_next_assignments_records_to_it(
+        top_up_at_once: None) -> None:
+    """Once a rebalance has begun, aiokafka's getmany waits for the next assignment, which waits for the
+    revocation, whose ``wait_empty`` waited for the marker of the fetch in hand: a worker hung for the
+    whole rebalance time-out (the fault suite, 3 brokers). No record is in hand during a top-up, so the
+    marker is out of the set meanwhile; what the top-up brings once the generation has passed belongs to
+    the next assignment and is fetched again (guard 9), not handled."""
+    fetches = in_hand_and_fetched_meanwhile()
+    consumer = FakeConsumer(fetches[:1])
+    app = None
+    held_during_top_up: list[bool] = []
+
+    async def next_records(timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:
+        if timeout == 0:  # the top-up: the rebalance begins and completes while it waits
+            held_during_top_up.append(bool(list(consumer._unacked_messages)))
+            app.consumer_generation_id += 1
+            return fetches[1], None
+        return await FakeConsumer._wait_next_records(consumer, timeout)
+
+    consumer._wait_next_records = next_records  # type: ignore[method-assign]
+    seen: Seen = []
+
+    async def handle(rec: Any, more: int, is_ahead: bool) -> None:
+        seen.append((rec.topic, rec.partition, rec.offset, more, bool(list(consumer._unacked_messages))))
+
+    intake = BatchIntake(app_for(consumer), {"orders", "logins"}, handle, is_urgent)
+    app = intake.app
+    await intake.drain(consumer, SimpleNamespace(_stopped=asyncio.Event()))
+    assert held_during_top_up == [False] and all(held for *_, held in seen)
+    assert [offset for _, _, offset, *_ in seen] == [0] and intake.left == 149
+    assert consumer.calls == [{ORDERS: (150, 152), TP("orders", 1): (7, 7)}]
+    assert not list(consumer._unacked_messages)
