@@ -232,7 +232,9 @@ class CustomerTable(faust.Table):
         after those of the worker given the partitions meanwhile. The changelog's last record of such a
         customer was then an older state, and a recovery after it lost the events in between (the fault
         suite, one worker cut off for 25 s). A record is dropped when the state there already has all its
-        messages and more (:meth:`CustomerState.superseded_by`); a deletion always applies."""
+        messages and more (:meth:`CustomerState.superseded_by`); a deletion always applies. With the memory
+        store a partition that stays with a worker is read again from the start over the states it holds:
+        those older records are passed over too."""
         batch = list(batch)
         latest: dict[Any, Any] = {}  # key -> its value after the records of this batch so far
         fresh = []
@@ -246,8 +248,7 @@ class CustomerTable(faust.Table):
         stale = len(batch) - len(fresh)
         if stale:
             self.stale_records += stale
-            log.warning("changelog recovery: %d records older than the state recovered before them passed over "
-                        "(written late by a worker that had lost its partitions)", stale)
+            log.info("changelog recovery: %d records older than the customer's state in the table passed over", stale)
         super().apply_changelog_batch(fresh)
 
 
