@@ -26,7 +26,7 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, ClusterMetadata, NewTopic
+from confluent_kafka.admin import AdminClient, ClusterMetadata, ConfigResource, NewTopic
 
 from stream.exceptions import TaggerError
 
@@ -45,6 +45,15 @@ class PartitionMismatchError(KafkaAdminError):
 
     Input topics must be co-partitioned. Recreate the topic with the count named
     in the message (this deletes its data), or configure that count everywhere.
+    """
+
+
+class TopicConfigError(KafkaAdminError):
+    """A topic the tagger keeps the latest record per key in is not compacted (``cleanup.policy=delete``).
+
+    The broker would delete the customers table's changelog by age: after ``retention.ms`` (7 days by default)
+    a recovery would lose every customer not written since, and an erased customer's earlier states would stay
+    until then rather than go at the next compaction. Alter the topic as the message says (its data stays).
     """
 
 
@@ -168,14 +177,16 @@ def ensure_topics(
     topics: Mapping[str, int],
     *,
     compacted: Collection[str] = (),
+    check_compacted: bool = True,
     timeout: float = 30,
 ) -> None:
     """Create missing topics with the given partition counts and wait until they are visible.
 
-    Topics in ``compacted`` get ``cleanup.policy=compact``. Raises
-    PartitionMismatchError (before creating anything) when an existing topic has
-    another partition count, and KafkaAdminError when the broker is unreachable, a
-    creation fails or the topics do not show up within ``timeout`` seconds.
+    Topics in ``compacted`` get ``cleanup.policy=compact`` (a name there need not be in ``topics``: the
+    changelog, which Faust creates). Raises PartitionMismatchError (before creating anything) when an
+    existing topic has another partition count, TopicConfigError when an existing one of ``compacted`` is not
+    compacted (unless ``check_compacted`` is false: Tansu, which never compacts), and KafkaAdminError when the
+    broker is unreachable, a creation fails or the topics do not show up within ``timeout`` seconds.
     """
     if bad := [t for t, n in topics.items() if n < 1]:
         raise ValueError(f"partition counts must be >= 1: {bad}")
@@ -183,6 +194,8 @@ def ensure_topics(
     admin = _admin(bootstrap)
     existing = _counts_now(admin, bootstrap, timeout)
     _check_counts(existing, topics)
+    if check_compacted:
+        _check_compacted(admin, [t for t in compacted if t in existing], timeout)
     missing = [
         NewTopic(t, num_partitions=n, replication_factor=-1,
                  config={"cleanup.policy": "compact"} if t in compacted else {})
@@ -191,6 +204,28 @@ def ensure_topics(
     if missing:
         _create(admin, missing, max(deadline - time.monotonic(), 0.1))
     _wait_visible(admin, bootstrap, topics, deadline)
+
+
+def _check_compacted(admin: AdminClient, names: Sequence[str], timeout: float) -> None:
+    """Raise TopicConfigError naming every topic of ``names`` whose ``cleanup.policy`` lacks ``compact``."""
+    if not names:
+        return
+    wrong: dict[str, str] = {}
+    futures = admin.describe_configs([ConfigResource(ConfigResource.Type.TOPIC, t) for t in names],
+                                     request_timeout=timeout)
+    for resource, future in futures.items():
+        try:
+            policy = future.result(timeout=timeout).get("cleanup.policy")
+        except KafkaException as exc:
+            raise KafkaAdminError(f"describing topic {resource.name!r} failed: {exc.args[0]}") from exc
+        if policy is not None and policy.value is not None and "compact" not in policy.value.split(","):
+            wrong[resource.name] = policy.value
+    if wrong:
+        detail = "; ".join(f"{t!r} has cleanup.policy={p}" for t, p in sorted(wrong.items()))
+        fix = " && ".join(f"kafka-configs.sh --bootstrap-server HOST:PORT --alter --entity-type topics "
+                          f"--entity-name {t} --add-config cleanup.policy=compact" for t in sorted(wrong))
+        raise TopicConfigError(f"topics that keep the latest record per customer must be compacted: {detail}. "
+                               f"Fix (keeps the data): {fix}")
 
 
 def _create(admin: AdminClient, topics: list[NewTopic], timeout: float) -> None:

@@ -66,9 +66,10 @@ def compacted_topic_names(settings: Settings) -> list[str]:
 
 
 def ensure_all_topics(settings: Settings) -> None:
-    """Create the tagger's topics if missing; refuse mismatched partition counts."""
+    """Create the tagger's topics if missing; refuse mismatched partition counts, and compacted topics that
+    are not compacted (not on Tansu, which never compacts)."""
     from .kafka_admin import ensure_topics
     from .security import librdkafka_config
 
     ensure_topics(librdkafka_config(settings), {t: settings.partitions for t in all_topic_names(settings)},
-                  compacted=compacted_topic_names(settings))
+                  compacted=compacted_topic_names(settings), check_compacted=not settings.tansu_compat)

@@ -10,6 +10,8 @@ segment closes and the cleaner (every second, stream.kafka_local) gets to it, as
 from __future__ import annotations
 
 import itertools
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,9 +19,9 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from stream.kafka_admin import consume_all, expected_partition, partition_count
+from stream.kafka_admin import TopicConfigError, consume_all, expected_partition, partition_count
 from stream.kafka_local import KafkaCluster
-from stream.topics import changelog_topic_name
+from stream.topics import changelog_topic_name, ensure_all_topics
 
 from .conftest import PARTITIONS, Namespace, Worker, require_kafka, wait_for
 
@@ -143,3 +145,23 @@ def test_erased_customer_leaves_the_compacted_changelog(kafka_namespace: Namespa
     worker = ns.worker(commit_interval=0.5)
     wait_for(lambda: ns.view(KEEP), 60, "the new worker to recover the table and rebuild Redis")
     assert worker.get(f"/customers/{GONE}")[0] == 404
+
+
+def test_a_worker_refuses_to_start_on_a_compacted_topic_that_is_not(kafka_namespace: Namespace) -> None:
+    """A profiles topic (or changelog) created by hand with ``cleanup.policy=delete`` would be deleted by age:
+    the worker names the topic and the command that fixes it, and exits 1 rather than start on it."""
+    ns = kafka_namespace
+    ensure_all_topics(ns.settings)
+    admin = AdminClient({"bootstrap.servers": ns.services.bootstrap})
+    topic = ns.settings.profiles_topic
+    set_configs(admin, topic, {"cleanup.policy": "delete"})
+    wait_for(lambda: topic_configs(admin, topic)["cleanup.policy"] == "delete", 30, "the change to be described")
+    with pytest.raises(TopicConfigError, match=f"'{topic}' has cleanup.policy=delete"):
+        ensure_all_topics(ns.settings)
+    out = subprocess.run([sys.executable, "-m", "agents", "worker"], env=ns.env, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 1, out.stderr[-2000:]
+    assert f"--entity-name {topic} --add-config cleanup.policy=compact" in out.stderr, out.stderr[-2000:]
+    set_configs(admin, topic, {"cleanup.policy": "compact"})
+    wait_for(lambda: topic_configs(admin, topic)["cleanup.policy"] == "compact", 30, "the change to be described")
+    ensure_all_topics(ns.settings)  # compacted again: accepted
