@@ -51,10 +51,10 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    (:func:`rejoin_group`). In CI two broker-cut runs stalled for good; here
    three partitions once got no message for 34 s after the cut. The warning
    logged carries :func:`partition_report`.
-   Not classified: a safety net for a cause not found (seen only in broker-cut
-   runs on Tansu so far). It acts only on a partition already stuck, so it costs
-   nothing where none is; it stays on every broker until the fault suite on Kafka
-   (tests/fault) shows whether Kafka ever needs it.
+   Needed on Kafka too (the cause inside Faust or aiokafka is not found): with it
+   switched off, the fault suite's silent-connection scenario on the 3-broker
+   cluster left a tag-commands partition unread for good after the silence. It
+   acts only on a partition already stuck, so it costs nothing where none is.
 7. A rebalance (and a stop) waits for Faust's producer flush, which is our
    changelog write-and-wait (:class:`stream.app.CustomerTable`). In a CI run a
    worker hung there for good after the broker cut, and the whole group with
