@@ -53,7 +53,7 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    logged carries :func:`partition_report`.
    Needed on Kafka too (the cause inside Faust or aiokafka is not found): with it
    switched off, the fault suite's silent-connection scenario on the 3-broker
-   cluster left a tag-commands partition unread for good after the silence. It
+   cluster left a partition of the commands topic unread for good after the silence. It
    acts only on a partition already stuck, so it costs nothing where none is.
 7. A rebalance (and a stop) waits for Faust's producer flush, which is our
    changelog write-and-wait (:class:`stream.app.CustomerTable`). In a CI run a
