@@ -249,9 +249,7 @@ class CustomerState:
         this state is then an older one (a worker's changelog write that reached the broker late, after a
         worker given the partition since had written its newer state: stream.app.CustomerTable)."""
         mine, theirs = self.offsets, other.offsets
-        if mine == theirs or any(offset > theirs.get(source, -1) for source, offset in mine.items()):
-            return False
-        return True
+        return mine != theirs and all(offset <= theirs.get(source, -1) for source, offset in mine.items())
 
     # -- output sequences ---------------------------------------------------------------
     def next_seq(self, kind: str) -> int:
