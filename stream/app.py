@@ -143,6 +143,7 @@ class CustomerTable(faust.Table):
         return value
 
     def on_key_set(self, key: Any, value: Any) -> None:
+        value.generation = self.app.consumer_generation_id  # a recovery's tie-break: CustomerState.superseded_by
         self.dirty[key] = (self.partition_for_key(key), value)
 
     def on_key_del(self, key: Any) -> None:
@@ -232,9 +233,10 @@ class CustomerTable(faust.Table):
         after those of the worker given the partitions meanwhile. The changelog's last record of such a
         customer was then an older state, and a recovery after it lost the events in between (the fault
         suite, one worker cut off for 25 s). A record is dropped when the state there already has all its
-        messages and more (:meth:`CustomerState.superseded_by`); a deletion always applies. With the memory
-        store a partition that stays with a worker is read again from the start over the states it holds:
-        those older records are passed over too."""
+        messages and more, or, each having read further on some source, when that state was changed in a
+        later consumer group generation (:meth:`CustomerState.superseded_by`); a deletion always applies.
+        With the memory store a partition that stays with a worker (or comes back to it) is read again from
+        the start over the states it holds: those older records are passed over too."""
         batch = list(batch)
         latest: dict[Any, Any] = {}  # key -> its value after the records of this batch so far
         fresh = []

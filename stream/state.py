@@ -42,6 +42,11 @@ after a crash gives again: the counters travel in the changelog with the rest
 of the state (``"q": [tag_seq, churn_seq]``, left out while both are 0: 0 bytes a
 customer then, else 10 plus one per digit beyond the first of each, e.g. 11 for
 ``[12,3]``; a record written before them loads as 0).
+
+Writer generation: ``generation`` is the consumer group generation the state was
+last changed in (``"g"``, left out while 0, ~8 bytes a record else; not part of the
+state's equality). A recovery compares it only between two states of which each
+read further than the other on some source (:meth:`CustomerState.superseded_by`).
 """
 
 from __future__ import annotations
@@ -76,6 +81,8 @@ _LIFETIME = ("orders_total", "max_order", "first_order_at", "last_order_at", "la
 
 _PERSISTED = ("days", "tickets", "offsets", "recent_ids", "horizon_day", "view", "profile", "manual",
               "tag_seq", "churn_seq", *_LIFETIME)
+# persisted too, not part of the customer's state (__eq__): the consumer group generation it was last changed in
+_WRITER = ("generation",)
 # window sums, in this order, cached per UTC day (see CustomerState._sums)
 _S30, _S90, _S365, _SP90, _O30, _O90, _O365, _L7, _L30, _C90, _E90, _OP90, _L365 = range(13)
 
@@ -152,6 +159,11 @@ def _bits_of(digests: array[int]) -> int:
     return bits
 
 
+def _read_as_far(these: dict[str, int], those: dict[str, int]) -> bool:
+    """Whether offsets ``these`` reach every source of ``those`` as far (the same customer's messages)."""
+    return all(offset <= these.get(source, -1) for source, offset in those.items())
+
+
 def _ids_to_text(digests: array[int]) -> str:
     """The digests as base64 of their little-endian bytes (the changelog's ``"j"``)."""
     if sys.byteorder == "big":
@@ -184,7 +196,7 @@ _WINDOW_DAYS = (7, 30, 90, 180, 365)
 class CustomerState:
     """Rolling aggregates of one customer. Mutable; not thread-safe (one agent owns it)."""
 
-    __slots__ = (*_PERSISTED, "_sums", "_sums_day", "_id_bits", "_ids_dropped")
+    __slots__ = (*_PERSISTED, *_WRITER, "_sums", "_sums_day", "_id_bits", "_ids_dropped")
 
     def __init__(self) -> None:
         # day -> [net spend units, paid orders, logins, complaints opened, escalations]
@@ -201,6 +213,7 @@ class CustomerState:
         self.manual: dict[str, Any] | None = None  # manual tags and score adjustment (stream.manual)
         self.tag_seq = 0  # tag-changes messages given a seq so far (the last one's seq)
         self.churn_seq = 0  # churn-alerts messages likewise: each output topic numbers 1, 2, 3, ...
+        self.generation = 0  # the consumer group generation the state was last changed in (CustomerTable)
         self.orders_total = 0
         self.max_order = 0
         self.first_order_at: int | None = None
@@ -244,12 +257,23 @@ class CustomerState:
                 self._id_bits, self._ids_dropped = -1, 0
 
     def superseded_by(self, other: CustomerState) -> bool:
-        """Whether ``other`` has applied every message this state has, and more: no source read further here,
-        one read further there. Both are the same customer's messages applied in each partition's order, so
-        this state is then an older one (a worker's changelog write that reached the broker late, after a
-        worker given the partition since had written its newer state: stream.app.CustomerTable)."""
+        """Whether this state is an older one than ``other``: a worker's changelog write that reached the
+        broker late, after a worker given the partition since had written its newer state (the recovery
+        passes over it: stream.app.CustomerTable).
+
+        Both are the same customer's messages applied in each partition's order. ``other`` supersedes this
+        state when it has applied every message this one has, and more (no source read further here, one
+        further there). When each has read further than the other on some source, the two were written at
+        the same time by two workers: the one whose session expired while it could not reach the brokers,
+        and the one given its partitions in a later generation, which went on from the committed offsets.
+        The later generation's state is then the one to keep: the older one lacks messages whose offsets are
+        committed, and the messages it has beyond the other are not committed yet, so they are read again."""
         mine, theirs = self.offsets, other.offsets
-        return mine != theirs and all(offset <= theirs.get(source, -1) for source, offset in mine.items())
+        if mine == theirs:
+            return False
+        if _read_as_far(theirs, mine):
+            return True
+        return self.generation < other.generation and not _read_as_far(mine, theirs)
 
     # -- output sequences ---------------------------------------------------------------
     def next_seq(self, kind: str) -> int:
@@ -441,6 +465,8 @@ class CustomerState:
             doc["j"] = _ids_to_text(self.recent_ids)
         if self.tag_seq or self.churn_seq:
             doc["q"] = [self.tag_seq, self.churn_seq]
+        if self.generation:
+            doc["g"] = self.generation
         for key, carried in (("w", self.view), ("p", self.profile), ("m", self.manual)):
             if carried is not None:
                 doc[key] = carried
@@ -468,6 +494,7 @@ class CustomerState:
             state.profile = doc.get("p")
             state.manual = doc.get("m")
             state.tag_seq, state.churn_seq = (int(n) for n in doc.get("q", (0, 0)))
+            state.generation = int(doc.get("g", 0))
             if not (isinstance(state.tickets, dict) and isinstance(state.offsets, dict)):
                 raise TypeError("tickets or offsets have the wrong JSON type")
         except StateDecodeError:

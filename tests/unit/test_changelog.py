@@ -6,6 +6,7 @@ import asyncio
 from types import SimpleNamespace
 from typing import Any
 
+import orjson
 import pytest
 
 from stream.app import CustomerTable, create_app, customers_table
@@ -158,9 +159,9 @@ async def test_a_slow_step_of_the_commit_flush_is_named_in_a_warning(caplog: pyt
         "flush: producer flush not done after 0 s (3 changelog batches unacknowledged); still waiting"]
 
 
-def state(**offsets: int) -> CustomerState:
+def state(generation: int = 0, **offsets: int) -> CustomerState:
     s = CustomerState()
-    s.offsets = dict(offsets)
+    s.offsets, s.generation = dict(offsets), generation
     return s
 
 
@@ -171,6 +172,31 @@ def test_a_state_is_superseded_only_by_one_that_read_every_source_as_far_and_one
     assert not old.superseded_by(state(orders=12, tickets=3))  # each has one the other lacks: the later applies
     assert not old.superseded_by(state(orders=9))
     assert state().superseded_by(old) and not old.superseded_by(state())
+
+
+def test_of_two_states_each_read_further_on_some_source_the_later_generations_supersedes() -> None:
+    cut_off = state(generation=7, orders=100, logins=55)  # applied logins 53-55 before its session expired
+    successor = state(generation=8, orders=120, logins=52)  # went on from the committed offsets
+    assert cut_off.superseded_by(successor) and not successor.superseded_by(cut_off)
+    assert state(generation=9, orders=90, logins=50).superseded_by(cut_off)  # a generation never outranks offsets
+    assert not state(generation=7, orders=90, logins=60).superseded_by(cut_off)  # the same writer: the later applies
+
+
+def test_the_writer_generation_travels_with_the_state_and_is_not_part_of_it() -> None:
+    s = state(generation=12, orders=3)
+    copy = CustomerState.from_bytes(s.to_bytes())
+    assert copy.generation == 12 and copy == state(orders=3)
+    assert "g" not in orjson.loads(state(orders=3).to_bytes())  # generation 0: left out (and read back as 0)
+
+
+def test_a_table_write_stamps_the_consumer_generation() -> None:
+    settings = Settings()  # type: ignore[call-arg]
+    app = create_app(settings)
+    table, s = customers_table(app, settings), state(orders=1)
+    table.partition_for_key = lambda key: 0  # type: ignore[method-assign]  # the current event's partition
+    app.consumer_generation_id = 5
+    table.on_key_set("c1", s)
+    assert s.generation == 5 and table.dirty["c1"][1] is s
 
 
 def recovered(records: list[tuple[str, CustomerState | None]]) -> tuple[dict[str, CustomerState], int]:
@@ -194,3 +220,13 @@ def test_recovery_passes_over_a_state_that_reached_the_changelog_after_a_newer_o
                                   ("c2", state(orders=3)), ("c2", None), ("c2", state(orders=1))])
     assert got["c1"].offsets == {"orders": 7} and passed_over == 1
     assert got["c2"].offsets == {"orders": 1}  # a deletion (an erasure) always applies; after it, anything
+
+
+def test_recovery_keeps_the_later_generations_state_when_each_read_further_on_some_source() -> None:
+    """The fault suite's cut-off worker (generation 7) had applied c1's logins 53-55 and orders to 100 when its
+    session expired; its write reached the broker after the next owner's (generation 8: orders to 120, logins
+    52, the committed offsets). Keeping the late one lost orders 101-120, committed by then."""
+    got, passed_over = recovered([("c1", state(generation=7, orders=80, logins=50)),
+                                  ("c1", state(generation=8, orders=120, logins=52)),
+                                  ("c1", state(generation=7, orders=100, logins=55))])
+    assert got["c1"].offsets == {"orders": 120, "logins": 52} and got["c1"].generation == 8 and passed_over == 1
