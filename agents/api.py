@@ -20,12 +20,12 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
-from stream import guards
 from stream.access import TagRules, can_see_tag, filter_customer
 from stream.audit import AuditLog, audit_record
 from stream.auth import Decision, Principal, TokenRegistry, authorize, load_registry
 from stream.events import MAX_ID_CHARS
 from stream.exceptions import InvalidEvent
+from stream.faust import guards
 from stream.manual import TAG, parse_command
 from stream.privacy import parse_privacy_request
 from stream.settings import Settings

@@ -1,6 +1,6 @@
 """A do-nothing Faust agent: the benchmark's yardstick for Faust's own per-message cost.
 
-Same app settings and source topics as the tagger worker (``stream.app.create_app``),
+Same app settings and source topics as the tagger worker (``stream.faust.app.create_app``),
 but the agent only counts messages, so ``tagger bench`` can put the tagger's rate
 next to what Faust itself reaches on the same machine in the same run. ``/readyz``
 lets the bench wait until every worker of a group holds partitions before it times.
@@ -13,7 +13,7 @@ from collections import Counter
 import faust
 from faust.web import Request, Response, View
 
-from stream.app import create_app
+from stream.faust.app import create_app
 from stream.settings import Settings
 from stream.topics import declare_topics
 

@@ -111,7 +111,7 @@ JSON keys (``--out``); rates are per second, latencies in seconds, null where no
   ``quix_latency_1k_worker_cpu_us_per_event``: its phase at 1,000 events/s. All null on Tansu.
 - ``one_worker_stream_intake_events_per_s``, ``stream_intake_vs_faust_noop``: one tagger worker
   with ``TAGGER_INTAKE=stream`` (records through a Faust agent's stream, Faust's per-message
-  path, instead of the batch intake of ``stream/intake.py``), and that over the one-worker no-op rate.
+  path, instead of the batch intake of ``stream/faust/intake.py``), and that over the one-worker no-op rate.
 - ``one_worker_uncoalesced_events_per_s``: one tagger worker with ``TAGGER_COALESCE_CUSTOMERS=0``
   (every event evaluated on its own).
 - ``latency_reference_events_per_s``: the capacity ``--rates`` are fractions of.

@@ -65,8 +65,8 @@ def worker() -> None:
     from faust.worker import Worker
 
     from rules import RulesetError
-    from stream.app import tune_gc
     from stream.auth import TokenConfigError
+    from stream.faust.app import tune_gc
     from stream.webhooks import WebhookConfigError
 
     from .tagger import build
@@ -90,7 +90,7 @@ def baseline_worker() -> None:
     """A do-nothing Faust agent on the tagger's topics (the benchmark's yardstick)."""
     from faust.worker import Worker
 
-    from stream.app import tune_gc
+    from stream.faust.app import tune_gc
 
     from .baseline import build_baseline
 

@@ -18,7 +18,7 @@ import faust
 from faust.types import TP
 from faust.web import Request, Response, View
 
-from stream.guards import partition_report, rejoin_group, restart_partition
+from stream.faust.guards import committed_offsets, partition_report, rejoin_group, restart_partition
 from stream.health import RedisHealth, readiness, recovery_remaining
 from stream.lag import PartitionProbe, Probed, StallWatch, next_offset, oldest_ages, partition_lag
 from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
@@ -98,7 +98,7 @@ class WorkerSources:
         if not owned:
             return []
         consumer = self.app.consumer
-        committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+        committed = committed_offsets(consumer)
         processed: Mapping[tuple[str, int], int] = self.runtime.last_offset
         rows = []
         for tp in owned:

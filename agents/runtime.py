@@ -28,7 +28,7 @@ from stream.deadletter import dead_letter
 from stream.due import DueIndex, due_after_restore, next_due
 from stream.events import Batch, Event, parse_event, parse_message
 from stream.exceptions import InvalidEvent
-from stream.guards import GapFiller
+from stream.faust.guards import GapFiller
 from stream.kafka_admin import expected_partition
 from stream.manual import apply_command, parse_command
 from stream.metrics import create_metrics
@@ -554,7 +554,7 @@ class Runtime:
             self.rule_errors += len(errors)
             log.warning("rule errors for %s: %s", cid, errors)
         # numbered before the table write, which a RocksDB store serialises at once; the record reaches
-        # the changelog at the next commit (stream/app.py write_dirty), after the sends below: a crash
+        # the changelog at the next commit (stream/faust/app.py write_dirty), after the sends below: a crash
         # before it makes the replay number the same outputs again from the counters the changelog kept
         if change is not None:
             stamp(change, cid, "tag", state.next_seq("tag"))

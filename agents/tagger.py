@@ -16,10 +16,10 @@ import orjson
 from faust.web import Request, Response, View
 
 from rules import RulesetError, default_rules_dir, load_ruleset
-from stream.app import create_app, customers_table, within_event
 from stream.clock import Clock
-from stream.guards import GapFiller, partition_report
-from stream.intake import BatchIntake, unfetched
+from stream.faust.app import create_app, customers_table, within_event
+from stream.faust.guards import GapFiller, partition_report
+from stream.faust.intake import BatchIntake, unfetched
 from stream.metrics import Metrics
 from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
@@ -106,7 +106,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
         return runtime.urgent(record.topic, record.value)
 
     intake = BatchIntake(app, topics.source.topics, receive_record, urgent)
-    if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.intake)
+    if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.faust.intake)
         intake.install()
 
     @app.agent(topics.source)  # subscribes the source topics; with the batch intake its stream stays empty

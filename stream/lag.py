@@ -4,7 +4,7 @@ Lag per partition is the high watermark the consumer saw in its last Fetch
 response minus the next offset the worker has to process. The high
 watermark comes from Fetch, not ListOffsets, so it is right on the Tansu
 development broker too (whose ListOffsets(LATEST) is wrong; see
-``stream/compat.py``).
+``stream/faust/tansu.py``).
 
 The age of the oldest unprocessed message needs that message's Kafka
 timestamp: :class:`PartitionProbe` reads it with a side consumer (no group)

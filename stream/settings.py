@@ -124,9 +124,9 @@ class Settings(BaseSettings):
     coalesce_window_max: float = Field(5.0, ge=0, description="The longest an evaluation waits however late its "
                                        "message (see coalesce_window).")
     intake: Literal["batch", "stream"] = Field(
-        "batch", description="'batch': fetched records go straight to the tagger (stream/intake.py: Faust's fetch, "
-        "offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). 'stream': "
-        "through a Faust agent's stream, as any Faust app.")
+        "batch", description="'batch': fetched records go straight to the tagger (stream/faust/intake.py: Faust's "
+        "fetch, offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). "
+        "'stream': through a Faust agent's stream, as any Faust app.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "

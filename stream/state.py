@@ -259,7 +259,7 @@ class CustomerState:
     def superseded_by(self, other: CustomerState) -> bool:
         """Whether this state is an older one than ``other``: a worker's changelog write that reached the
         broker late, after a worker given the partition since had written its newer state (the recovery
-        passes over it: stream.app.CustomerTable).
+        passes over it: stream.faust.app.CustomerTable).
 
         Both are the same customer's messages applied in each partition's order. ``other`` supersedes this
         state when it has applied every message this one has, and more (no source read further here, one

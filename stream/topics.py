@@ -7,7 +7,7 @@ from typing import Any
 
 import faust
 
-from .app import TABLE_NAME
+from .faust.app import TABLE_NAME
 from .settings import Settings
 
 

@@ -3,13 +3,13 @@
 Tansu-only workarounds, shown not needed on Kafka (no ``TAGGER_TANSU_COMPAT``, Faust's 60 s session):
 
 - ListOffsets(LATEST) is the log-end offset, equal to a Fetch's high watermark, after multi-record
-  batches; the highwater shim (:mod:`stream.compat`) changes nothing here;
+  batches; the highwater shim (:mod:`stream.faust.tansu`) changes nothing here;
 - a Fetch answers as soon as a record arrives, with Faust's 1.5 s ``fetch_max_wait_ms``;
 - a worker on the memory store recovers its table exactly after a restart, its changelog's last
   batches holding several records each (the tail Tansu's ListOffsets cut off);
 - a second worker joins the group in seconds with the 60 s session timeout (Tansu: half of it).
 
-Guards of :mod:`stream.guards` that fix Faust (or aiokafka) itself, whatever the broker, shown on Kafka
+Guards of :mod:`stream.faust.guards` that fix Faust (or aiokafka) itself, whatever the broker, shown on Kafka
 with the library's own code: guard 3 (Faust's head check commits past an unprocessed offset) and guard 9
 (the seek to the committed offsets moves only partitions with a committed offset > 0). The others are in
 ``tests/unit/test_faust_bugs.py``.
@@ -32,8 +32,8 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer
 
-from stream import compat, guards
 from stream.embedded import ServiceGroup
+from stream.faust import guards, tansu
 from stream.kafka_admin import ensure_topics
 from stream.kafka_local import KafkaCluster
 from tests.unit.fakes import FakeFaustConsumer
@@ -130,7 +130,7 @@ async def test_list_offsets_latest_is_the_high_watermark_after_multi_record_batc
     finally:
         await consumer.stop()
     assert listed == high_watermark == 15
-    assert await compat.fetch_highwaters(kafka, {tp: listed}) == {tp: 15}  # the shim changes nothing here
+    assert await tansu.fetch_highwaters(kafka, {tp: listed}) == {tp: 15}  # the shim changes nothing here
 
 
 async def test_a_fetch_answers_as_soon_as_a_record_arrives_with_fausts_wait(kafka: str) -> None:

@@ -1,4 +1,4 @@
-"""Urgent messages handled ahead of those fetched before them (stream/intake.py ``_top_up``): the
+"""Urgent messages handled ahead of those fetched before them (stream/faust/intake.py ``_top_up``): the
 runtime's side: which messages are urgent, and the partition's gap check around one handled ahead."""
 
 from __future__ import annotations

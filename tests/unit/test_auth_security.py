@@ -9,7 +9,7 @@ import faust
 import pytest
 from pydantic import ValidationError
 
-from stream.app import create_app
+from stream.faust.app import create_app
 from stream.security import aiokafka_options, faust_credentials, librdkafka_config, redis_options
 from stream.settings import Settings
 

@@ -1,4 +1,4 @@
-"""The write-behind changelog of the customer table (stream.app.CustomerTable): coalesced, batched, never lost."""
+"""The write-behind changelog of the customer table (stream.faust.app.CustomerTable): coalesced, batched, never lost."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.app import CustomerTable, create_app, customers_table
+from stream.faust.app import CustomerTable, create_app, customers_table
 from stream.kafka_admin import expected_partition
 from stream.settings import Settings
 from stream.state import CustomerState
@@ -147,9 +147,9 @@ async def test_a_failed_ack_counts_every_record_of_its_batch_and_stops_the_commi
 
 
 async def test_a_slow_step_of_the_commit_flush_is_named_in_a_warning(caplog: pytest.LogCaptureFixture) -> None:
-    from stream.app import warn_if_slow
+    from stream.faust.app import warn_if_slow
 
-    with caplog.at_level("WARNING", logger="stream.app"):
+    with caplog.at_level("WARNING", logger="stream.faust.app"):
         with warn_if_slow("flush: quick", 0.2, lambda: "nothing pending"):
             await asyncio.sleep(0)
         with warn_if_slow("flush: producer flush", 0.01, lambda: "3 changelog batches unacknowledged"):

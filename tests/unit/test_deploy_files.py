@@ -322,7 +322,7 @@ def test_rocksdb_url_selects_faust_rocksdict_store() -> None:
 def test_rocksdb_memory_bounds_reach_faust_store(tmp_path: Path) -> None:
     from faust.stores import rocksdb as faust_rocksdb
 
-    from stream.app import create_app, customers_table
+    from stream.faust.app import create_app, customers_table
 
     settings = Settings(store="rocksdb://", datadir=tmp_path, rocksdb_write_buffer_mb=8,  # type: ignore[call-arg]
                         rocksdb_block_cache_mb=32)

@@ -1,7 +1,7 @@
-"""Faust's own code, without our guards, gives the wrong result: bugs on any broker (stream.guards 1-5, 7, 8).
+"""Faust's own code, without our guards, gives the wrong result: bugs on any broker (stream.faust.guards 1-5, 7, 8).
 
-Each test calls the method Faust ships (:func:`stream.guards.faust_original`, the one before
-:func:`~stream.guards.install_ack_guard` replaced it) on the consumer or producer state a broker
+Each test calls the method Faust ships (:func:`stream.faust.guards.faust_original`, the one before
+:func:`~stream.faust.guards.install_ack_guard` replaced it) on the consumer or producer state a broker
 would leave, and shows the loss or stall; then the guard on the same state. None of them involves a
 broker's answer, only Faust's bookkeeping, so the result is the same on Kafka, Tansu or any other.
 Guards 3 and 9 are also shown on real Kafka in tests/integration/test_kafka_not_tansu.py.
@@ -23,7 +23,7 @@ from faust.transport.drivers.aiokafka import Producer
 from faust.transport.producer import ProducerBuffer
 from intervaltree import IntervalTree
 
-from stream import guards
+from stream.faust import guards
 
 from .fakes import FakeFaustConsumer
 
@@ -150,7 +150,7 @@ async def _silent_peer() -> tuple[asyncio.Server, str]:
 
 
 async def test_guard8_fausts_producer_waits_1200_s_for_a_silent_connection() -> None:
-    from stream.app import create_app
+    from stream.faust.app import create_app
     from stream.settings import Settings
 
     server, address = await _silent_peer()

@@ -10,7 +10,7 @@ from typing import Any
 from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.structs import TopicPartition
 
-from stream.guards import (
+from stream.faust.guards import (
     GapFiller,
     bounded_flush,
     fetch_again,
@@ -142,8 +142,8 @@ async def test_a_rebalance_stops_waiting_for_a_flush_that_never_ends(caplog: Any
 
 async def test_producer_requests_give_up_after_the_request_timeout_but_delivery_keeps_fausts_horizon() -> None:
     # guard 8: a produce request on a silent connection held the commit's flush for Faust's 1,200 s
-    from stream.app import create_app
-    from stream.guards import REQUEST_TIMEOUT
+    from stream.faust.app import create_app
+    from stream.faust.guards import REQUEST_TIMEOUT
     from stream.settings import Settings
 
     app = create_app(Settings())  # type: ignore[call-arg]

@@ -1,4 +1,4 @@
-"""The batch intake (stream/intake.py) against a stand-in for Faust's consumer: order, current event, acks."""
+"""The batch intake (stream/faust/intake.py) against a stand-in for Faust's consumer: order, current event, acks."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from aiokafka.structs import ConsumerRecord
 from faust.transport.utils import DefaultSchedulingStrategy
 from faust.types import TP
 
-from stream.intake import BatchIntake
+from stream.faust.intake import BatchIntake
 
 from .fakes import FakeFaustConsumer
 
@@ -95,7 +95,7 @@ def fetch_again(monkeypatch: pytest.MonkeyPatch) -> None:
     async def record_call(consumer: FakeConsumer, skipped: dict[TP, tuple[int, int]]) -> None:
         consumer.calls.append(dict(skipped))
 
-    monkeypatch.setattr("stream.intake.fetch_again", record_call)
+    monkeypatch.setattr("stream.faust.intake.fetch_again", record_call)
 
 
 async def drain(consumer: FakeConsumer, seen: Seen, then: Callable[[Any], None] = lambda rec: None,
@@ -284,7 +284,7 @@ def is_urgent(rec: Any) -> bool:
 
 @pytest.fixture
 def top_up_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr("stream.intake.TOP_UP_EVERY", 0.0)  # after each record: the first takes the second fetch
+    monkeypatch.setattr("stream.faust.intake.TOP_UP_EVERY", 0.0)  # after each record: the first takes the second fetch
 
 
 async def test_urgent_records_fetched_meanwhile_go_before_those_in_hand_but_after_their_customers(
@@ -353,7 +353,7 @@ async def test_without_an_urgent_test_while_the_flow_stops_or_in_a_backlog_nothi
 async def test_a_backlog_fetched_meanwhile_goes_after_the_records_in_hand_untested(
         top_up_at_once: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """Testing 154,123 records taken at once for urgency stopped the intake for 0.76 s (traced in a drain)."""
-    monkeypatch.setattr("stream.intake.TOP_UP_BELOW", 4)
+    monkeypatch.setattr("stream.faust.intake.TOP_UP_BELOW", 4)
     consumer = FakeConsumer([{ORDERS: [record(ORDERS, 0)]}, in_hand_and_fetched_meanwhile()[1]])
     tested: list[int] = []
 

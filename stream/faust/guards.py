@@ -6,7 +6,7 @@ Tansu. Re-checked against real Apache Kafka (issue 27): each one fixes Faust's
 (or aiokafka's) own code, which gives the same wrong result whatever the broker;
 the tests named below run the library's original method (:func:`faust_original`)
 and show the loss or stall. None is Tansu-only, so all stay on every broker; the
-Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
+Tansu-only workarounds are in :mod:`stream.faust.tansu` (switched on only by
 ``TAGGER_TANSU_COMPAT``) and the dev/test session timeouts.
 
 1. During a rebalance Faust's stream *skips* messages fetched under the old
@@ -18,7 +18,7 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    second application a no-op if it had in fact been applied.
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard1_*.
 2. Faust's pre-commit producer flush gives up after 0.1 s and can miss a
-   changelog write in flight (see :class:`~stream.app.CustomerTable`).
+   changelog write in flight (see :class:`~stream.faust.app.CustomerTable`).
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard2_*.
 3. Faust commits past an offset nobody acked when it is the *first* after the
    committed position: its check is ``min(acked) - committed > 1`` where
@@ -56,7 +56,7 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    cluster left a partition of the commands topic unread for good after the silence. It
    acts only on a partition already stuck, so it costs nothing where none is.
 7. A rebalance (and a stop) waits for Faust's producer flush, which is our
-   changelog write-and-wait (:class:`stream.app.CustomerTable`). In a CI run a
+   changelog write-and-wait (:class:`stream.faust.app.CustomerTable`). In a CI run a
    worker hung there for good after the broker cut, and the whole group with
    it. :func:`bounded_flush` gives up after ``FLUSH_TIMEOUT`` seconds: nothing
    is committed on that path, so the messages are applied again (idempotently)
@@ -96,7 +96,7 @@ Tansu-only workarounds are in :mod:`stream.compat` (switched on only by
    :func:`learn_partitions` has the producer fetch the changelog's metadata at
    start. Faust bug, shown on Kafka only.
 
-The batch intake (:mod:`stream.intake`) is not a workaround of either kind: it
+The batch intake (:mod:`stream.faust.intake`) is not a workaround of either kind: it
 replaces Faust's per-message path for speed (its cost is Faust's, on any
 broker) and keeps guards 1 and 9 for its own records.
 """
@@ -297,6 +297,12 @@ def rejoin_group(consumer: Any) -> None:
     """Ask the group coordinator for a rebalance, from the consumer's own thread (a full reset of every partition)."""
     thread = consumer._thread
     thread.thread_loop.call_soon_threadsafe(thread._ensure_consumer()._coordinator.request_rejoin)
+
+
+def committed_offsets(consumer: Any) -> Mapping[Any, int | None]:
+    """Faust's committed offset of each partition (the next to read), as it stands; {} before it has any."""
+    committed: Mapping[Any, int | None] = getattr(consumer, "_committed_offset", {})
+    return committed
 
 
 def partition_report(consumer: Any, last_seen: Mapping[tuple[str, int], int]) -> dict[str, dict[str, Any]]:

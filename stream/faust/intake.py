@@ -12,10 +12,10 @@ the handler once per record of our topics in the fetch's own round-robin order:
 
 - each record runs within a *current event* of its own, so a table write takes
   its changelog partition (and RocksDB its partition database) from the record,
-  as it would from a stream's event (:func:`stream.app.within_event`);
+  as it would from a stream's event (:func:`stream.faust.app.within_event`);
 - after the handler returns, the offset is acked into the same lists Faust's
   ``Consumer.ack`` fills, so Faust's commit timer (and guards 3-5 in
-  :mod:`stream.guards`) commit exactly the offsets handled; the commit every
+  :mod:`stream.faust.guards`) commit exactly the offsets handled; the commit every
   ``commit_every`` records runs beside the intake, not in it;
 - a rebalance or a stop stops the flow: the rest of the fetch is left unacked
   (fetched again from the committed offset, wherever the partition goes), and

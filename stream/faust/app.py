@@ -17,11 +17,11 @@ from aiokafka.structs import RecordMetadata
 from faust import streams
 from faust.serializers import codecs
 
-from . import compat, guards
-from .kafka_admin import expected_partition
-from .security import aiokafka_options, faust_credentials
-from .settings import Settings
-from .state import CustomerState
+from ..kafka_admin import expected_partition
+from ..security import aiokafka_options, faust_credentials
+from ..settings import Settings
+from ..state import CustomerState
+from . import guards, tansu
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,7 @@ def create_app(settings: Settings) -> faust.App:
     codecs.register("customer_state", CustomerStateCodec())
     guards.install_ack_guard()
     if settings.tansu_compat:
-        compat.install(settings.kafka_bootstrap_servers, aiokafka_options(settings))
+        tansu.install(settings.kafka_bootstrap_servers, aiokafka_options(settings))
     for name in ("aiokafka", "faust", "mode"):  # debug records cost ~11% CPU when built
         logging.getLogger(name).setLevel(logging.WARNING)
     return faust.App(

@@ -19,7 +19,7 @@ half a second or more before the worker even saw them (measured with aiokafka:
 p50 526 ms with the default wait, 10 ms with 50 ms). The shim lowers the wait of
 Faust's consumer to :data:`FETCH_MAX_WAIT_MS`.
 
-Both are Tansu-only: :func:`stream.app.create_app` installs this module only with
+Both are Tansu-only: :func:`stream.faust.app.create_app` installs this module only with
 ``TAGGER_TANSU_COMPAT=true``, which the integration fixtures set only on Tansu.
 On real Apache Kafka, tests/integration/test_kafka_not_tansu.py shows neither is
 needed: ListOffsets(LATEST) equals the Fetch high watermark after multi-record

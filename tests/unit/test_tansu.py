@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread
 
-from stream import compat
+from stream.faust import tansu
 
 
 def test_faust_consumer_waits_at_most_50_ms_per_fetch(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -17,8 +17,8 @@ def test_faust_consumer_waits_at_most_50_ms_per_fetch(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(AIOKafkaConsumerThread, "_create_worker_consumer", create)
     monkeypatch.setattr(AIOKafkaConsumerThread, "_highwaters", AIOKafkaConsumerThread._highwaters)
-    monkeypatch.setattr(compat, "_installed", False)
-    compat.install("127.0.0.1:9092")
+    monkeypatch.setattr(tansu, "_installed", False)
+    tansu.install("127.0.0.1:9092")
     thread: Any = object.__new__(AIOKafkaConsumerThread)
-    assert thread._create_worker_consumer()._fetch_max_wait_ms == compat.FETCH_MAX_WAIT_MS == 50
+    assert thread._create_worker_consumer()._fetch_max_wait_ms == tansu.FETCH_MAX_WAIT_MS == 50
     assert thread._create_worker_consumer(wait=20)._fetch_max_wait_ms == 20  # a shorter wait is kept
