@@ -25,6 +25,7 @@ from confluent_kafka import Consumer, TopicPartition
 
 from stream.embedded import ServiceGroup
 from stream.kafka_admin import client_config, consume_all, make_producer
+from stream.topics import changelog_topic_name
 
 from ..integration.conftest import PARTITIONS, Namespace, Worker, wait_for
 from . import sequences
@@ -190,9 +191,29 @@ def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, 
         if not bad:
             break
     report["customers"], report["events"] = len(customers), len(stream.events)
+    if bad:
+        keep_evidence(ns, bad, report)
     assert bad == [], f"{len(bad)} mismatches, e.g.\n" + "\n".join(bad[:20])
     check_sequences(ns, report)
     report["scenario_s"] = round(time.monotonic() - started, 1)
+
+
+def keep_evidence(ns: Namespace, bad: list[str], report: dict[str, Any], most: int = 5) -> None:
+    """Every changelog record and input message of the first mismatched customers, to ``evidence.json`` in the
+    test's directory (kept: CI runs with ``--basetemp``): which state the recovery kept, and which it passed over."""
+    cids = list(dict.fromkeys(line.split(".")[0].split(":")[0] for line in bad))[:most]
+    evidence: dict[str, Any] = {cid: {"changelog": [], "inputs": []} for cid in cids}
+    for record in consume_all(ns.services.bootstrap, changelog_topic_name(ns.settings), timeout=120):
+        if record["key"] in evidence:
+            evidence[record["key"]]["changelog"].append(record)
+    for kind in ("order", "login", "ticket"):
+        for record in consume_all(ns.services.bootstrap, ns.topic(kind), timeout=120):
+            if record["key"] in evidence:
+                evidence[record["key"]]["inputs"].append({**record, "topic": kind})
+    path = ns.tmp / "evidence.json"
+    path.write_bytes(orjson.dumps(evidence, default=str, option=orjson.OPT_INDENT_2))
+    report["evidence"] = str(path)
+    print(f"\nEVIDENCE of {', '.join(cids)}: {path}")
 
 
 def check_sequences(ns: Namespace, report: dict[str, Any]) -> None:
