@@ -52,7 +52,11 @@ _TANSU_ENV = (
 
 
 class EmbeddedServiceError(TaggerError, RuntimeError):
-    """An embedded dev service could not be found or started. The message says which."""
+    """An embedded dev service could not be found or started. The message says which.
+
+    Operators: only ``tagger dev``, the benchmark and the tests start embedded services; a
+    production worker never raises this. Read the message (and the log tail it ends with).
+    """
 
 
 class BinaryNotFoundError(EmbeddedServiceError):

@@ -18,6 +18,7 @@ from faust import streams
 from faust.serializers import codecs
 
 from .. import tuning
+from ..exceptions import ChangelogWriteError
 from ..kafka_admin import expected_partition
 from ..security import aiokafka_options, faust_credentials
 from ..settings import Settings
@@ -222,7 +223,7 @@ class CustomerTable(faust.Table):
             await asyncio.wait(list(self.unacked))
         if self.failed_writes:
             failed, self.failed_writes = self.failed_writes, 0
-            raise RuntimeError(f"{failed} changelog writes failed; not committing offsets")
+            raise ChangelogWriteError(f"{failed} changelog writes failed; not committing offsets")
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         """Recovery: Faust's, less each record older than the customer's state already there.
