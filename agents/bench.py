@@ -629,7 +629,7 @@ async def _sample(group: Group) -> tuple[Buckets, int, float]:
 
 
 async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_s: float) -> dict[str, Any]:
-    from .cli import _reevaluate
+    from .reevaluate import request_reevaluation
 
     stop = asyncio.Event()
     demo = asyncio.create_task(run_demo(run.services.bootstrap, _demo(run, group, offered, 97), stop=stop))
@@ -639,7 +639,7 @@ async def _reevaluate_under_load(run: Run, group: Group, offered: float, before_
         await asyncio.sleep(before_s)
         snap1, done1, t1 = await _sample(group)
         progress(f"re-evaluating every customer under {offered:,.0f} events/s")
-        timings = await _reevaluate(run.settings(group), timeout=120.0)
+        timings = await request_reevaluation(run.settings(group), timeout=120.0)
         _, done2, t2 = await _sample(group)
         await asyncio.sleep(1.0)  # events queued behind the last chunk are emitted now
         snap2, _, _ = await _sample(group)

@@ -1,9 +1,10 @@
 """The Quix Streams peer of ``tagger bench``: the tagger's spend job written the Quix way, in its own process.
 
-``python -m agents.bench_quix`` reads the environment of a bench group (``agents/bench_workers.py``:
-``KAFKA_BOOTSTRAP_SERVERS``, ``TAGGER_APP_ID`` as its consumer group, ``TAGGER_PARTITIONS``, the
-group's ``TAGGER_*_TOPIC`` names, ``TAGGER_WEB_PORT``, ``TAGGER_DATADIR`` for its RocksDB state,
-``TAGGER_COMMIT_INTERVAL``), so the bench starts, waits for and stops it like a worker.
+``python -m agents.bench_quix`` reads the settings of a bench group (``agents/bench_workers.py``), as
+a worker does, from its environment: ``KAFKA_BOOTSTRAP_SERVERS``, ``TAGGER_APP_ID`` as its consumer
+group, ``TAGGER_PARTITIONS``, the group's ``TAGGER_*_TOPIC`` names, ``TAGGER_WEB_PORT``,
+``TAGGER_DATADIR`` for its RocksDB state, ``TAGGER_COMMIT_INTERVAL``; so the bench starts, waits for
+and stops it like a worker.
 
 The job, per customer (the message key), with Quix's own RocksDB state and changelog topic:
 
@@ -31,18 +32,17 @@ the tag change handed to Quix's producer.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
 import orjson
 
 from stream.events import parse_ts  # the tagger's reading of ``ts``: RFC 3339 with an offset, or epoch ms
+from stream.settings import Settings
 
 DAY_MS = 86_400_000
 HORIZON_DAYS = 366
@@ -126,21 +126,19 @@ def _events(value: Any) -> list[Mapping[str, Any]]:
     return value["events"] if isinstance(value, dict) and isinstance(value.get("events"), list) else [value]
 
 
-def build_app(env: Mapping[str, str], counters: Counters) -> Any:
-    """The Quix Application of a bench group's environment (its three inputs, one output)."""
+def build_app(settings: Settings, counters: Counters) -> Any:
+    """The Quix Application of a bench group's settings (its three inputs, one output)."""
     from quixstreams import Application
     from quixstreams.models import TopicConfig
 
-    partitions = int(env.get("TAGGER_PARTITIONS", "8"))
-    app = Application(broker_address=env["KAFKA_BOOTSTRAP_SERVERS"], consumer_group=env["TAGGER_APP_ID"],
-                      auto_offset_reset="earliest", commit_interval=float(env.get("TAGGER_COMMIT_INTERVAL", "3")),
-                      state_dir=Path(env["TAGGER_DATADIR"]) / "quix-state", loglevel="WARNING",
+    app = Application(broker_address=settings.kafka_bootstrap_servers, consumer_group=settings.app_id,
+                      auto_offset_reset="earliest", commit_interval=settings.commit_interval,
+                      state_dir=settings.datadir / "quix-state", loglevel="WARNING",
                       processing_guarantee="at-least-once")
-    config = TopicConfig(num_partitions=partitions, replication_factor=1)
+    config = TopicConfig(num_partitions=settings.partitions, replication_factor=1)
 
-    def topic(field: str) -> Any:
-        return app.topic(env[f"TAGGER_{field}_TOPIC"], value_deserializer="json", value_serializer="json",
-                         config=config)
+    def topic(name: str) -> Any:
+        return app.topic(name, value_deserializer="json", value_serializer="json", config=config)
 
     def on_orders(value: Any, key: Any, timestamp: int, headers: Any, state: Any) -> list[dict[str, Any]]:
         events = _events(value)
@@ -161,12 +159,12 @@ def build_app(env: Mapping[str, str], counters: Counters) -> Any:
     def count(value: Any) -> None:
         counters.events += len(_events(value))
 
-    out = topic("TAG_CHANGES")
-    orders = app.dataframe(topic("ORDERS"))
+    out = topic(settings.tag_changes_topic)
+    orders = app.dataframe(topic(settings.orders_topic))
     orders.apply(on_orders, stateful=True, metadata=True, expand=True).to_topic(
         out, key=lambda change: str(change["customer_id"]).encode())
-    for field in ("LOGINS", "TICKETS"):
-        app.dataframe(topic(field)).update(count)
+    for name in (settings.logins_topic, settings.tickets_topic):
+        app.dataframe(topic(name)).update(count)
     return app
 
 
@@ -216,10 +214,10 @@ def serve(port: int, bootstrap: str, group: str, counters: Counters) -> Threadin
 
 def main() -> None:
     """Run the job until SIGTERM (Quix stops its application on SIGTERM and SIGINT)."""
-    env, counters = dict(os.environ), Counters()
-    server = serve(int(env["TAGGER_WEB_PORT"]), env["KAFKA_BOOTSTRAP_SERVERS"], env["TAGGER_APP_ID"], counters)
+    settings, counters = Settings(), Counters()
+    server = serve(settings.web_port, settings.kafka_bootstrap_servers, settings.app_id, counters)
     try:
-        build_app(env, counters).run()
+        build_app(settings, counters).run()
     finally:
         server.shutdown()
 

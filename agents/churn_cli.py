@@ -7,13 +7,13 @@ import json
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
-from rules.bgnbd import fit_bgnbd
+from rules.bgnbd import BGNBDFit, fit_bgnbd
 from rules.churn import BGNBDParams, ChurnPolicy, assess_churn
 from stream.events import parse_ts
 from stream.exceptions import InvalidEvent
@@ -82,6 +82,20 @@ def summarise(orders: dict[str, list[int]], as_of: int) -> tuple[list[float], li
     return xs, txs, Ts
 
 
+def fit_facts(facts: Sequence[Mapping[str, Any]]) -> BGNBDFit:
+    """BG/NBD fitted on customers' facts, in days: x from ``orders_total``, T and t_x from the days since
+    the first and the last order."""
+    xs = [float(f["orders_total"] - 1) for f in facts]
+    Ts = [float(f["days_since_first_order"]) for f in facts]
+    txs = [T - float(f["days_since_last_order"]) for T, f in zip(Ts, facts, strict=True)]
+    return fit_bgnbd(xs, txs, Ts)
+
+
+def params_of(fitted: BGNBDFit) -> BGNBDParams:
+    """The ruleset's ``churn.bgnbd`` parameters of a fit."""
+    return BGNBDParams(fitted.r, fitted.alpha, fitted.a, fitted.b)
+
+
 def snippet(params: BGNBDParams) -> str:
     """The ruleset YAML to paste into a rules file."""
     values = ", ".join(f"{k}: {getattr(params, k):.6g}" for k in ("r", "alpha", "a", "b"))
@@ -110,7 +124,7 @@ def fit(history: Path, fmt: str, customer_col: str, ts_col: str, status_col: str
     result = fit_bgnbd(xs, txs, Ts)
     if not result.converged:
         click.echo(f"warning: the optimiser did not converge: {result.message}", err=True)
-    params = BGNBDParams(result.r, result.alpha, result.a, result.b)
+    params = params_of(result)
     click.echo(f"{result.customers} customers, log-likelihood {result.log_likelihood:.2f}")
     click.echo(f"r={params.r:.6g} alpha={params.alpha:.6g} a={params.a:.6g} b={params.b:.6g}")
     text = snippet(params)
@@ -134,11 +148,8 @@ def report(customers: int, seed: int, out: Path | None) -> None:
     started = time.perf_counter()
     sims = simulate(customers, seed)
     facts = [s.facts for s in sims]
-    xs = [float(f["orders_total"] - 1) for f in facts]
-    Ts = [float(f["days_since_first_order"]) for f in facts]
-    txs = [T - float(f["days_since_last_order"]) for T, f in zip(Ts, facts, strict=True)]
-    fitted = fit_bgnbd(xs, txs, Ts)
-    policy = ChurnPolicy(bgnbd=BGNBDParams(fitted.r, fitted.alpha, fitted.a, fitted.b))
+    fitted = fit_facts(facts)
+    policy = ChurnPolicy(bgnbd=params_of(fitted))
     t0 = time.perf_counter()
     assessed = [assess_churn(policy, f) for f in facts]
     per_call_us = (time.perf_counter() - t0) / len(facts) * 1e6
@@ -193,11 +204,8 @@ def cdnow(calibration_end: str) -> None:
         raise click.ClickException("the lifetimes package is not installed (pip install -e '.[test]')")
     path = Path(list(spec.submodule_search_locations)[0]) / "datasets" / "CDNOW_master.txt"
     facts, no_buy, holdout_days = cdnow_holdout(str(path), calibration_end)
-    xs = [float(f["orders_total"] - 1) for f in facts]
-    Ts = [float(f["days_since_first_order"]) for f in facts]
-    txs = [T - float(f["days_since_last_order"]) for T, f in zip(Ts, facts, strict=True)]
-    fitted = fit_bgnbd(xs, txs, Ts)
-    policy = ChurnPolicy(bgnbd=BGNBDParams(fitted.r, fitted.alpha, fitted.a, fitted.b), horizon_days=holdout_days)
+    fitted = fit_facts(facts)
+    policy = ChurnPolicy(bgnbd=params_of(fitted), horizon_days=holdout_days)
     assessed = [assess_churn(policy, f) for f in facts]
     combined = roc_auc([a.risk for a in assessed], no_buy)
     alone = roc_auc([a.components["model"] for a in assessed], no_buy)

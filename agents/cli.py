@@ -4,54 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import sys
-import time
-import uuid
 from pathlib import Path
 
 import click
-import orjson
-
-from stream.settings import Settings
-from stream.topics import ensure_all_topics
 
 from .churn_cli import churn_group
+from .cli_shared import check_kafka, load_settings, prepare_kafka
 from .io_cli import export_command, replay_command
 from .rules_cli import rules_group
 from .token_cli import token_group
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic's ValidationError names each bad variable
-        raise click.ClickException(f"invalid settings: {exc}") from exc
-
-
-def _check_kafka(settings: Settings) -> None:
-    """Start-up preflight: reach Kafka with the configured security, or exit 1 naming the cause.
-
-    A wrong SASL password or an untrusted broker certificate ends the command in about a second with
-    "Kafka authentication failed ..." or "Kafka TLS certificate verification failed ..." instead of a
-    client retrying forever (stream.kafka_admin.check_connection).
-    """
-    from stream.kafka_admin import KafkaAdminError, check_connection
-    from stream.security import librdkafka_config
-
-    try:
-        check_connection(librdkafka_config(settings))
-    except KafkaAdminError as exc:
-        raise click.ClickException(str(exc)) from exc
-
-
-def _prepare_kafka(settings: Settings) -> None:
-    """A worker's start: the preflight, then its topics (created if missing; a wrong partition count exits 1)."""
-    from stream.kafka_admin import KafkaAdminError
-
-    _check_kafka(settings)
-    try:
-        ensure_all_topics(settings)
-    except KafkaAdminError as exc:
-        raise click.ClickException(str(exc)) from exc
 
 
 @click.group()
@@ -71,7 +32,7 @@ def worker() -> None:
 
     from .tagger import build
 
-    settings = _settings()
+    settings = load_settings()
     try:
         app, _ = build(settings)
     except RulesetError as exc:
@@ -80,7 +41,7 @@ def worker() -> None:
         raise click.ClickException(f"invalid API tokens: {exc}") from exc
     except WebhookConfigError as exc:
         raise click.ClickException(f"invalid webhooks file: {exc}") from exc
-    _prepare_kafka(settings)
+    prepare_kafka(settings)
     tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
 
@@ -94,50 +55,11 @@ def baseline_worker() -> None:
 
     from .baseline import build_baseline
 
-    settings = _settings()
-    _prepare_kafka(settings)
+    settings = load_settings()
+    prepare_kafka(settings)
     app = build_baseline(settings)
     tune_gc()
     Worker(app, loglevel=settings.log_level, quiet=True).execute_from_commandline()
-
-
-async def _reevaluate(settings: Settings, timeout: float, customer: str | None = None) -> dict[str, float]:
-    from stream.kafka_admin import expected_partition, make_producer
-    from stream.redis_view import RedisView
-    from stream.security import librdkafka_config, redis_client
-
-    client = redis_client(settings)
-    view = RedisView(client, settings.redis_prefix)
-    producer = make_producer(librdkafka_config(settings))
-    request_id = uuid.uuid4().hex
-    timings: dict[str, float] = {}
-    try:
-        # one customer: only its partition, only phase 2 (its own rank entry is rewritten with its view)
-        phases: tuple[str, ...] = ("rank", "evaluate")
-        partitions = list(range(settings.partitions))
-        if customer is not None:
-            phases, partitions = ("evaluate",), [expected_partition(customer.encode(), settings.partitions)]
-        for phase in phases:
-            started = time.monotonic()
-            body: dict[str, str] = {"cmd": phase, "request_id": request_id}
-            if customer is not None:
-                body["customer_id"] = customer
-            value = orjson.dumps(body)
-            for p in partitions:
-                producer.produce(settings.commands_topic, key=b"reevaluate", value=value, partition=p)
-            producer.flush(10)
-            deadline = started + timeout
-            while len(await view.acked(request_id, phase)) < len(partitions):
-                if time.monotonic() > deadline:
-                    done = sorted(await view.acked(request_id, phase))
-                    raise click.ClickException(
-                        f"phase {phase!r} timed out after {timeout}s; partitions done: {done} "
-                        f"of {partitions}. Are workers running and Redis reachable?")
-                await asyncio.sleep(0.1)
-            timings[phase] = time.monotonic() - started
-    finally:
-        await client.aclose()
-    return timings
 
 
 @main.command()
@@ -150,9 +72,11 @@ def reevaluate(timeout: float, customer: str | None) -> None:
     re-reads the tier cut-offs and re-evaluates everyone, so tiers match the
     rank definition exactly. With --customer only phase 2 runs, for that customer.
     """
-    settings = _settings()
-    _check_kafka(settings)
-    timings = asyncio.run(_reevaluate(settings, timeout, customer))
+    from .reevaluate import request_reevaluation
+
+    settings = load_settings()
+    check_kafka(settings)
+    timings = asyncio.run(request_reevaluation(settings, timeout, customer))
     what = f"customer {customer}" if customer else f"all {settings.partitions} partitions"
     click.echo(f"re-evaluated {what}: " + ", ".join(f"{k} {v:.2f}s" for k, v in timings.items()))
 
@@ -167,7 +91,7 @@ def demo(customers: int, rate: float, limit: int | None, seed: int) -> None:
     from stream.demo import DemoConfig, run_demo
     from stream.security import librdkafka_config
 
-    settings = _settings()
+    settings = load_settings()
     config = DemoConfig(customers=customers, rate=rate, seed=seed, currency=settings.currency)
     sent = asyncio.run(run_demo(librdkafka_config(settings), config, limit=limit))
     click.echo(f"produced {sent} events")
@@ -183,8 +107,8 @@ def tail(tags: tuple[str, ...], tiers: tuple[str, ...], levels: tuple[str, ...],
     """Print tag changes and churn alerts as they happen, coloured (tiers, added/removed tags, levels)."""
     from .console import tail_tag_changes
 
-    settings = _settings()
-    _check_kafka(settings)
+    settings = load_settings()
+    check_kafka(settings)
     asyncio.run(tail_tag_changes(settings, tags=set(tags), tiers=set(tiers), alerts=churn, levels=set(levels)))
 
 

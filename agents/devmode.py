@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import signal
 import sys
 import tempfile
@@ -20,7 +19,7 @@ import orjson
 from stream.auth import hash_token, new_token
 from stream.demo import DemoConfig, run_demo
 from stream.embedded import RedisServer, TansuBroker, spawn, terminate
-from stream.settings import Settings
+from stream.settings import Settings, child_environment, environment_value
 from stream.topics import ensure_all_topics
 
 from .console import tail_tag_changes
@@ -28,8 +27,8 @@ from .console import tail_tag_changes
 
 def worker_env(bootstrap: str, redis_url: str, web_port: int, datadir: Path, embedded: bool) -> dict[str, str]:
     """Environment of a worker process started by dev mode or the benchmark."""
-    env = dict(os.environ, KAFKA_BOOTSTRAP_SERVERS=bootstrap, REDIS_URL=redis_url,
-               TAGGER_WEB_PORT=str(web_port), TAGGER_DATADIR=str(datadir))
+    env = child_environment({"KAFKA_BOOTSTRAP_SERVERS": bootstrap, "REDIS_URL": redis_url,
+                             "TAGGER_WEB_PORT": str(web_port), "TAGGER_DATADIR": str(datadir)})
     env.setdefault("TAGGER_SWEEP_INTERVAL", "10")
     if embedded:  # Tansu: fast group joins and the highwater shim (see docs/BROKER.md)
         env.update(TAGGER_TANSU_COMPAT="true", TAGGER_SESSION_TIMEOUT="6", TAGGER_HEARTBEAT_INTERVAL="1")
@@ -48,8 +47,9 @@ async def _run(settings: Settings, customers: int, rate: float, stop: asyncio.Ev
 
 def run_dev(*, customers: int, rate: float, web_port: int) -> int:
     """Run until Ctrl-C; stop every child process; return an exit code."""
-    broker = None if os.environ.get("KAFKA_BOOTSTRAP_SERVERS") else TansuBroker()
-    redis = None if os.environ.get("REDIS_URL") else RedisServer()
+    given_bootstrap, given_redis = environment_value("kafka_bootstrap_servers"), environment_value("redis_url")
+    broker = None if given_bootstrap else TansuBroker()
+    redis = None if given_redis else RedisServer()
     workdir = Path(tempfile.mkdtemp(prefix="tagger-dev-"))
     proc = None
     try:
@@ -57,8 +57,8 @@ def run_dev(*, customers: int, rate: float, web_port: int) -> int:
             broker.start()
         if redis:
             redis.start()
-        bootstrap = broker.bootstrap if broker else os.environ["KAFKA_BOOTSTRAP_SERVERS"]
-        redis_url = redis.url if redis else os.environ["REDIS_URL"]
+        bootstrap = broker.bootstrap if broker else str(given_bootstrap)  # not embedded: given
+        redis_url = redis.url if redis else str(given_redis)
         env = worker_env(bootstrap, redis_url, web_port, workdir / "data", broker is not None)
         log_path = workdir / "worker.log"
         click.echo(click.style(f"broker {bootstrap}  redis {redis_url}  worker log {log_path}", dim=True))

@@ -11,6 +11,8 @@ import click
 from stream.replay import ColumnMap, MappingError, load_mapping
 from stream.settings import Settings
 
+from .cli_shared import check_kafka, load_settings
+
 _TOPICS = {"orders": "orders_topic", "logins": "logins_topic", "tickets": "tickets_topic"}
 
 
@@ -53,7 +55,6 @@ def replay_command(file: Path, kind: str | None, mapping_file: Path | None, maps
     stops with --stop-on-error); the summary gives rows read, sent, rejected and
     failed. Exit status 1 if the run stopped on a bad row or a send failed.
     """
-    from .cli import _check_kafka, _settings
     from .replay import replay
 
     columns_map, constants = _pairs(maps, "--map"), _pairs(consts, "--const")
@@ -72,8 +73,8 @@ def replay_command(file: Path, kind: str | None, mapping_file: Path | None, maps
     if mapping_file is not None and not id_prefix and mapping.id_prefix == "replay":
         mapping = ColumnMap(kind=mapping.kind, columns=mapping.columns, constants=mapping.constants,
                             ts_format=mapping.ts_format, id_prefix=file.stem)
-    settings: Settings = _settings()
-    _check_kafka(settings)  # a wrong password or CA: a clear error now, not 60 s of failed sends
+    settings: Settings = load_settings()
+    check_kafka(settings)  # a wrong password or CA: a clear error now, not 60 s of failed sends
     names = [c.strip() for c in columns.split(",")] if columns else None
     summary = replay(file, mapping, settings, topic=getattr(settings, _TOPICS[mapping.kind]), fmt=fmt,
                      delimiter=delimiter, columns=names, rate=rate, stop_on_error=stop_on_error, progress=progress)
@@ -96,10 +97,9 @@ def export_command(fmt: str, output: Path | None, tags: tuple[str, ...], tiers: 
     """
     from stream.security import redis_client
 
-    from .cli import _settings
     from .export import export
 
-    settings = _settings()
+    settings = load_settings()
 
     async def run() -> int:
         client = redis_client(settings)

@@ -14,11 +14,12 @@ import click
 from rules import FieldType, Ruleset, RulesetError, default_rules_dir, load_ruleset, tier_cutoffs
 from rules.dryrun import DryRunReport, render_text
 from rules.testing import CaseFileError, coerce_fact, load_cases, run_cases
+from stream.settings import Settings, environment_value
+
+from .cli_shared import load_settings
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
-
-    from stream.settings import Settings
 
 _DIR = click.Path(path_type=Path)
 
@@ -30,10 +31,8 @@ def _schema() -> dict[str, FieldType]:
 
 
 def _configured_dir() -> Path:
-    """TAGGER_RULES_DIR if set, else the shipped rules."""
-    import os
-
-    configured = os.environ.get("TAGGER_RULES_DIR")
+    """TAGGER_RULES_DIR if set, else the shipped rules (the other settings need not be valid)."""
+    configured = environment_value("rules_dir")
     return Path(configured) if configured else default_rules_dir()
 
 
@@ -112,17 +111,8 @@ def dry_run(candidate: Path, as_json: bool, batch: int) -> None:
     the same facts the live rules saw); time-driven tags catch up at the next sweep.
     """
     ruleset = _load(candidate)
-    report = asyncio.run(_dry_run(_settings(), ruleset, batch))
+    report = asyncio.run(_dry_run(load_settings(), ruleset, batch))
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else render_text(report))
-
-
-def _settings() -> Settings:
-    from stream.settings import Settings
-
-    try:
-        return Settings()
-    except Exception as exc:  # pydantic's ValidationError names each bad variable
-        raise click.ClickException(f"invalid settings: {exc}") from exc
 
 
 def view_facts(raw: bytes | str, schema: Mapping[str, FieldType]) -> tuple[dict[str, Any], list[str], str | None,

@@ -6,7 +6,7 @@ Pure: the caller passes the facts schema and the facts as plain data.
 from rules.churn import BGNBDParams, ChurnAssessment, ChurnPolicy, ChurnWeights, assess_churn
 from rules.dryrun import DryRunReport, dry_run
 from rules.evaluate import evaluate_tags
-from rules.exceptions import RulesetError
+from rules.exceptions import RuleErrors, RuleEvaluationError, RulesError, RulesetError
 from rules.loader import default_rules_dir, load_ruleset
 from rules.model import Rule, Ruleset, ScoreWeights, TierPolicy
 from rules.schema import FieldType
@@ -23,7 +23,10 @@ __all__ = [
     "DryRunReport",
     "FieldType",
     "Rule",
+    "RuleErrors",
+    "RuleEvaluationError",
     "Ruleset",
+    "RulesError",
     "RulesetError",
     "ScoreWeights",
     "TierPolicy",

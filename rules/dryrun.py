@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rules.evaluate import evaluate_tags
+from rules.exceptions import RuleErrors
 from rules.model import Ruleset
 from rules.schema import TAGS_FIELD
 from rules.tiers import assign_tier
@@ -86,7 +87,7 @@ class DryRunReport:
         """
         current = set(current_tags)
         full = {**facts, TAGS_FIELD: sorted(current)}
-        errors: list[str] = []
+        errors = RuleErrors()
         new = {tag: "manual" for tag in manual_tags}
         new |= evaluate_tags(self.ruleset, full, current, errors=errors)
         tier = assign_tier(self.ruleset, full, self.a_cut, self.b_cut, errors=errors)
@@ -109,8 +110,7 @@ class DryRunReport:
         if before != tier:
             self.tier_moves.setdefault((before, tier), Examples()).add(customer_id)
         for error in errors:
-            where, _, message = error.partition(": ")
-            self.errors.setdefault(where, Examples()).add(f"{customer_id}: {message}")
+            self.errors.setdefault(error.where, Examples()).add(f"{customer_id}: {error.detail}")
 
     def skip(self, customer_id: str, why: str) -> None:
         """Record a customer that could not be evaluated (e.g. an unreadable view)."""

@@ -97,6 +97,8 @@ def _parse_rule(doc: Located, schema: Mapping[str, FieldType]) -> Rule:
         visibility=visibility,
         when=raw["when"],
         exit=raw.get("exit"),
+        file=doc.file,
+        line=doc.line,
     )
     return rule
 

@@ -42,6 +42,8 @@ class Rule:
     visibility: Visibility
     when: str
     exit: str | None = None
+    file: str | None = field(default=None, repr=False, compare=False)  # where it is defined: error reports
+    line: int | None = field(default=None, repr=False, compare=False)
     _when_expr: CompiledExpr = field(init=False, repr=False, compare=False)
     _exit_expr: CompiledExpr | None = field(init=False, repr=False, compare=False)
 

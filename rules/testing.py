@@ -16,7 +16,7 @@ from typing import Any
 
 from rules.check import suggest
 from rules.evaluate import evaluate_tags
-from rules.exceptions import RulesetError
+from rules.exceptions import RuleErrors, RulesetError
 from rules.model import Ruleset
 from rules.schema import TAGS_FIELD, FieldType
 from rules.tiers import assign_tier
@@ -236,7 +236,7 @@ def _show(tags: Any) -> str:
 def run_case(ruleset: Ruleset, case: Case) -> CaseResult:
     """Evaluate one case with the public rule API and compare with its expectation."""
     facts = {**case.facts, TAGS_FIELD: list(case.tags)}
-    errors: list[str] = []
+    errors = RuleErrors()
     got = evaluate_tags(ruleset, facts, case.tags, errors=errors)
     tier = assign_tier(ruleset, facts, case.a_cut, case.b_cut, errors=errors)
     exp, problems = case.expect, [f"error: {e}" for e in errors]

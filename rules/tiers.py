@@ -23,6 +23,7 @@ from collections.abc import Mapping
 from fractions import Fraction
 from typing import Any
 
+from rules.exceptions import RuleErrors, RuleEvaluationError, record
 from rules.model import Ruleset
 
 
@@ -51,9 +52,13 @@ def assign_tier(
     facts: Mapping[str, Any],
     a_cut: float | None,
     b_cut: float | None,
-    errors: list[str] | None = None,
+    errors: RuleErrors | list[str] | None = None,
 ) -> str:
-    """Return "A", "B", "C" or "D" for one customer; see the module docstring."""
+    """Return "A", "B", "C" or "D" for one customer; see the module docstring.
+
+    A tier condition that raises counts as false and, if ``errors`` is given, its
+    :class:`RuleEvaluationError` (``tiers.b_when`` or ``tiers.c_when``) is added to it.
+    """
     spend = facts["spend_365d"]
     if spend is not None and spend > 0:
         if a_cut is not None and spend >= a_cut:
@@ -63,10 +68,9 @@ def assign_tier(
     return "C" if _holds(ruleset.tiers._c_expr, "c_when", facts, errors) else "D"
 
 
-def _holds(expr: Any, key: str, facts: Mapping[str, Any], errors: list[str] | None) -> bool:
+def _holds(expr: Any, key: str, facts: Mapping[str, Any], errors: RuleErrors | list[str] | None) -> bool:
     try:
         return expr.run(facts) is True
     except Exception as exc:  # a broken tier condition must not break the stream
-        if errors is not None:
-            errors.append(f"tiers.{key}: {type(exc).__name__}: {exc}")
+        record(errors, RuleEvaluationError(f"tiers.{key}", exc))
         return False

@@ -38,6 +38,7 @@ from typing import NoReturn, Protocol, Self
 from confluent_kafka.admin import AdminClient
 
 from stream.exceptions import TaggerError
+from stream.settings import child_environment
 
 _PR_SET_PDEATHSIG = 1
 _LIVE: set[_Service] = set()  # started and not yet stopped; stopped at interpreter exit
@@ -51,7 +52,11 @@ _TANSU_ENV = (
 
 
 class EmbeddedServiceError(TaggerError, RuntimeError):
-    """An embedded dev service could not be found or started. The message says which."""
+    """An embedded dev service could not be found or started. The message says which.
+
+    Operators: only ``tagger dev``, the benchmark and the tests start embedded services; a
+    production worker never raises this. Read the message (and the log tail it ends with).
+    """
 
 
 class BinaryNotFoundError(EmbeddedServiceError):
@@ -242,7 +247,7 @@ class _Service(_Managed):
         raise NotImplementedError
 
     def environment(self) -> dict[str, str]:
-        return dict(os.environ)
+        return child_environment()
 
     def probe(self, timeout: float) -> bool:
         """True once the service answers a real request."""
@@ -351,7 +356,7 @@ class TansuBroker(_Service):
         ]
 
     def environment(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if k not in _TANSU_ENV}
+        return child_environment(drop=_TANSU_ENV)
 
     def probe(self, timeout: float) -> bool:
         admin = AdminClient({"bootstrap.servers": self.bootstrap, "log_level": 0})

@@ -2,21 +2,39 @@
 
 Everything derives from :class:`TaggerError`, so a caller can catch the whole
 family in one place. Each docstring says what an operator should do when the
-error shows up in logs, metrics or the dead-letter topic.
+error shows up in logs, metrics or the dead-letter topic. The errors of one
+module's own concern stay beside it (a builtin as second base where callers
+caught that before); the family:
+
+* :class:`TaggerError`
+
+  * :class:`InvalidEvent`, :class:`StateDecodeError` (here): a message or a stored state
+  * :class:`ChangelogWriteError` (here): the broker refused changelog writes
+  * ``stream.auth.TokenConfigError``: the API tokens
+  * ``stream.webhooks.WebhookConfigError``: the webhooks file
+  * ``stream.replay.RowError``, ``stream.replay.MappingError``: ``tagger replay`` input
+  * ``stream.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
+    (``PartitionMismatchError``, ``TopicConfigError``, ``KafkaAuthenticationError``,
+    ``KafkaTLSError``)
+  * ``stream.embedded.EmbeddedServiceError``: a dev-mode broker or Redis
+    (``BinaryNotFoundError``, ``ServiceStartError``, ``stream.kafka_local.KafkaUnavailableError``)
+
+The rules package has its own root, :class:`rules.exceptions.RulesError`.
 """
 
 from __future__ import annotations
 
-__all__ = ["InvalidEvent", "StateDecodeError", "TaggerError"]
+__all__ = ["ChangelogWriteError", "InvalidEvent", "StateDecodeError", "TaggerError"]
 
 
 class TaggerError(Exception):
     """Root of every error the customer tagger raises on purpose.
 
-    Operators: the message names what went wrong and where. An error of this
-    family never means the broker or Redis is broken; it means a message, a
-    stored value or the configuration is not what the tagger expects. Fix the
-    named input (or the configuration) rather than restarting the service.
+    Operators: the message names what went wrong and where: a message, a stored
+    value, an input file or the configuration that is not what the tagger
+    expects, or (``KafkaAdminError``) a broker that refused the tagger's topics
+    or credentials. Fix the named input, configuration or topic rather than
+    restarting the service as it is.
     """
 
 
@@ -52,3 +70,13 @@ class StateDecodeError(TaggerError):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason: str = reason
+
+
+class ChangelogWriteError(TaggerError, RuntimeError):
+    """The broker refused or lost some writes of the customers table's changelog; no offset was committed.
+
+    The offsets stay where they were, so the messages since the last commit are not lost: a
+    worker that gets their partitions reads them again and applies them idempotently.
+    Operators: if it repeats, the changelog topic is not writable (the broker's log names why:
+    disk, ``max.message.bytes``, ACLs); fix that on the broker.
+    """

@@ -37,7 +37,11 @@ Bootstrap = str | Mapping[str, Any]
 
 
 class KafkaAdminError(TaggerError, RuntimeError):
-    """A Kafka admin operation failed; the message names the topic and the cause."""
+    """A Kafka admin operation failed; the message names the topic and the cause.
+
+    Operators: the command exits 1 with the message before consuming anything; fix the broker
+    side it names (topic, partitions, credentials, certificate) and start again.
+    """
 
 
 class PartitionMismatchError(KafkaAdminError):

@@ -38,6 +38,7 @@ from typing import Self
 from confluent_kafka.admin import AdminClient
 
 from stream.embedded import EmbeddedServiceError, ServiceStartError, _Managed, _Service, free_port
+from stream.settings import child_environment
 
 POM_DIR = Path(__file__).resolve().parent.parent / "deploy" / "kafka-local"
 INSTALL_HINT = "install OpenJDK 17+ and Maven (Debian: apt-get install openjdk-17-jre-headless maven)"
@@ -177,7 +178,7 @@ class KafkaNode(_Service):
                 "kafka.Kafka", str(self.properties_path)]
 
     def environment(self) -> dict[str, str]:
-        return {k: v for k, v in os.environ.items() if not k.startswith(("KAFKA_", "JAVA_TOOL"))}
+        return child_environment(drop_prefixes=("KAFKA_", "JAVA_TOOL"))
 
     def format(self) -> None:
         """Write server.properties and format the node's storage (first start only)."""

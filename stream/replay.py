@@ -21,7 +21,7 @@ import orjson
 import yaml
 
 from .events import parse_event, parse_ts
-from .exceptions import InvalidEvent
+from .exceptions import InvalidEvent, TaggerError
 
 #: Contract fields each kind accepts (docs/CONTRACT.md); the first three are required for all.
 FIELDS: dict[str, tuple[str, ...]] = {
@@ -37,12 +37,20 @@ _REQUIRED: dict[str, tuple[str, ...]] = {
 _NUMERIC = {"amount", "margin", "session_seconds"}
 
 
-class RowError(ValueError):
-    """One row cannot become an event; the message says why (the caller adds the line number)."""
+class RowError(TaggerError, ValueError):
+    """One row cannot become an event; the message says why (the caller adds the line number).
+
+    Operators: ``tagger replay`` reports the row's line and goes on (or stops with
+    ``--stop-on-error``); fix the row in the file, or the ``--map`` / ``--const`` /
+    ``--ts-format`` options that read it, and replay the rejected rows again.
+    """
 
 
-class MappingError(ValueError):
-    """The column mapping itself is wrong (unknown kind or field): fix the options or mapping file."""
+class MappingError(TaggerError, ValueError):
+    """The column mapping itself is wrong (unknown kind or field): fix the options or mapping file.
+
+    Operators: nothing was sent; the message names the kind, field or key that is wrong.
+    """
 
 
 @dataclass(frozen=True)

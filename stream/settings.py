@@ -3,10 +3,24 @@
 Values come from environment variables: ``KAFKA_BOOTSTRAP_SERVERS`` and
 ``REDIS_URL`` without a prefix, everything else as ``TAGGER_<FIELD>``.
 Faust is given every value explicitly and reads no environment of its own.
+
+No other module reads the environment. Besides :class:`Settings` this module has
+the two other ways in and out of it:
+
+* :func:`environment_value`: one field's raw value, for a command that needs only
+  that field and must not refuse to run over an unrelated bad setting
+  (``tagger rules validate``, ``tagger dev``);
+* :func:`child_environment`: the environment a child process gets (a worker of
+  ``tagger dev`` or the benchmark, an embedded broker or Redis).
+
+Fixed values that bound loops and waits, and that are not settings, are in
+:mod:`stream.tuning`.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Literal
 
@@ -199,3 +213,37 @@ class Settings(BaseSettings):
     def commands_topic(self) -> str:
         """Internal topic of per-partition commands (sweep, re-evaluate)."""
         return f"{self.app_id}-commands"
+
+
+def env_names(field: str) -> tuple[str, ...]:
+    """The environment variable names of one :class:`Settings` field, in the order Settings reads them."""
+    alias = Settings.model_fields[field].validation_alias
+    if isinstance(alias, AliasChoices):
+        return tuple(str(choice) for choice in alias.choices)
+    return (f"{Settings.model_config.get('env_prefix', '')}{field}".upper(),)
+
+
+def environment_value(field: str) -> str | None:
+    """The raw value the environment gives one :class:`Settings` field (None: not set, or empty).
+
+    Unparsed and unvalidated, and the rest of the settings is not read: for a command
+    that needs this one value and must work whatever the others are
+    (``tagger rules validate`` reads ``TAGGER_RULES_DIR``; ``tagger dev`` starts its own
+    broker and Redis unless ``KAFKA_BOOTSTRAP_SERVERS`` / ``REDIS_URL`` name them).
+    Everything else reads :class:`Settings`.
+    """
+    for name in env_names(field):
+        value = os.environ.get(name)
+        if value:
+            return value
+    return None
+
+
+def child_environment(overrides: Mapping[str, str] | None = None, *, drop: Iterable[str] = (),
+                      drop_prefixes: tuple[str, ...] = ()) -> dict[str, str]:
+    """The environment of a child process: this process's, less ``drop`` and the names starting with one of
+    ``drop_prefixes``, with ``overrides`` on top (a fresh dict the caller may change)."""
+    dropped = frozenset(drop)
+    env = {k: v for k, v in os.environ.items() if k not in dropped and not k.startswith(drop_prefixes)}
+    env.update(overrides or {})
+    return env

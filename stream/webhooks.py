@@ -40,14 +40,20 @@ import orjson
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 
+from .exceptions import TaggerError
+
 SIGNATURE_HEADER = "X-Tagger-Signature"
 TIMESTAMP_HEADER = "X-Tagger-Timestamp"
 IDEMPOTENCY_HEADER = "Idempotency-Key"
 KINDS = ("tag_change", "churn_alert")
 
 
-class WebhookConfigError(ValueError):
-    """The webhooks file is unreadable or invalid: the message names the problem; fix the file."""
+class WebhookConfigError(TaggerError, ValueError):
+    """The webhooks file is unreadable or invalid: the message names the problem; fix the file.
+
+    Operators: the worker does not start (``invalid webhooks file: ...``); correct the file named
+    in ``TAGGER_WEBHOOKS_FILE`` (YAML, see stream/webhooks.py) and start it again.
+    """
 
 
 class Subscription(BaseModel):

@@ -1,4 +1,4 @@
-"""The Faust app factory: every Faust setting comes from :class:`Settings`."""
+"""The Faust app factory: every Faust setting comes from :class:`Settings`, or from :mod:`stream.tuning`."""
 
 from __future__ import annotations
 
@@ -17,6 +17,8 @@ from aiokafka.structs import RecordMetadata
 from faust import streams
 from faust.serializers import codecs
 
+from .. import tuning
+from ..exceptions import ChangelogWriteError
 from ..kafka_admin import expected_partition
 from ..security import aiokafka_options, faust_credentials
 from ..settings import Settings
@@ -86,13 +88,11 @@ def create_app(settings: Settings) -> faust.App:
         broker_heartbeat_interval=settings.heartbeat_interval,
         broker_commit_interval=settings.commit_interval,
         broker_commit_every=settings.commit_every or sys.maxsize,  # Faust has no "off": a count never reached
-        producer_linger=0.005,
-        producer_max_request_size=16 << 20,
-        # a full batch makes the next send wait for the broker to take it: with aiokafka's 16 KB
-        # (~20 tag changes) a send cost 40-50 µs in a drain, with 256 KB 17 µs
-        producer_max_batch_size=256 << 10,
-        consumer_max_fetch_size=16 << 20,
-        stream_buffer_maxsize=16384,
+        producer_linger=tuning.PRODUCER_LINGER,
+        producer_max_request_size=tuning.PRODUCER_MAX_REQUEST_SIZE,
+        producer_max_batch_size=tuning.PRODUCER_MAX_BATCH_SIZE,  # why 256 KB: stream.tuning
+        consumer_max_fetch_size=tuning.CONSUMER_MAX_FETCH_SIZE,
+        stream_buffer_maxsize=tuning.STREAM_BUFFER_MAXSIZE,
         web_enabled=True,
         web_host=settings.web_host,
         web_bind=settings.web_bind,
@@ -223,7 +223,7 @@ class CustomerTable(faust.Table):
             await asyncio.wait(list(self.unacked))
         if self.failed_writes:
             failed, self.failed_writes = self.failed_writes, 0
-            raise RuntimeError(f"{failed} changelog writes failed; not committing offsets")
+            raise ChangelogWriteError(f"{failed} changelog writes failed; not committing offsets")
 
     def apply_changelog_batch(self, batch: Iterable[Any]) -> None:
         """Recovery: Faust's, less each record older than the customer's state already there.

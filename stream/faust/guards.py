@@ -108,10 +108,10 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
+from ..tuning import FLUSH_TIMEOUT, REQUEST_TIMEOUT
+
 log = logging.getLogger(__name__)
 
-FLUSH_TIMEOUT = 30.0  # seconds a rebalance or stop waits for the producer flush (guard 7)
-REQUEST_TIMEOUT = 30.0  # seconds a producer connection's set-up or a request's response may take (guard 8)
 
 _installed = False
 _ORIGINALS: dict[tuple[type, str], Any] = {}  # Faust's own methods the guards replaced (tests show their bugs)

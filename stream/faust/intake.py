@@ -49,6 +49,7 @@ from typing import Any
 
 from faust.types.tuples import ack_lock
 
+from ..tuning import TOP_UP_BELOW, TOP_UP_EVERY
 from .app import within_event
 from .guards import fetch_again
 
@@ -83,11 +84,6 @@ def unfetched(consumer: Any, topics: Collection[str]) -> int:
 
 _HANDLED: tuple[Any, Any] = (None, None)  # in place of a handled record in the list of records in hand
 YIELD_EVERY = 100  # records handled between two yields to the event loop (as Faust's drain loop)
-TOP_UP_EVERY = 0.01  # seconds between two looks at what aiokafka fetched meanwhile (with an urgent test)...
-# ...while fewer records than this are known to be behind (in hand and not fetched yet). In a backlog
-# an urgent record is fetched only shortly before its turn anyway, and testing every record for
-# urgency cost ~5% of a 300k drain (now only its last 20,000)
-TOP_UP_BELOW = 20_000
 
 _installed = False
 
