@@ -109,9 +109,12 @@ class Applier:
         if batch_id is not None:
             state.mark(source, offset, f"batch:{batch_id}")
             trigger.update(batch_id=batch_id, events=applied)
+        event_time = latest.ts if latest else None
         if priority is not None:
             trigger["priority"], trigger["reason"] = priority
-        await self.coalesce.hand_on(cid, state, trigger, latest.ts if latest else None, applied, priority is not None)
+        elif self.coalesce.defer(cid, state, trigger, event_time, applied):  # the worker is behind
+            return applied
+        await self.coalesce.evaluate_now(cid, state, trigger, event_time, changed=True)
         if priority is not None:
             self.emit.flush_soon(cid)
         return applied

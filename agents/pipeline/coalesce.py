@@ -8,6 +8,7 @@ waited its time (:meth:`Coalescer.wait_for`), oldest first, and the oldest run w
 than ``coalesce_customers`` customers wait. Big orders and complaints are evaluated at once.
 
 This stage owns the per-message pace (:meth:`Coalescer.arrive`, :meth:`Coalescer.left`).
+After each message the router runs a slice (:data:`DEFERRED_SLICE`) of the evaluations due.
 It calls only :mod:`agents.pipeline.emit`, and cancels its own deferred entry of a customer
 before handing it on, so emit never calls back here.
 """
@@ -75,26 +76,20 @@ class Coalescer:
         self.release = not self.more
         self.handling = True
 
-    async def after(self) -> None:
-        """The message's own work is done: run a slice of the waiting evaluations that are due."""
-        await self.evaluate_deferred(due_only=self.more, limit=DEFERRED_SLICE)
-
-    def left(self) -> None:
-        """The message is done (or failed): until the next one, the timer may run waiting evaluations."""
+    def left(self, elapsed: float | None) -> None:
+        """The message is done, after ``elapsed`` seconds (None: it failed): until the next one, the timer
+        may run waiting evaluations; the moving average behind :meth:`wait_for` learns the time."""
         self.more = self.handling = False
+        if elapsed is not None:
+            self.per_message += (0.01 if self.per_message else 1.0) * (elapsed - self.per_message)
 
-    def took(self, elapsed: float) -> None:
-        """The message took ``elapsed`` seconds: the moving average behind :meth:`wait_for`."""
-        self.per_message += (0.01 if self.per_message else 1.0) * (elapsed - self.per_message)
-
-    async def hand_on(self, cid: str, state: CustomerState, trigger: dict[str, Any], event_time: int | None,
-                      applied: int, urgent: bool) -> None:
-        """Applied events of ``cid``: defer its evaluation when behind (unless ``urgent``), else evaluate now."""
-        if not urgent and self.more and self.settings.coalesce_customers:
-            self._defer(cid, state, trigger, event_time, applied)
-            return
-        self.cancel(cid)  # covered by this evaluation
-        await self.emit.reevaluate(cid, state, trigger, event_time, True, self.arrival)
+    def defer(self, cid: str, state: CustomerState, trigger: dict[str, Any], event_time: int | None,
+              applied: int) -> bool:
+        """Defer ``cid``'s evaluation if the worker is behind; False: it is not, evaluate it now."""
+        if not (self.more and self.settings.coalesce_customers):
+            return False
+        self._defer(cid, state, trigger, event_time, applied)
+        return True
 
     async def evaluate_now(self, cid: str, state: CustomerState, trigger: dict[str, Any],
                            event_time: int | None = None, changed: bool = False) -> None:
@@ -105,6 +100,8 @@ class Coalescer:
     def _defer(self, cid: str, state: CustomerState, trigger: dict[str, Any], event_time: int | None,
                applied: int) -> None:
         """Leave ``cid``'s evaluation to :meth:`evaluate_deferred`; its applied events go to the changelog now.
+
+        Synchronous, as the per-event path under backlog: no coroutine per deferred event.
 
         The state is marked ``stale`` until evaluated, so that a restart (or the next owner
         after a rebalance) evaluates it at its first sweep (stream.due.due_after_restore).

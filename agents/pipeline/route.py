@@ -35,7 +35,7 @@ from stream.settings import Settings
 from stream.state import CustomerState
 
 from .apply import Applier, customer_of
-from .coalesce import Coalescer
+from .coalesce import DEFERRED_SLICE, Coalescer
 from .commands import Commands
 from .types import Message, Partitions, Sender, child
 
@@ -74,11 +74,12 @@ class Router:
         try:
             outcome = await self._receive(message, ahead)
             if pace.deferred:
-                await pace.after()
-        finally:
-            pace.left()
+                await pace.evaluate_deferred(due_only=pace.more, limit=DEFERRED_SLICE)
+        except BaseException:
+            pace.left(None)
+            raise
         elapsed = time.time() - now
-        pace.took(elapsed)
+        pace.left(elapsed)
         self.metrics.processing.observe(elapsed)
         return outcome
 
@@ -90,11 +91,12 @@ class Router:
         if ahead:
             self.offsets.handled_ahead(message.topic, message.partition, message.offset)
             return await self._count_route(message)
-        gap = await self.offsets.arrived(message.topic, message.partition, message.offset)
-        if gap is not None:
+        missed = self.offsets.arrived(message.topic, message.partition, message.offset)
+        if missed is not None:
+            gap = await self.offsets.read(message.topic, message.partition, *missed)
             for record in gap.records():  # routed only: no timestamp needed (the pace is the current message's)
-                missed = Message(message.topic, message.partition, record.offset, record.key, record.value)
-                self.outcomes[await self._route(missed)] += 1
+                earlier = Message(message.topic, message.partition, record.offset, record.key, record.value)
+                self.outcomes[await self._route(earlier)] += 1
             self.offsets.gap_done(gap)
         return await self._count_route(message)
 

@@ -79,11 +79,13 @@ class Offsets:
         """``offset`` is handled before earlier offsets of its partition: pass over it when they come."""
         self._ahead.setdefault((topic, partition), set()).add(offset)
 
-    async def arrived(self, topic: str, partition: int, offset: int) -> Gap | None:
-        """``offset`` comes in order: the gap before it to process first, or None (then it is the last).
+    def arrived(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
+        """``offset`` comes in order: the offsets before it never delivered, ``(start, end)``, to
+        :meth:`read` and process first; or None: none, and ``offset`` is the partition's last now.
 
-        After a gap is processed, :meth:`gap_done` records it (a failure on the way leaves the
-        partition's last offset where it was, so the next message reads the gap again)."""
+        Synchronous, as every message passes here. After a gap is processed, :meth:`gap_done`
+        records it (a failure on the way leaves the partition's last offset where it was, so the
+        next message reads the gap again)."""
         key = (topic, partition)
         last = self.last_offset.get(key)
         gaps = self.gaps
@@ -100,10 +102,14 @@ class Offsets:
         if last is None or offset <= last + 1 or gaps is None:
             self.last_offset[key] = offset
             return None
-        missed = await gaps.fetch(topic, partition, last + 1, offset)
+        return last + 1, offset
+
+    async def read(self, topic: str, partition: int, start: int, end: int) -> Gap:
+        """The records of offsets ``start..end-1``, read straight from Kafka (see :meth:`arrived`)."""
+        missed = [] if self.gaps is None else await self.gaps.fetch(topic, partition, start, end)
         log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
-                    topic, partition, last + 1, offset - 1, len(missed))
-        return Gap(topic, partition, last + 1, offset, missed, set() if done_ahead is None else done_ahead)
+                    topic, partition, start, end - 1, len(missed))
+        return Gap(topic, partition, start, end, missed, self._ahead.setdefault((topic, partition), set()))
 
     def gap_done(self, gap: Gap) -> None:
         """The records of ``gap`` were processed: Faust may commit past them; its end is the last offset."""
