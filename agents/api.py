@@ -217,11 +217,15 @@ class Api:
         return response
 
 
-def install_api(app: faust.App, table: Any, runtime: Runtime, settings: Settings, topics: Topics) -> Api:
-    """Load the tokens (fails fast on a bad configuration), register the pages, audit erasures."""
+def create_audit(settings: Settings, topics: Topics) -> AuditLog:
+    """The worker's audit log: the API's calls, and the erasures the runtime carries out."""
+    return AuditLog(topics.audit_log, settings.audit_file)
+
+
+def install_api(app: faust.App, table: Any, runtime: Runtime, settings: Settings, topics: Topics,
+                audit: AuditLog) -> Api:
+    """Load the tokens (fails fast on a bad configuration), register the pages; ``audit``: the runtime's too."""
     registry = load_registry(settings.api_tokens, settings.api_tokens_file)
-    audit = AuditLog(topics.audit_log, settings.audit_file)
-    runtime.audit = audit
     api = Api(app, runtime, settings, topics, registry, audit)
 
     @app.task

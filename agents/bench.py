@@ -824,10 +824,10 @@ def sweep_cost(customers: int, orders_each: int = 8, seed: int = 1, hours: float
     clock.observe(start + 301 * DAY_MS)
     null: Any = _Null()
     settings = Settings(partitions=1, sweep_chunk=2000, clock="stream")  # type: ignore[call-arg]
-    runtime = Runtime(settings, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
-                      null, clock, {k: null for k in ("tag_changes", "dead_letters", "rekey", "commands",
-                                                      "churn_alerts")})  # type: ignore[arg-type]
-    runtime.cutoffs = Cutoffs(a_cut=4000.0, b_cut=2500.0, quantiles=tuple(float(q) * 50 for q in range(101)))
+    senders = {k: null for k in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
+    runtime = Runtime(settings, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())), null, clock,
+                      senders, cutoffs=Cutoffs(a_cut=4000.0, b_cut=2500.0,
+                                               quantiles=tuple(float(q) * 50 for q in range(101))))
 
     async def sweep() -> tuple[float, float, int]:
         """One whole sweep; (seconds, longest chunk in seconds, customers evaluated)."""
@@ -854,7 +854,7 @@ def sweep_cost(customers: int, orders_each: int = 8, seed: int = 1, hours: float
             evaluated, most = evaluated + n, max(most, n)
         per_eval = total_s / max(evaluated, 1)
         nonlocal runtime
-        runtime = Runtime(settings, table, runtime.evaluator, null, clock, runtime.senders)  # a restart
+        runtime = Runtime(settings, table, runtime.evaluator, null, clock, senders)  # a restart
         restart_s, _, restart_n = await sweep()  # rebuilds the index from the table; nothing is overdue
         return {
             "customers": customers, "first_sweep_seconds": build_s, "first_sweep_evaluated": first_n,

@@ -146,10 +146,7 @@ class Evaluator:
             "previous_tier": old.get("tier"),
             "score": score,
             "reasons": reasons,
-            "trigger": trigger,
-            "event_time": format_ts(event_time if event_time is not None else now_ms),
-            "emitted_at": format_ts(int(time.time() * 1000)),
-            "ruleset_version": self.ruleset.version,
+            **self._output_tail(trigger, event_time, now_ms),
             "ruleset_name": self.ruleset.name,
         }
         return facts, change
@@ -173,6 +170,14 @@ class Evaluator:
             "previous_level": previous,
             "reasons": list(assessment.reasons) if assessment.level != "none" else ["recovered"],
             "last_activity_at": format_ts(last_activity) if last_activity is not None else None,
+            **self._output_tail(trigger, event_time, now_ms),
+        }
+
+    def _output_tail(self, trigger: dict[str, Any], event_time: int | None, now_ms: int) -> dict[str, Any]:
+        """The fields a tag change and a churn alert end with, in this order (the wire format keeps it):
+        what caused it, when it happened (the event's time, else the evaluation's), when it was sent,
+        and under which ruleset."""
+        return {
             "trigger": trigger,
             "event_time": format_ts(event_time if event_time is not None else now_ms),
             "emitted_at": format_ts(int(time.time() * 1000)),

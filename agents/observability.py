@@ -25,7 +25,8 @@ from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
 from stream.security import aiokafka_options
 from stream.settings import Settings
 
-from .runtime import Runtime, Sender
+from .pipeline.types import Sender
+from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,11 @@ class CountingSender:
         except Exception as exc:
             self.metrics.kafka_produce_errors.labels(type(exc).__name__).inc()
             raise
+
+
+def counting_senders(senders: Mapping[str, Sender], metrics: Metrics) -> dict[str, Sender]:
+    """``senders`` each wrapped in a :class:`CountingSender`: what the runtime is built with."""
+    return {name: CountingSender(sender, metrics) for name, sender in senders.items()}
 
 
 class WorkerSources:
@@ -190,7 +196,7 @@ class WorkerSources:
         return self.runtime.reload_errors
 
     def gap_records(self) -> int:
-        return self.runtime.gaps.filled if self.runtime.gaps is not None else 0
+        return self.runtime.offsets.filled
 
     def ruleset(self) -> tuple[str, str]:
         ruleset = self.runtime.evaluator.ruleset
@@ -282,7 +288,6 @@ def install(app: faust.App, runtime: Runtime, settings: Settings) -> WorkerSourc
     metrics.bind(sources)
     metrics.init_events(sorted(sources.source_topics))
     app.sensors.add(MetricsSensor(metrics))
-    runtime.senders = {name: CountingSender(sender, metrics) for name, sender in runtime.senders.items()}
     probe = PartitionProbe(settings.kafka_bootstrap_servers, group_id=settings.app_id,
                            options=aiokafka_options(settings))
     monitor = OpsLoop(app, sources, probe)

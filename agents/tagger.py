@@ -18,19 +18,21 @@ from faust.web import Request, Response, View
 from rules import RulesetError, default_rules_dir, load_ruleset
 from stream.clock import Clock
 from stream.faust.app import create_app, customers_table, within_event
-from stream.faust.guards import GapFiller, partition_report
+from stream.faust.guards import partition_report
 from stream.faust.intake import BatchIntake, unfetched
-from stream.metrics import Metrics
+from stream.faust.offsets import GapFiller
+from stream.metrics import Metrics, create_metrics
 from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
 from stream.settings import Settings
 from stream.topics import declare_topics
 
-from .api import install_api
+from .api import create_audit, install_api
 from .dashboard import install_dashboard
 from .evaluate import Evaluator, facts_schema
+from .observability import counting_senders
 from .observability import install as install_observability
-from .runtime import Runtime
+from .runtime import Message, Runtime
 from .webhooks import install_webhooks
 
 log = logging.getLogger(__name__)
@@ -79,28 +81,31 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     client = redis_client(settings)  # AUTH and TLS from settings (stream.security)
     senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
                "commands": topics.commands, "churn_alerts": topics.churn_alerts}
+    worker_metrics, audit = create_metrics(), create_audit(settings, topics)  # shared: senders, API
+    gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
+    producing = {k: _ProducerSender(app, t.get_topic_name(), worker_metrics) for k, t in senders.items()}
     runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
-                      Clock(settings.clock), {})
-    runtime.senders = {k: _ProducerSender(app, t.get_topic_name(), runtime.metrics) for k, t in senders.items()}
-    runtime.message_context, runtime.within = faust.current_event, within_event
+                      Clock(settings.clock), counting_senders(producing, worker_metrics), gaps=gaps,
+                      message_context=faust.current_event, within=within_event, audit=audit,
+                      metrics=worker_metrics)
     epoch: dict[str, Any] = {"seen": None, "rebuild": True}
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
-    async def receive(topic: str, partition: int, offset: int, key: bytes | None, value: bytes | None,
-                      timestamp: float | None, more: int, ahead: bool = False) -> None:
+    async def receive(message: Message, more: int, ahead: bool = False) -> None:
         try:
-            await runtime.handle(topic, partition, offset, key, value, timestamp, more, ahead)
+            await runtime.handle(message, more, ahead)
         except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
-            log.exception("failed on %s[%s]@%s", topic, partition, offset)
+            log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
             runtime.outcomes["dead_letter"] += 1
             try:
-                await runtime.dead_letter(topic, partition, offset, key, value, f"internal error: {exc!r}")
+                await runtime.dead_letter(message, f"internal error: {exc!r}")
             except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
-                log.exception("could not dead-letter %s[%s]@%s", topic, partition, offset)
+                log.exception("could not dead-letter %s[%s]@%s", message.topic, message.partition, message.offset)
 
     async def receive_record(record: Any, more: int, ahead: bool) -> None:  # batch intake: aiokafka's ConsumerRecord
         timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
-        await receive(record.topic, record.partition, record.offset, record.key, record.value, timestamp, more, ahead)
+        await receive(Message(record.topic, record.partition, record.offset, record.key, record.value, timestamp),
+                      more, ahead)
 
     def urgent(record: Any) -> bool:
         return runtime.urgent(record.topic, record.value)
@@ -116,9 +121,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             msg = event.message
             # a backlog: messages fetched and waiting, plus those not fetched yet (as the intake's)
             more = stream.channel.queue.qsize() + unfetched(consumer, topics.source.topics)  # type: ignore[attr-defined]
-            await receive(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp, more)
-
-    gaps = runtime.gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
+            await receive(Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp), more)
 
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
@@ -190,7 +193,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             runtime.evaluator.ruleset = candidate
             await command_own_partitions({"cmd": "rules", "version": candidate.version})
 
-    api = install_api(app, table, runtime, settings, topics)  # /customers, /tags, /privacy: tokens, roles, audit
+    api = install_api(app, table, runtime, settings, topics, audit)  # /customers, /tags, /privacy: tokens, roles, audit
     install_dashboard(app, table, api, settings)  # /dashboard: page, live feed, tier counts, lookup (same roles)
 
     @app.page("/healthz")

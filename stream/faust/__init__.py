@@ -3,8 +3,9 @@
 - :mod:`stream.faust.app`: the app factory (``create_app``), the customer table and its
   write-behind changelog, the current-event helper (``within_event``);
 - :mod:`stream.faust.intake`: the batch intake that replaces the consumer's drain loop;
-- :mod:`stream.faust.guards`: the guards that make at-least-once delivery hold (and the
-  gap filler's reads of Faust's offset bookkeeping);
+- :mod:`stream.faust.guards`: the guards that make at-least-once delivery hold;
+- :mod:`stream.faust.offsets`: offset continuity: each partition's offsets in order, the
+  gap filler that reads what Faust never delivered and marks it done in Faust's bookkeeping;
 - :mod:`stream.faust.tansu`: the Tansu-only shim (highwaters, fetch wait);
 - :mod:`stream.faust.private`: every private attribute of Faust, mode and aiokafka that
   the project reads, writes or replaces, and the versions they were checked against

@@ -27,8 +27,8 @@ Tansu-only workarounds are in :mod:`stream.faust.tansu` (switched on only by
    dropped right after an assignment was committed unprocessed. The guard
    replaces ``Consumer._new_offset`` with the same code and the check
    ``min(acked) > committed``; the agent fills such holes itself
-   (:class:`GapFiller`: it reads them from the committed offset on) and marks
-   them done with :meth:`GapFiller.mark_done`.
+   (:class:`stream.faust.offsets.GapFiller`: it reads them from the committed
+   offset on) and marks them done with :meth:`~stream.faust.offsets.GapFiller.mark_done`.
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard3_*, and on
    Kafka tests/integration/test_kafka_not_tansu.py::
    test_fausts_head_check_commits_past_an_unprocessed_first_offset.
@@ -165,7 +165,7 @@ def new_offset(self: Any, tp: Any) -> int | None:
     if not acked:
         return None
     gap_for_tp = self._gap[tp]
-    if gap_for_tp:  # Faust's own "gaps" are not trusted: the agent reads and marks them (GapFiller)
+    if gap_for_tp:  # Faust's own "gaps" are not trusted: the agent reads and marks them (offsets.GapFiller)
         gap_for_tp.chop(0, max(acked) + 1)
     acked.sort()
     committed = self._committed_offset[tp]  # the next offset to read
@@ -332,79 +332,6 @@ def partition_report(consumer: Any, last_seen: Mapping[tuple[str, int], int]) ->
             "paused": state.paused, "active": tp in active, "buffered": tp in consumer._buffered_partitions,
         }
     return report
-
-
-class GapFiller:
-    """Reads messages Faust skipped, so the agent can process them in order.
-
-    Faust's consumer drops a message now and then around recoveries and
-    rebalances (its flow control cancels the hand-over after the read offset
-    moved on) and then treats the offsets it never delivered as a "gap" that
-    it commits as if processed. The agent notices a jump in a partition's
-    offsets and asks this class for the messages in between, which it
-    processes before the current one. Offsets that hold no record (a real
-    gap, such as a transaction marker) simply return nothing.
-    """
-
-    def __init__(self, bootstrap: str, *, max_fetch_bytes: int = 16 << 20,
-                 options: dict[str, Any] | None = None) -> None:
-        self.bootstrap = bootstrap
-        self.options = options or {}  # security: stream.security.aiokafka_options
-        self.max_fetch_bytes = max_fetch_bytes
-        self._consumer: Any = None
-        self.filled = 0
-        self.faust_consumer: Any = None  # the app's consumer (set by the agent wiring) for the two methods below
-
-    def start_of(self, topic: str, partition: int) -> int | None:
-        """The committed offset of ``topic[partition]`` (the next Faust should deliver), if known."""
-        if self.faust_consumer is None:
-            return None
-        from faust.types import TP
-
-        committed: int | None = self.faust_consumer._committed_offset.get(TP(topic, partition))
-        return committed
-
-    def mark_done(self, topic: str, partition: int, start: int, end: int) -> None:
-        """Tell Faust that offsets ``start..end-1`` were processed here, so commits can move past them."""
-        if self.faust_consumer is None:
-            return
-        from faust.types import TP
-
-        tp = TP(topic, partition)
-        acked, index = self.faust_consumer._acked[tp], self.faust_consumer._acked_index[tp]
-        for offset in range(start, end):
-            if offset not in index:
-                acked.append(offset)
-                index.add(offset)
-
-    async def fetch(self, topic: str, partition: int, start: int, end: int,
-                    timeout: float = 15.0) -> list[Any]:
-        """Records of ``topic[partition]`` with start <= offset < end."""
-        from aiokafka import AIOKafkaConsumer
-        from aiokafka.structs import TopicPartition
-
-        if self._consumer is None:
-            self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                max_partition_fetch_bytes=self.max_fetch_bytes, **self.options)
-            await self._consumer.start()
-        consumer, tp = self._consumer, TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        records: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await consumer.position(tp) < end and loop.time() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            records += [r for r in batch.get(tp, []) if start <= r.offset < end]
-        self.filled += len(records)
-        return records
-
-    async def stop(self) -> None:
-        """Close the side consumer."""
-        if self._consumer is not None:
-            await self._consumer.stop()
-            self._consumer = None
 
 
 async def learn_partitions(app: Any, topic: str) -> None:

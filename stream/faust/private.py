@@ -48,6 +48,7 @@ class Private:
 _APP = "stream.faust.app"
 _INTAKE = "stream.faust.intake"
 _GUARDS = "stream.faust.guards"
+_OFFSETS = "stream.faust.offsets"
 _TANSU = "stream.faust.tansu"
 
 _CONSUMER = "faust.transport.consumer.Consumer"
@@ -63,9 +64,9 @@ PRIVATE: tuple[Private, ...] = (
     Private(_CONSUMER, "_wait_next_records", "class", (_INTAKE,), "calls"),
     Private(_CONSUMER, "_get_active_partitions", "class", (_GUARDS,), "calls (restart_partition)"),
     # Faust's consumer: its offset and flow bookkeeping
-    Private(_CONSUMER, "_acked", "instance", (_INTAKE, _GUARDS), "reads, writes"),
-    Private(_CONSUMER, "_acked_index", "instance", (_INTAKE, _GUARDS), "reads, writes"),
-    Private(_CONSUMER, "_committed_offset", "instance", (_INTAKE, _GUARDS), "reads, writes"),
+    Private(_CONSUMER, "_acked", "instance", (_INTAKE, _GUARDS, _OFFSETS), "reads, writes"),
+    Private(_CONSUMER, "_acked_index", "instance", (_INTAKE, _GUARDS, _OFFSETS), "reads, writes"),
+    Private(_CONSUMER, "_committed_offset", "instance", (_INTAKE, _GUARDS, _OFFSETS), "reads, writes"),
     Private(_CONSUMER, "_read_offset", "instance", (_INTAKE, _GUARDS), "reads, writes"),
     Private(_CONSUMER, "_gap", "instance", (_GUARDS,), "reads, writes"),
     Private(_CONSUMER, "_n_acked", "instance", (_INTAKE,), "reads, writes"),

@@ -59,13 +59,15 @@ class FakeView:
 
 
 def make_runtime(settings: Settings | None = None, table: dict[str, CustomerState] | None = None,
-                 clock: Clock | None = None, view: FakeView | None = None) -> tuple[Runtime, dict[str, FakeSender]]:
-    """A Runtime on the default ruleset with fake senders (returned by name) and view."""
-    senders = {name: FakeSender() for name in SENDERS}
+                 clock: Clock | None = None, view: FakeView | None = None, senders: dict[str, Any] | None = None,
+                 **wiring: Any) -> tuple[Runtime, dict[str, FakeSender]]:
+    """A Runtime on the default ruleset with fake senders (returned by name; ``senders`` replaces some)
+    and view; ``wiring``: the rest of Runtime's keyword arguments (gaps, message_context, within, ...)."""
+    made = {name: FakeSender() for name in SENDERS} | (senders or {})
     runtime = Runtime(settings or Settings(partitions=1),  # type: ignore[call-arg]
                       {} if table is None else table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
-                      view or FakeView(), clock or Clock("stream"), senders)  # type: ignore[arg-type]
-    return runtime, senders
+                      view or FakeView(), clock or Clock("stream"), made, **wiring)  # type: ignore[arg-type]
+    return runtime, made
 
 
 class FakeFaustConsumer:

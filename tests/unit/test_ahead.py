@@ -7,7 +7,7 @@ from typing import Any
 
 import orjson
 
-from agents.runtime import Runtime
+from agents.runtime import Message, Runtime
 from stream.settings import Settings
 from stream.state import CustomerState
 
@@ -43,9 +43,9 @@ class Gaps:
         pass
 
 
-def runtime() -> tuple[Runtime, dict[str, CustomerState]]:
+def runtime(gaps: Gaps | None = None) -> tuple[Runtime, dict[str, CustomerState]]:
     table: dict[str, CustomerState] = {}
-    rt, _ = make_runtime(Settings(partitions=1), table)  # type: ignore[call-arg]
+    rt, _ = make_runtime(Settings(partitions=1), table, gaps=gaps)  # type: ignore[call-arg]
     return rt, table
 
 
@@ -55,7 +55,7 @@ async def test_big_orders_and_complaints_are_urgent_as_the_customers_state_stand
     assert not rt.urgent("orders", order(2, "c1", 20_000, status="refunded"))
     assert not rt.urgent("orders", order(3, "c1", 300))  # a first order: no average to compare with
     for i in range(4):  # c1's average paid order is 100 now
-        await rt.handle("orders", 0, i, b"c1", order(10 + i, "c1", 100))
+        await rt.handle(Message("orders", 0, i, b"c1", order(10 + i, "c1", 100)))
     assert rt.urgent("orders", order(20, "c1", 300))  # 3 x the average (big_order_multiple)
     assert not rt.urgent("orders", order(21, "c1", 299))
     assert rt.urgent("support-tickets", ticket(1, "c1", "opened", "complaint"))
@@ -69,14 +69,14 @@ async def test_big_orders_and_complaints_are_urgent_as_the_customers_state_stand
 
 
 async def test_a_message_handled_ahead_is_not_read_again_as_a_gap_when_the_partition_reaches_it() -> None:
-    rt, table = runtime()
     values = {n: order(n, f"c{n}", 50) for n in range(8)}
     values[5] = order(5, "c5", 20_000)
-    gaps = rt.gaps = Gaps(2, {n: type("R", (), {"offset": n, "key": f"c{n}".encode(), "value": v})()
-                              for n, v in values.items()})  # type: ignore[assignment]
+    gaps = Gaps(2, {n: type("R", (), {"offset": n, "key": f"c{n}".encode(), "value": v})()
+                    for n, v in values.items()})
+    rt, table = runtime(gaps=gaps)
 
     async def handle(n: int, ahead: bool = False) -> str:
-        return await rt.handle("orders", 0, n, f"c{n}".encode(), values[n], ahead=ahead)
+        return await rt.handle(Message("orders", 0, n, f"c{n}".encode(), values[n]), ahead=ahead)
 
     assert await handle(5, ahead=True) == "ok"  # the first message since the assignment, ahead of 2..4
     assert rt.last_offset == {}  # the partition is not past 2..4
@@ -93,4 +93,4 @@ async def test_a_message_handled_ahead_is_not_read_again_as_a_gap_when_the_parti
     assert gaps.fetched == [(7, 12)]
     assert rt.outcomes["ok"] == 11 and table["c9"].orders_total == 1 and "c7" in table and "c11" in table
     rt.forget_offsets()  # a rebalance: every partition restarts from its committed offset
-    assert rt._ahead == {}
+    assert rt.offsets._ahead == {}

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.runtime import Runtime
+from agents.runtime import Message, Runtime
 from stream.events import MAX_BATCH_EVENTS, Batch, parse_message
 from stream.exceptions import InvalidEvent
 from stream.settings import Settings
@@ -50,7 +50,7 @@ async def test_envelope_applies_each_event_once_and_evaluates_each_customer_once
     rt, table, senders = runtime()
     raw = envelope("b1", [order(1, "c1", 100), order(2, "c2"), {"customer_id": "c1"}, order(3, "c1", 9950),
                           order(5, "c3", 20_000)])
-    assert await rt.handle("orders", 0, 10, b"any", raw) == "batch"
+    assert await rt.handle(Message("orders", 0, 10, b"any", raw)) == "batch"
     assert (rt.outcomes["ok"], rt.outcomes["dead_letter"]) == (4, 1)
     await asyncio.sleep(0)  # the write runs beside the intake (Runtime.flush_soon)
     assert rt.view.flushed == [["c1", "c3"]]  # type: ignore[attr-defined]  # the big orders' views: one call
@@ -63,13 +63,13 @@ async def test_envelope_applies_each_event_once_and_evaluates_each_customer_once
     assert sum(c["customer_id"] == "c1" for c in changes) == 1
     assert big["trigger"]["priority"] == "big_order"
     # redelivery (same offset), a producer retry of the envelope (new offset), the same event alone: no effect
-    await rt.handle("orders", 0, 10, b"any", raw)
-    await rt.handle("orders", 0, 11, b"any", raw)
-    await rt.handle("orders", 0, 12, b"c2", orjson.dumps(order(2, "c2")))
+    await rt.handle(Message("orders", 0, 10, b"any", raw))
+    await rt.handle(Message("orders", 0, 11, b"any", raw))
+    await rt.handle(Message("orders", 0, 12, b"c2", orjson.dumps(order(2, "c2"))))
     assert rt.outcomes["duplicate"] == 4 + 4 + 1
     assert table["c1"].orders_total == 2 and table["c2"].orders_total == 1
     # a new envelope repeating one event id and adding another: only the new one counts
-    await rt.handle("orders", 0, 13, b"any", envelope("b2", [order(2, "c2"), order(4, "c2")]))
+    await rt.handle(Message("orders", 0, 13, b"any", envelope("b2", [order(2, "c2"), order(4, "c2")])))
     assert table["c2"].orders_total == 2
 
 
@@ -78,13 +78,14 @@ async def test_customers_of_other_partitions_go_on_as_one_envelope_each() -> Non
     customers = [f"c{i}" for i in range(20)]
     mine = [c for c in customers if rt.partition_of(c) == 0]
     raw = envelope("b9", [order(i, c) for i, c in enumerate(customers)])
-    await rt.handle("orders", 0, 5, None, raw)
+    await rt.handle(Message("orders", 0, 5, None, raw))
     assert sorted(table) == sorted(mine)
     rekeyed = senders["rekey"].sent
     assert len(rekeyed) == len(customers) - len(mine)  # one message per foreign customer
     for key, value, _ in rekeyed:  # the owner of each receives its customer's part, from the re-key topic
         part = rt.partition_of(key.decode())
-        assert await rt.handle(rt.settings.rekey_topic, part, 0, key, value) == "batch"
-        assert await rt.handle(rt.settings.rekey_topic, part, 0, key, value) == "batch"  # redelivered: duplicate
+        assert await rt.handle(Message(rt.settings.rekey_topic, part, 0, key, value)) == "batch"
+        again = Message(rt.settings.rekey_topic, part, 0, key, value)
+        assert await rt.handle(again) == "batch"  # redelivered: duplicate
     assert sorted(table) == sorted(customers) and all(s.orders_total == 1 for s in table.values())
     assert rt.outcomes["ok"] == len(customers) and rt.outcomes["duplicate"] == len(customers) - len(mine)

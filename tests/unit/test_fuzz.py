@@ -16,6 +16,7 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from agents.runtime import Message
 from stream.settings import Settings
 from stream.state import CustomerState
 
@@ -46,7 +47,7 @@ def test_every_hostile_message_ends_in_exactly_one_place() -> None:
 
     async def deliver(topic: str, key: bytes | None, value: bytes | None) -> None:
         dead_before = len(senders["dead_letters"].sent)
-        outcome = await runtime.handle(topic, 0, offsets[topic], key, value)
+        outcome = await runtime.handle(Message(topic, 0, offsets[topic], key, value))
         offsets[topic] += 1
         outcomes[outcome] += 1
         dead = senders["dead_letters"].sent[dead_before:]

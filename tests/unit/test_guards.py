@@ -11,7 +11,6 @@ from aiokafka.consumer.subscription_state import SubscriptionState
 from aiokafka.structs import TopicPartition
 
 from stream.faust.guards import (
-    GapFiller,
     bounded_flush,
     fetch_again,
     keep_committed_on_failure,
@@ -21,6 +20,7 @@ from stream.faust.guards import (
     rejoin_group,
     restart_partition,
 )
+from stream.faust.offsets import GapFiller
 
 from .fakes import FakeFaustConsumer
 

@@ -11,7 +11,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from agents.evaluate import Evaluator, facts_schema
 from agents.observability import CountingSender, MetricsSensor
-from agents.runtime import Runtime
+from agents.runtime import Message, Runtime
 from rules import default_rules_dir, load_ruleset
 from stream.clock import Clock
 from stream.events import parse_event
@@ -315,9 +315,10 @@ async def test_runtime_counts_dead_letters_by_reason_and_outcomes() -> None:
     senders = {name: FakeSender() for name in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
     runtime = Runtime(settings, {}, Evaluator(load_ruleset(default_rules_dir(), facts_schema())),
                       FakeView(), Clock("wall"), senders)  # type: ignore[arg-type]
-    assert await runtime.handle("orders", 0, 0, b"c1", b"{not json") == "dead_letter"
-    assert await runtime.handle("orders", 0, 1, b"c1", orjson.dumps({**ORDER, "currency": "EUR"})) == "dead_letter"
-    assert await runtime.handle("elsewhere", 0, 0, b"c1", b"{}") == "dead_letter"
+    assert await runtime.handle(Message("orders", 0, 0, b"c1", b"{not json")) == "dead_letter"
+    euros = orjson.dumps({**ORDER, "currency": "EUR"})
+    assert await runtime.handle(Message("orders", 0, 1, b"c1", euros)) == "dead_letter"
+    assert await runtime.handle(Message("elsewhere", 0, 0, b"c1", b"{}")) == "dead_letter"
     got = samples(runtime.metrics)
     assert got[("tagger_dead_letters_total", (("reason", "not_json"),))] == 1
     assert got[("tagger_dead_letters_total", (("reason", "wrong_currency"),))] == 1

@@ -11,6 +11,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from agents.console import tail_line
+from agents.runtime import Message
 from agents.webhooks import fresh_records
 from stream.metrics import create_webhook_metrics
 from stream.privacy import erase_change
@@ -63,11 +64,11 @@ async def test_tag_changes_carry_seq_1_to_n_and_a_replay_gives_the_same_ids() ->
     runtime, senders = make_runtime(settings)
     order = orjson.dumps({"event_id": "e1", "customer_id": CID, "ts": "2026-01-05T00:00:00Z", "order_id": "o1",
                           "amount": "12840"})
-    await runtime.handle("orders", 0, 0, CID.encode(), order)
+    await runtime.handle(Message("orders", 0, 0, CID.encode(), order))
     before = runtime.table[CID].to_bytes()  # the changelog as of the crash's last durable write
     steps = [(1, "add_tag"), (2, "remove_tag"), (3, "add_tag")]
     for offset, action in steps:
-        assert await runtime.handle("tag-commands", 0, offset, CID.encode(), command(offset, action)) == "ok"
+        assert await runtime.handle(Message("tag-commands", 0, offset, CID.encode(), command(offset, action))) == "ok"
     changes = sent(senders, "tag_changes")
     assert [c["seq"] for c in changes] == list(range(1, len(changes) + 1)) and len(changes) >= 3
     assert all(c["change_id"] == change_id(CID, "tag", c["seq"]) for c in changes)
@@ -76,7 +77,7 @@ async def test_tag_changes_carry_seq_1_to_n_and_a_replay_gives_the_same_ids() ->
     replayed, again = make_runtime(settings, table={CID: CustomerState.from_bytes(before)})
     replayed.restore_clock()  # as a worker does after recovery
     for offset, action in steps:  # the commands since the last commit come again
-        await replayed.handle("tag-commands", 0, offset, CID.encode(), command(offset, action))
+        await replayed.handle(Message("tag-commands", 0, offset, CID.encode(), command(offset, action)))
     repeats = sent(again, "tag_changes")
     drop = {"emitted_at"}
     assert [{k: v for k, v in c.items() if k not in drop} for c in repeats] == \

@@ -8,7 +8,7 @@ from typing import Any
 import orjson
 
 from agents.evaluate import Evaluator, facts_schema
-from agents.runtime import Runtime
+from agents.runtime import Message, Runtime
 from rules import default_rules_dir, load_ruleset
 from stream.audit import AuditLog
 from stream.clock import Clock
@@ -54,10 +54,9 @@ def make() -> tuple[Runtime, dict[str, Any], FakeView, dict[str, FakeSender], Fa
     senders = {n: FakeSender() for n in ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")}
     table: dict[str, Any] = {}
     view = FakeView()
-    runtime = Runtime(settings, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())), view,
-                      Clock("stream"), senders)  # type: ignore[arg-type]
     audit = FakeSender()
-    runtime.audit = AuditLog(audit, None)
+    runtime = Runtime(settings, table, Evaluator(load_ruleset(default_rules_dir(), facts_schema())), view,
+                      Clock("stream"), senders, audit=AuditLog(audit, None))  # type: ignore[arg-type]
     return runtime, table, view, senders, audit
 
 
@@ -68,7 +67,7 @@ def key_partition(cid: str) -> int:
 async def feed(runtime: Runtime, topic: str, cid: str, value: dict[str, Any], offset: int,
                key: str | None = None) -> str:
     k = cid if key is None else key
-    return await runtime.handle(topic, key_partition(k), offset, k.encode(), orjson.dumps(value))
+    return await runtime.handle(Message(topic, key_partition(k), offset, k.encode(), orjson.dumps(value)))
 
 
 async def test_erase_removes_state_due_entry_and_view_and_emits_one_empty_change() -> None:
@@ -116,7 +115,7 @@ async def test_mis_keyed_request_is_rekeyed_and_bad_ones_are_dead_lettered() -> 
     assert key == b"cust-9" and envelope["kind"] == "privacy"
     # the rekeyed copy arrives on the customer's partition and erases
     rekeyed = orjson.dumps(envelope)
-    assert await runtime.handle("customer-tagger-rekey", key_partition("cust-9"), 0, key, rekeyed) == "ok"
+    assert await runtime.handle(Message("customer-tagger-rekey", key_partition("cust-9"), 0, key, rekeyed)) == "ok"
     assert senders["tag_changes"].sent[-1][1]["trigger"] == {"kind": "erase", "topic": "privacy-requests",
                                                              "event_id": "dsr-3"}
     bad = [({**request, "type": "forget"}, "field 'type'"), ({**request, "customer_id": ""}, "field 'customer_id'")]
