@@ -673,6 +673,10 @@ class Runtime:
         started = self._running.get((name, partition))
         return started is not None and time.monotonic() - started < 3 * self.settings.sweep_interval
 
+    def use_ruleset(self, ruleset: Any) -> None:
+        """Evaluate with ``ruleset`` from now on (the rules hot reload)."""
+        self.evaluator.ruleset = ruleset
+
     async def refresh_cutoffs(self) -> Cutoffs:
         """Read the global spend ranking from Redis: tier cut-offs and quantiles."""
         tiers = self.evaluator.ruleset.tiers
