@@ -1,4 +1,7 @@
-"""The Faust wiring: one agent, its timers and web pages (the customer API is in agents/api.py).
+"""The Faust wiring: one agent, with the timers and web pages connected to it.
+
+The timer jobs are in agents/timers.py, /healthz, /metrics and /stats in agents/pages.py,
+the customer API in agents/api.py.
 
 The agent body only hands each message to :class:`Runtime`; nothing escapes
 the loop, so one bad message can never stop the worker.
@@ -60,7 +63,7 @@ class _ProducerSender:
 
 
 def build(settings: Settings) -> tuple[faust.App, Runtime]:
-    """Create the app with its agent, timers and web views. Fails fast on a bad ruleset."""
+    """Create the app and connect its agent, timers and web views. Fails fast on a bad ruleset."""
     rules_dir = settings.rules_dir or default_rules_dir()
     ruleset = load_ruleset(rules_dir, facts_schema())
     app = create_app(settings)

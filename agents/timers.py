@@ -64,7 +64,7 @@ class PartitionCommands:
                 await self.commands.send(key=cmd["cmd"].encode(), value=value, partition=tp.partition)
 
     async def sweep(self) -> None:
-        """The sweep timer: every customer of every own partition is evaluated at the current time."""
+        """The sweep timer: each own partition re-evaluates its customers now due (Runtime.sweep_due)."""
         await self.send({"cmd": "sweep"})
 
 
