@@ -1,4 +1,7 @@
-"""The Faust wiring: one agent, its timers and web pages (the customer API is in agents/api.py).
+"""The Faust wiring: one agent, with the timers and web pages connected to it.
+
+The timer jobs are in agents/timers.py, /healthz, /metrics and /stats in agents/pages.py,
+the customer API in agents/api.py.
 
 The agent body only hands each message to :class:`Runtime`; nothing escapes
 the loop, so one bad message can never stop the worker.
@@ -8,17 +11,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from pathlib import Path
 from typing import Any, cast
 
 import faust
-import orjson
-from faust.web import Request, Response, View
 
-from rules import RulesetError, default_rules_dir, load_ruleset
+from rules import default_rules_dir, load_ruleset
 from stream.clock import Clock
 from stream.faust.app import create_app, customers_table, within_event
-from stream.faust.guards import partition_report
 from stream.faust.intake import BatchIntake, unfetched
 from stream.faust.offsets import GapFiller
 from stream.metrics import Metrics, create_metrics
@@ -32,19 +31,12 @@ from .dashboard import install_dashboard
 from .evaluate import Evaluator, facts_schema
 from .observability import counting_senders
 from .observability import install as install_observability
+from .pages import install_pages
 from .runtime import Message, Runtime
+from .timers import CutoffRefresh, PartitionCommands, RulesReload, ViewFlush
 from .webhooks import install_webhooks
 
 log = logging.getLogger(__name__)
-
-
-def rules_fingerprint(directory: Path) -> tuple[tuple[str, int, int], ...]:
-    """Cheap change detector for a rules directory: names, sizes and mtimes of its YAML files."""
-    try:
-        files = sorted(p for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
-        return tuple((p.name, p.stat().st_size, p.stat().st_mtime_ns) for p in files)
-    except OSError:
-        return ()
 
 
 class _ProducerSender:
@@ -72,7 +64,7 @@ class _ProducerSender:
 
 
 def build(settings: Settings) -> tuple[faust.App, Runtime]:
-    """Create the app with its agent, timers and web views. Fails fast on a bad ruleset."""
+    """Create the app and connect its agent, timers and web views. Fails fast on a bad ruleset."""
     rules_dir = settings.rules_dir or default_rules_dir()
     ruleset = load_ruleset(rules_dir, facts_schema())
     app = create_app(settings)
@@ -88,7 +80,6 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                       Clock(settings.clock), counting_senders(producing, worker_metrics), gaps=gaps,
                       message_context=faust.current_event, within=within_event, audit=audit,
                       metrics=worker_metrics)
-    epoch: dict[str, Any] = {"seen": None, "rebuild": True}
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
 
     async def receive(message: Message, more: int, ahead: bool = False) -> None:
@@ -123,100 +114,32 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
             more = stream.channel.queue.qsize() + unfetched(consumer, topics.source.topics)  # type: ignore[attr-defined]
             await receive(Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp), more)
 
+    partitions = PartitionCommands(lambda: app.assignor.assigned_actives(), settings.commands_topic,
+                                   topics.commands, runtime)
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
         runtime.forget_offsets()
         log.info("partitions assigned: %d active, %d standby",
                  len(app.assignor.assigned_actives()), len(app.assignor.assigned_standbys()))
         gaps.faust_consumer = app.consumer  # committed offsets: where each partition must resume
-        runtime.keep_partitions(owned_partitions())
+        runtime.keep_partitions(partitions.owned())
 
-    def owned_partitions() -> set[int]:
-        return {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == settings.commands_topic}
+    cutoffs = CutoffRefresh(runtime, partitions)
 
     @table.on_recover
     async def _recovered() -> None:
         log.info("customers table recovered")
         runtime.restore_clock()  # the stream clock is durable through the changelog
-        epoch["rebuild"] = True
+        cutoffs.rebuild_soon()
 
-    @app.timer(settings.redis_flush_interval)
-    async def flush_view() -> None:
-        try:
-            await runtime.evaluate_overdue()
-            await runtime.view.flush()
-            if settings.clock == "stream":
-                runtime.clock.merge_global(await runtime.view.advance_clock(runtime.clock.local_max))
-        except Exception as exc:  # noqa: BLE001 - Redis is a projection; keep staging, retry
-            runtime.view.errors += 1
-            log.warning("redis flush failed (%d pending, will retry): %r", runtime.view.pending, exc)
-
-    @app.timer(settings.cutoff_refresh_interval)
-    async def refresh_cutoffs() -> None:
-        try:
-            await runtime.refresh_cutoffs()
-            token = await runtime.view.epoch()
-            if token != epoch["seen"] or epoch["rebuild"]:
-                epoch["seen"], epoch["rebuild"] = token, False
-                log.info("rebuilding the Redis view: %d customers staged",
-                         runtime.stage_all_views(owned_partitions()))
-        except Exception as exc:  # noqa: BLE001 - keep the last good cut-offs
-            runtime.view.errors += 1
-            log.warning("redis read failed: %r", exc)
-
-    async def command_own_partitions(cmd: dict[str, Any]) -> None:
-        value = orjson.dumps(cmd)
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == settings.commands_topic and not runtime.sweeping(cmd["cmd"], tp.partition):
-                await topics.commands.send(key=cmd["cmd"].encode(), value=value, partition=tp.partition)
-
-    @app.timer(settings.sweep_interval)
-    async def sweep() -> None:
-        await command_own_partitions({"cmd": "sweep"})  # not where the last sweep is still running
-
-    watched = {"fingerprint": rules_fingerprint(rules_dir)}
-
-    @app.timer(settings.rules_reload_interval)
-    async def reload_rules() -> None:
-        fingerprint = rules_fingerprint(rules_dir)
-        if fingerprint == watched["fingerprint"]:
-            return
-        watched["fingerprint"] = fingerprint
-        try:
-            candidate = load_ruleset(rules_dir, facts_schema())
-        except RulesetError as exc:
-            runtime.reload_errors += 1
-            log.error("rules changed but are invalid; keeping version %s: %s", runtime.evaluator.ruleset.version, exc)
-            return
-        if candidate.version != runtime.evaluator.ruleset.version:
-            log.info("rules reloaded: version %s -> %s", runtime.evaluator.ruleset.version, candidate.version)
-            runtime.evaluator.ruleset = candidate
-            await command_own_partitions({"cmd": "rules", "version": candidate.version})
-
+    app.timer(settings.redis_flush_interval)(ViewFlush(runtime, settings.clock == "stream").run)
+    app.timer(settings.cutoff_refresh_interval)(cutoffs.run)
+    app.timer(settings.sweep_interval)(partitions.sweep)  # not where the last sweep is still running
+    app.timer(settings.rules_reload_interval)(RulesReload(rules_dir, runtime, partitions).run)
     api = install_api(app, table, runtime, settings, topics, audit)  # /customers, /tags, /privacy: tokens, roles, audit
     install_dashboard(app, table, api, settings)  # /dashboard: page, live feed, tier counts, lookup (same roles)
-
-    @app.page("/healthz")
-    async def healthz(web: View, request: Request) -> Response:
-        return web.json({"status": "alive"})
-
-    @app.page("/metrics")
-    async def metrics(web: View, request: Request) -> Response:
-        return web.bytes(runtime.metrics.render(), content_type="text/plain; version=0.0.4")
-
-    @app.page("/stats")
-    async def stats(web: View, request: Request) -> Response:
-        doc = {"outcomes": dict(runtime.outcomes), "events_waiting_evaluation": runtime.events_waiting,
-               "redis_pending": runtime.view.pending,
-               "redis_errors": runtime.view.errors, "rule_errors": runtime.rule_errors,
-               "ruleset_version": runtime.evaluator.ruleset.version, "now": runtime.clock.now(),
-               "rules_reload_errors": runtime.reload_errors, "gap_records": gaps.filled,
-               "partition_restarts": runtime.metrics.total(runtime.metrics.partition_restarts),
-               "fetched_records_left": intake.left}
-        if "partitions" in request.query:  # each assigned partition's fetch/commit state (costs a walk over them)
-            doc["partitions"] = partition_report(app.consumer, runtime.last_offset)
-        return web.json(doc)
-
+    install_pages(app, runtime, gaps, intake)  # /healthz, /metrics, /stats
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)
     return app, runtime
