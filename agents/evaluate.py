@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, cast
 
-from rules import FieldType, Ruleset, assign_tier, evaluate_tags, weighted_score
+from rules import FieldType, RuleErrors, Ruleset, assign_tier, evaluate_tags, weighted_score
 from rules.churn import assess_churn
 from stream.events import format_ts
 from stream.manual import adjusted_score, expire, manual_reason
@@ -109,7 +109,7 @@ class Evaluator:
         cutoffs: Cutoffs,
         trigger: dict[str, Any],
         event_time: int | None = None,
-        errors: list[str] | None = None,
+        errors: RuleErrors | None = None,
     ) -> tuple[dict[str, Any], dict[str, Any] | None]:
         """Re-evaluate; update ``state.view``; return (facts, tag-change or None)."""
         facts = self.facts(state, now_ms)

@@ -277,7 +277,7 @@ class OpsLoop:
             if committed is not None:
                 await restart_partition(self.app.consumer, TP(*key), committed)
                 self._restarted[key] = committed
-                sources.runtime.last_offset.pop(key, None)
+                sources.runtime.forget_offsets(key)
                 restart.labels(key[0], "seek").inc()
 
 

@@ -93,9 +93,9 @@ class Runtime:
         """Evaluate with ``ruleset`` from now on (the rules reload; the ``rules`` command re-evaluates)."""
         self.evaluator.ruleset = ruleset
 
-    def forget_offsets(self) -> None:
-        """After a rebalance partitions restart from their committed offsets: no gap to see."""
-        self.offsets.forget()
+    def forget_offsets(self, key: tuple[str, int] | None = None) -> None:
+        """After a rebalance, or a restart of partition ``key``: it reads from its committed offset on."""
+        self.offsets.forget(key)
 
     def customers_in(self, partition: int) -> Iterator[str]:
         """Customers held in the local table that belong to ``partition``."""

@@ -37,7 +37,7 @@ FLUSH_TIMEOUT: Final = 30.0
 #: itself keeps Faust's horizon, so a long broker outage still loses nothing.
 REQUEST_TIMEOUT: Final = 30.0
 
-# --- runtime (agents/runtime.py): coalesced evaluations ---------------------------------------
+# --- the agent's pipeline (agents/pipeline/coalesce.py): coalesced evaluations ---------------------------------------
 
 #: Waiting (coalesced) evaluations run per message (~5-10 ms), so that no message waits behind
 #: thousands of them; the rest run after the next messages or from the flush timer.

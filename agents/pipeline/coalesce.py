@@ -26,13 +26,12 @@ from typing import Any
 from stream.due import DueIndex
 from stream.settings import Settings
 from stream.state import CustomerState
+from stream.tuning import DEFERRED_SLICE
 
 from .emit import Emitter
 from .types import Arrival, Partitions
 
 log = logging.getLogger(__name__)
-
-DEFERRED_SLICE = 64  # waiting evaluations run per message (~5-10 ms), so no message waits behind thousands
 
 
 @dataclass(slots=True)

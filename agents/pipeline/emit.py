@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from rules import RuleErrors
 from stream.clock import Clock
 from stream.due import DueIndex, next_due
 from stream.metrics import Metrics
@@ -57,12 +58,12 @@ class Emitter:
         """
         now = self.clock.now()
         state.prune(now)
-        errors: list[str] = []
+        errors = RuleErrors()
         facts, change = self.evaluator.evaluate(cid, state, now, self.cutoffs, trigger, event_time, errors)
         alert = self.evaluator.churn_alert(cid, state, facts, now, trigger, event_time)
         if errors:
             self.rule_errors += len(errors)
-            log.warning("rule errors for %s: %s", cid, errors)
+            log.warning("rule errors for %s: %s", cid, "; ".join(map(str, errors)))
         # numbered before the table write, which a RocksDB store serialises at once; the record reaches
         # the changelog at the next commit (stream/faust/app.py write_dirty), after the sends below: a crash
         # before it makes the replay number the same outputs again from the counters the changelog kept

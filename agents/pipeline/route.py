@@ -33,9 +33,10 @@ from stream.privacy import parse_privacy_request
 from stream.profiles import parse_profile
 from stream.settings import Settings
 from stream.state import CustomerState
+from stream.tuning import DEFERRED_SLICE
 
 from .apply import Applier, customer_of
-from .coalesce import DEFERRED_SLICE, Coalescer
+from .coalesce import Coalescer
 from .commands import Commands
 from .types import Message, Partitions, Sender, child
 
@@ -65,7 +66,7 @@ class Router:
 
         ``more``: how many messages are known to be waiting behind this one (under backlog the
         customer's evaluation may wait: :mod:`agents.pipeline.coalesce`); at most
-        :data:`~agents.pipeline.coalesce.DEFERRED_SLICE` waiting evaluations run after it.
+        :data:`~stream.tuning.DEFERRED_SLICE` waiting evaluations run after it.
         ``ahead``: earlier offsets of the partition are still to come (:meth:`urgent`).
         """
         now = time.time()

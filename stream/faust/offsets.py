@@ -117,8 +117,12 @@ class Offsets:
             self.gaps.mark_done(gap.topic, gap.partition, gap.start, gap.end)
         self.last_offset[(gap.topic, gap.partition)] = gap.end
 
-    def forget(self) -> None:
-        """After a rebalance partitions restart from their committed offsets: no gap to see."""
+    def forget(self, key: tuple[str, int] | None = None) -> None:
+        """After a rebalance every partition restarts from its committed offset (``key`` None), or
+        one (topic, partition) does, read again from there: no gap to see before its next message."""
+        if key is not None:
+            self.last_offset.pop(key, None)
+            return
         self.last_offset.clear()
         self._ahead.clear()
 

@@ -356,7 +356,8 @@ class FakeApp:
 class FakeWorkerSources:
     def __init__(self) -> None:
         self.runtime = type("R", (), {"metrics": create_metrics(), "table": {}, "partition_of": lambda self, c: 0,
-                                      "last_offset": {("orders", 0): 12}})()
+                                      "last_offset": {("orders", 0): 12},
+                                      "forget_offsets": lambda self, key: self.last_offset.pop(key, None)})()
         self.pings = 0
         self.probed: dict[Any, Any] = {}
         self.side_committed: dict[Any, int] = {}
