@@ -25,7 +25,7 @@ COPY stream ./stream
 COPY agents ./agents
 COPY rules ./rules
 RUN /opt/tagger/bin/pip install --no-compile . \
-    && /opt/tagger/bin/python -c "import faust, rocksdict, confluent_kafka, agents.cli" \
+    && /opt/tagger/bin/python -c "import faust, rocksdict, confluent_kafka, agents.cli.main" \
     && /opt/tagger/bin/python -m compileall -q /opt/tagger/lib
 
 FROM ${PYTHON_IMAGE} AS runtime

@@ -1,5 +1,5 @@
 """``python -m agents`` is the ``tagger`` command."""
 
-from .cli import main
+from agents.cli.main import main
 
 main()

@@ -1,7 +1,7 @@
 """The worker's HTTP API: customer lookup, tag listing, manual tag commands, privacy requests.
 
-Every call is authenticated (bearer token → role, :mod:`stream.auth`), filtered
-by role (:mod:`stream.access`) and audited (:mod:`stream.audit`) before it
+Every call is authenticated (bearer token → role, :mod:`stream.access.auth`), filtered
+by role (:mod:`stream.access.visibility`) and audited (:mod:`stream.access.audit`) before it
 answers; if the audit record cannot be written the call fails with 503 instead
 of answering unaudited. Customer lookups run on the worker owning the
 customer's partition (Faust ``table_route`` forwards the request with its
@@ -20,18 +20,17 @@ import faust
 import orjson
 from faust.web import Request, Response, View
 
-from stream.access import TagRules, can_see_tag, filter_customer
-from stream.audit import AuditLog, audit_record
-from stream.auth import Decision, Principal, TokenRegistry, authorize, load_registry
-from stream.events import MAX_ID_CHARS
+from agents.engine.runtime import Runtime
+from stream.access.audit import AuditLog, audit_record
+from stream.access.auth import Decision, Principal, TokenRegistry, authorize, load_registry
+from stream.access.privacy import parse_privacy_request
+from stream.access.visibility import TagRules, can_see_tag, filter_customer
+from stream.domain.events import MAX_ID_CHARS
+from stream.domain.manual import TAG, parse_command
 from stream.exceptions import InvalidEvent
 from stream.faust import guards
-from stream.manual import TAG, parse_command
-from stream.privacy import parse_privacy_request
+from stream.kafka.topics import Topics
 from stream.settings import Settings
-from stream.topics import Topics
-
-from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 

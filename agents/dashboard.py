@@ -5,7 +5,7 @@ Its data calls take the same bearer tokens and roles as the customer API:
 - ``GET /dashboard/api/summary``: customers per tier (from the Redis views, at most
   one SCAN every 2 s per worker), ruleset version and name, the caller's role;
 - ``GET /dashboard/api/feed``: server-sent events of tag changes and churn alerts,
-  filtered by role (stream/dashboard.py), the last few first; one audit record per connection;
+  filtered by role (stream/view/dashboard_feed.py), the last few first; one audit record per connection;
 - ``GET /dashboard/api/customers/{id}``: the customer document as ``GET /customers/{id}``
   gives it (routed to the owning worker, audited), plus monthly spend for finance and admin.
 
@@ -26,14 +26,14 @@ import orjson
 from aiohttp import web as aioweb
 from faust.web import Request, Response, View
 
-from stream.access import sees_money
-from stream.audit import audit_record
-from stream.auth import Principal
-from stream.dashboard import feed_item, spend_series, tier_counts
+from stream.access.audit import audit_record
+from stream.access.auth import Principal
+from stream.access.visibility import sees_money
 from stream.security import aiokafka_options
+from stream.view.dashboard_feed import feed_item, spend_series, tier_counts
+from stream.view.export import views
 
 from .api import Api
-from .export import views
 
 log = logging.getLogger(__name__)
 HISTORY = 50  # recent messages a new feed connection gets first

@@ -1,9 +1,9 @@
 """Operations wiring of a worker: /readyz, scrape-time metrics, a health/lag/tally loop, a Faust sensor.
 
 :func:`install` is called once by :func:`agents.tagger.build`. The logic it
-calls is pure and lives in ``stream/health.py``, ``stream/lag.py`` and
+calls is pure and lives in ``stream/health.py``, ``stream/kafka/lag.py`` and
 ``stream/metrics.py``; this module only reads the running Faust app and
-:class:`~agents.runtime.Runtime`.
+:class:`~agents.engine.runtime.Runtime`.
 """
 
 from __future__ import annotations
@@ -18,15 +18,14 @@ import faust
 from faust.types import TP
 from faust.web import Request, Response, View
 
+from agents.engine.pipeline.types import Sender
+from agents.engine.runtime import Runtime
 from stream.faust.guards import committed_offsets, partition_report, rejoin_group, restart_partition
 from stream.health import RedisHealth, readiness, recovery_remaining
-from stream.lag import PartitionProbe, Probed, StallWatch, next_offset, oldest_ages, partition_lag
+from stream.kafka.lag import PartitionProbe, Probed, StallWatch, next_offset, oldest_ages, partition_lag
 from stream.metrics import Metrics, PartitionLag, Recovery, tally_views
 from stream.security import aiokafka_options
 from stream.settings import Settings
-
-from .pipeline.types import Sender
-from .runtime import Runtime
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class MetricsSensor(faust.Sensor):
 
 
 class CountingSender:
-    """A :class:`~agents.runtime.Sender` that counts sends failing at once (later failures reach the sensor)."""
+    """A :class:`~agents.engine.runtime.Sender` that counts sends failing at once (later failures reach the sensor)."""
 
     def __init__(self, inner: Sender, metrics: Metrics) -> None:
         self.inner = inner

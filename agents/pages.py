@@ -7,11 +7,10 @@ from typing import Any
 import faust
 from faust.web import Request, Response, View
 
+from agents.engine.runtime import Runtime
 from stream.faust.guards import partition_report
 from stream.faust.intake import BatchIntake
 from stream.faust.offsets import GapFiller
-
-from .runtime import Runtime
 
 METRICS_CONTENT_TYPE = "text/plain; version=0.0.4"  # Prometheus text exposition
 

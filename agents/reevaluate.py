@@ -2,7 +2,7 @@
 
 It sends a command to every partition of the commands topic (or to one customer's
 partition) and waits until every partition acknowledged it in Redis; the workers'
-side is in :mod:`agents.runtime`.
+side is in :mod:`agents.engine.runtime`.
 """
 
 from __future__ import annotations
@@ -23,9 +23,9 @@ async def request_reevaluation(settings: Settings, timeout: float, customer: str
     Returns the seconds each phase took; a phase not acknowledged by every partition within
     ``timeout`` seconds exits 1 (a :class:`click.ClickException` naming the partitions done).
     """
-    from stream.kafka_admin import expected_partition, make_producer
-    from stream.redis_view import RedisView
+    from stream.kafka.kafka_admin import expected_partition, make_producer
     from stream.security import librdkafka_config, redis_client
+    from stream.view.redis_view import RedisView
 
     client = redis_client(settings)
     view = RedisView(client, settings.redis_prefix)

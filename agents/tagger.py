@@ -15,24 +15,24 @@ from typing import Any, cast
 
 import faust
 
+from agents.engine.evaluate import Evaluator, facts_schema
+from agents.engine.runtime import Message, Runtime
 from rules import default_rules_dir, load_ruleset
-from stream.clock import Clock
+from stream.domain.clock import Clock
 from stream.faust.app import create_app, customers_table, within_event
 from stream.faust.intake import BatchIntake, unfetched
 from stream.faust.offsets import GapFiller
+from stream.kafka.topics import declare_topics
 from stream.metrics import Metrics, create_metrics
-from stream.redis_view import RedisView
 from stream.security import aiokafka_options, redis_client
 from stream.settings import Settings
-from stream.topics import declare_topics
+from stream.view.redis_view import RedisView
 
 from .api import create_audit, install_api
 from .dashboard import install_dashboard
-from .evaluate import Evaluator, facts_schema
 from .observability import counting_senders
 from .observability import install as install_observability
 from .pages import install_pages
-from .runtime import Message, Runtime
 from .timers import CutoffRefresh, PartitionCommands, RulesReload, ViewFlush
 from .webhooks import install_webhooks
 
@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 
 
 class _ProducerSender:
-    """A :class:`~agents.runtime.Sender` straight to the app's producer, for one topic.
+    """A :class:`~agents.engine.runtime.Sender` straight to the app's producer, for one topic.
 
     Faust's ``Topic.send`` costs several times more per message (serializer lookups,
     futures, sensors); the values are bytes already. Deliveries that fail later are

@@ -1,8 +1,8 @@
 """The worker's timer jobs, each an object holding its own state; :func:`agents.tagger.build` runs them.
 
 Each job's ``run`` is what one tick of its Faust timer does. None of them touches Faust: the assigned
-partitions come from a function and commands go to a :class:`~agents.runtime.Sender`, so the unit
-tests drive them with a real :class:`~agents.runtime.Runtime` on fakes.
+partitions come from a function and commands go to a :class:`~agents.engine.runtime.Sender`, so the unit
+tests drive them with a real :class:`~agents.engine.runtime.Runtime` on fakes.
 """
 
 from __future__ import annotations
@@ -15,10 +15,9 @@ from typing import Any, Protocol
 
 import orjson
 
+from agents.engine.evaluate import facts_schema
+from agents.engine.runtime import Runtime, Sender
 from rules import RulesetError, load_ruleset
-
-from .evaluate import facts_schema
-from .runtime import Runtime, Sender
 
 log = logging.getLogger(__name__)
 

@@ -6,11 +6,11 @@ endpoint never holds up tagging. Offsets are committed only after every message
 of a fetched batch was delivered (2xx) or dead-lettered to
 ``webhook-dead-letters``: nothing is dropped, and after a crash the uncommitted
 messages come again. Each delivery carries an ``Idempotency-Key``,
-``<subscription>:<change_id>`` (stream/sequence.py: the same for a tag change
+``<subscription>:<change_id>`` (stream/domain/sequence.py: the same for a tag change
 the tagger re-published after a crash, at another offset), and is recorded in
 Redis (``P:wh:<key>``, 7 days) once delivered.
 
-Repeats are dropped twice over. In memory, a :class:`~stream.sequence.RepeatFilter`
+Repeats are dropped twice over. In memory, a :class:`~stream.domain.sequence.RepeatFilter`
 keeps each customer's highest ``seq`` per topic partition read (at most
 ``MAX_CUSTOMERS``, 100,000, ~28 MB, least recently seen dropped first; a partition's
 marks are dropped when it is revoked): a message at or below its customer's mark
@@ -23,7 +23,7 @@ can still reach the endpoint only after a crash between its 2xx and that record,
 or when Redis lost the record (down, flushed, 7 days passed) and no mark holds
 the customer; the key, the same for every copy, lets the receiver drop it.
 
-Matching, payloads, signing, backoff and the circuit breaker are in stream/webhooks.py.
+Matching, payloads, signing, backoff and the circuit breaker are in stream/webhook_delivery.py.
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from typing import Any
 import aiohttp
 import orjson
 
+from stream.domain.sequence import MAX_CUSTOMERS, RepeatFilter
 from stream.metrics import WebhookMetrics
-from stream.sequence import MAX_CUSTOMERS, RepeatFilter
-from stream.webhooks import (
+from stream.webhook_delivery import (
     CircuitBreaker,
     Subscription,
     WebhookConfig,
@@ -189,7 +189,7 @@ async def run_sink(settings: Any, config: WebhookConfig, metrics: WebhookMetrics
     from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener
     from aiokafka.errors import CommitFailedError, KafkaError
 
-    from stream.kafka_admin import ensure_topics
+    from stream.kafka.kafka_admin import ensure_topics
     from stream.security import aiokafka_options, librdkafka_config, redis_client
 
     await asyncio.to_thread(ensure_topics, librdkafka_config(settings),
@@ -252,7 +252,7 @@ async def run_sink(settings: Any, config: WebhookConfig, metrics: WebhookMetrics
 def install_webhooks(app: Any, runtime: Any, settings: Any) -> None:
     """Start the sink in this worker when ``TAGGER_WEBHOOKS_FILE`` is set (a bad file stops the start)."""
     from stream.metrics import create_webhook_metrics
-    from stream.webhooks import load_config
+    from stream.webhook_delivery import load_config
 
     if settings.webhooks_file is None:
         return

@@ -32,12 +32,11 @@ from typing import Any
 
 import redis
 
-from agents.devmode import worker_env
-from stream.demo import DemoConfig, run_demo
-from stream.embedded import ServiceGroup, free_port, spawn, terminate
-from stream.kafka_admin import consume_all
+from stream.devtools.demo import DemoConfig, run_demo
+from stream.devtools.embedded import ServiceGroup, free_port, spawn, terminate, worker_env
+from stream.kafka.kafka_admin import consume_all
+from stream.kafka.topics import ensure_all_topics
 from stream.settings import Settings
-from stream.topics import ensure_all_topics
 
 DAY_MS = 86_400_000
 

@@ -5,12 +5,12 @@ Pure: the caller passes the facts schema and the facts as plain data.
 
 from rules.churn import BGNBDParams, ChurnAssessment, ChurnPolicy, ChurnWeights, assess_churn
 from rules.dryrun import DryRunReport, dry_run
-from rules.evaluate import evaluate_tags
 from rules.exceptions import RuleErrors, RuleEvaluationError, RulesError, RulesetError
 from rules.loader import default_rules_dir, load_ruleset
 from rules.model import Rule, Ruleset, ScoreWeights, TierPolicy
 from rules.schema import FieldType
 from rules.score import weighted_score
+from rules.tagging import evaluate_tags
 from rules.testing import CaseFileError, load_cases, run_cases
 from rules.tiers import assign_tier, tier_cutoffs
 

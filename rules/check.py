@@ -34,7 +34,7 @@ MAX_SOURCE_CHARS = 2000
 MAX_MACRO_DEPTH = 2
 MAX_EVAL_MS = 5.0
 #: the largest list and map facts: more tags than any sane ruleset plus the manual-tag cap,
-#: and the profile attribute cap (stream.profiles.MAX_ATTRIBUTES) with long values
+#: and the profile attribute cap (stream.domain.profiles.MAX_ATTRIBUTES) with long values
 WORST_LIST = tuple(f"tag_{i:03d}" for i in range(300))
 WORST_MAP = {f"attribute_{i:03d}": "v" * 256 for i in range(100)}
 WORST_STRING = "x" * 4096

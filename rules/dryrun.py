@@ -13,10 +13,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from rules.evaluate import evaluate_tags
 from rules.exceptions import RuleErrors
 from rules.model import Ruleset
 from rules.schema import TAGS_FIELD
+from rules.tagging import evaluate_tags
 from rules.tiers import assign_tier
 
 EXAMPLES = 3

@@ -101,7 +101,7 @@ class RuleEvaluationError(RulesError):
 class RuleErrors(list[RuleEvaluationError]):
     """Where :func:`rules.evaluate_tags` and :func:`rules.assign_tier` put the errors of one evaluation.
 
-    The older form, a plain ``list[str]``, still works (``agents/evaluate.py`` passes one): it gets
+    The older form, a plain ``list[str]``, still works (``agents/engine/evaluate.py`` passes one): it gets
     each error's ``str()``, the same text as before.
     """
 

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from rules.check import suggest
-from rules.evaluate import evaluate_tags
 from rules.exceptions import RuleErrors, RulesetError
 from rules.model import Ruleset
 from rules.schema import TAGS_FIELD, FieldType
+from rules.tagging import evaluate_tags
 from rules.tiers import assign_tier
 from rules.yamlsrc import Located, read_yaml
 

@@ -10,14 +10,14 @@ caught that before); the family:
 
   * :class:`InvalidEvent`, :class:`StateDecodeError` (here): a message or a stored state
   * :class:`ChangelogWriteError` (here): the broker refused changelog writes
-  * ``stream.auth.TokenConfigError``: the API tokens
-  * ``stream.webhooks.WebhookConfigError``: the webhooks file
-  * ``stream.replay.RowError``, ``stream.replay.MappingError``: ``tagger replay`` input
-  * ``stream.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
+  * ``stream.access.auth.TokenConfigError``: the API tokens
+  * ``stream.webhook_delivery.WebhookConfigError``: the webhooks file
+  * ``stream.domain.history.RowError``, ``stream.domain.history.MappingError``: ``tagger replay`` input
+  * ``stream.kafka.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
     (``PartitionMismatchError``, ``TopicConfigError``, ``KafkaAuthenticationError``,
     ``KafkaTLSError``)
-  * ``stream.embedded.EmbeddedServiceError``: a dev-mode broker or Redis
-    (``BinaryNotFoundError``, ``ServiceStartError``, ``stream.kafka_local.KafkaUnavailableError``)
+  * ``stream.devtools.embedded.EmbeddedServiceError``: a dev-mode broker or Redis
+    (``BinaryNotFoundError``, ``ServiceStartError``, ``stream.devtools.kafka_local.KafkaUnavailableError``)
 
 The rules package has its own root, :class:`rules.exceptions.RulesError`.
 """

@@ -64,7 +64,8 @@ class Settings(BaseSettings):
     partitions: int = Field(8, description="Partition count of every input and internal topic.")
     topic_replication_factor: int = Field(1, ge=1, description="Replication factor of the topics Faust creates "
                                           "(the customers table's changelog): 3 on a 3-broker cluster. The "
-                                          "topics stream.topics creates take the broker's default.replication.factor.")
+                                          "topics stream.kafka.topics creates take the broker's "
+                                          "default.replication.factor.")
 
     orders_topic: str = "orders"
     logins_topic: str = "logins"
@@ -84,7 +85,8 @@ class Settings(BaseSettings):
     api_tokens_file: Path | None = Field(None, description="YAML or JSON file with more token entries "
                                          "(a list, or {tokens: [...]}); read at start-up.")
     audit_file: Path | None = Field(None, description="Also append every audit record to this JSON-lines file.")
-    webhooks_file: Path | None = Field(None, description="YAML file of webhook subscriptions (stream/webhooks.py); "
+    webhooks_file: Path | None = Field(None, description="YAML file of webhook subscriptions "
+                                                         "(stream/webhook_delivery.py); "
                                        "none: no webhook sink runs.")
     webhook_dead_letters_topic: str = Field("webhook-dead-letters", description="Webhook deliveries that failed "
                                             "for good (after retries, or a 4xx), with the message and the error.")

@@ -7,7 +7,7 @@ What is configured per deployment is in :mod:`stream.settings` (``TAGGER_*``).
 
 Where each is used: the intake (:mod:`stream.faust.intake`), the Faust guards
 (:mod:`stream.faust.guards`), the app factory (:func:`stream.faust.app.create_app`) and
-the runtime's coalescing (:mod:`agents.runtime`). Those modules import the names from
+the runtime's coalescing (:mod:`agents.engine.runtime`). Those modules import the names from
 here, so a test may still patch the name in the module that uses it.
 """
 
@@ -37,7 +37,8 @@ FLUSH_TIMEOUT: Final = 30.0
 #: itself keeps Faust's horizon, so a long broker outage still loses nothing.
 REQUEST_TIMEOUT: Final = 30.0
 
-# --- the agent's pipeline (agents/pipeline/coalesce.py): coalesced evaluations ---------------------------------------
+# --- the agent's pipeline (agents/engine/pipeline/coalesce.py): coalesced evaluations
+# ---------------------------------------
 
 #: Waiting (coalesced) evaluations run per message (~5-10 ms), so that no message waits behind
 #: thousands of them; the rest run after the next messages or from the flush timer.
@@ -49,7 +50,7 @@ DEFERRED_SLICE: Final = 64
 #: Adds at most this much to every tag change's latency; 0 sends each record on its own.
 PRODUCER_LINGER: Final = 0.005
 #: Largest produce request, bytes (``producer_max_request_size``); as the librdkafka producers'
-#: ``message.max.bytes`` (:data:`stream.kafka_admin.PRODUCER_DEFAULTS`). A broker still refuses a
+#: ``message.max.bytes`` (:data:`stream.kafka.kafka_admin.PRODUCER_DEFAULTS`). A broker still refuses a
 #: record above its own ``message.max.bytes`` (topic: ``max.message.bytes``).
 PRODUCER_MAX_REQUEST_SIZE: Final = 16 << 20
 #: Bytes of one producer batch per partition (``producer_max_batch_size``). A full batch makes the next

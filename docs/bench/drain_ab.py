@@ -23,10 +23,10 @@ from pathlib import Path
 
 from confluent_kafka import Consumer, TopicPartition
 
-from agents import bench_workers
-from agents.bench import CpuMeter, DemoConfig, Run, ServiceGroup, backlog
-from stream.embedded import spawn
-from stream.kafka_admin import client_config
+from agents.bench import workers as bench_workers
+from agents.bench.harness import CpuMeter, DemoConfig, Run, ServiceGroup, backlog
+from stream.devtools.embedded import spawn
+from stream.kafka.kafka_admin import client_config
 
 EVENTS, CUSTOMERS, PARTITIONS, STEP_MS = 300_000, 20_000, 8, 60_000
 OUTPUTS = ("customers-changelog", "tag-changes", "churn-alerts", "dead-letters")

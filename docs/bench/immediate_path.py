@@ -4,7 +4,7 @@ Starts the embedded broker and Redis, drains a 300k-event backlog over 20,000 cu
 workers (as ``tagger bench`` does), then runs its immediate-path phase REPEATS times: 200 big orders and
 complaints among RATE single events/s for 10 s, end to end. Prints the drain rate and each phase's JSON.
 The repeats share the group's topics, so each runs on a busier broker than the one before (Tansu's
-CPU per fetch grows with the batches in a partition: ``agents/bench.py``, phase 2).
+CPU per fetch grows with the batches in a partition: ``agents/bench/harness.py``, phase 2).
 
     .venv/bin/python docs/bench/immediate_path.py WORKERS RATE REPEATS
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agents.bench import ServiceGroup, immediate_path, measure_drain, stop_group
+from agents.bench.harness import ServiceGroup, immediate_path, measure_drain, stop_group
 
 sys.path.insert(0, str(Path(__file__).parent))
 from drain_ab import EVENTS, bench_run  # noqa: E402

@@ -13,7 +13,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from agents.bench import ServiceGroup, latency_at, measure_drain, stop_group
+from agents.bench.harness import ServiceGroup, latency_at, measure_drain, stop_group
 
 sys.path.insert(0, str(Path(__file__).parent))
 from drain_ab import EVENTS, bench_run, groups_named_other_run  # noqa: E402

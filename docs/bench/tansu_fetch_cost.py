@@ -15,9 +15,9 @@ import time
 from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from agents.bench import CpuMeter
-from stream.embedded import TansuBroker
-from stream.kafka_admin import client_config
+from agents.bench.harness import CpuMeter
+from stream.devtools.embedded import TansuBroker
+from stream.kafka.kafka_admin import client_config
 
 
 def main() -> None:

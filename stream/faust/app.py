@@ -17,12 +17,13 @@ from aiokafka.structs import RecordMetadata
 from faust import streams
 from faust.serializers import codecs
 
+from stream.domain.state import CustomerState
+from stream.kafka.kafka_admin import expected_partition
+
 from .. import tuning
 from ..exceptions import ChangelogWriteError
-from ..kafka_admin import expected_partition
 from ..security import aiokafka_options, faust_credentials
 from ..settings import Settings
-from ..state import CustomerState
 from . import guards, tansu
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ Tansu-only workarounds are in :mod:`stream.faust.tansu` (switched on only by
    A later commit can then move the committed offset past a message nobody
    processed, and it is lost. :func:`install_ack_guard` refuses those acks;
    the message is fetched again after the rebalance, and the per-customer
-   offset bookkeeping in :class:`~stream.state.CustomerState` makes the
+   offset bookkeeping in :class:`~stream.domain.state.CustomerState` makes the
    second application a no-op if it had in fact been applied.
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard1_*.
 2. Faust's pre-commit producer flush gives up after 0.1 s and can miss a
@@ -44,7 +44,7 @@ Tansu-only workarounds are in :mod:`stream.faust.tansu` (switched on only by
    (with :func:`note_failed_commit`).
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard5_*.
 6. Whatever else leaves a partition stuck (its committed offset stands still
-   while messages wait: :class:`stream.lag.StallWatch`), the worker reads it
+   while messages wait: :class:`stream.kafka.lag.StallWatch`), the worker reads it
    again from the group's committed offset, as a new assignment would:
    :func:`restart_partition`; if it is still stuck at the same offset one
    period later, the worker asks the group for a new assignment

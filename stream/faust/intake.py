@@ -31,7 +31,7 @@ Records of other topics (table changelogs during recovery) take Faust's own path
 
 aiokafka fetches a partition again only once the records fetched before are taken, so records
 arriving while a fetch is handled waited for the whole fetch before being even fetched. With an
-``urgent`` test (big orders and complaints: agents.runtime), the intake takes what was fetched
+``urgent`` test (big orders and complaints: agents.engine.runtime), the intake takes what was fetched
 meanwhile every :data:`TOP_UP_EVERY` seconds (unless it is in a backlog), and puts each urgent
 record before those still in hand, unless one of its partition there may be of its customer
 (per-customer order is kept).

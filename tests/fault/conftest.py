@@ -15,8 +15,8 @@ from typing import Self
 import pytest
 from confluent_kafka.admin import AdminClient
 
-from stream.embedded import RedisServer, ServiceGroup, free_port
-from stream.kafka_local import KafkaCluster, Listener
+from stream.devtools.embedded import RedisServer, ServiceGroup, free_port
+from stream.devtools.kafka_local import KafkaCluster, Listener
 
 # the namespace fixture on the services below, and worker logs in a failure's report
 from ..integration.conftest import KAFKA_TEST_CONFIG, namespace, pytest_runtest_makereport, require_kafka  # noqa: F401

@@ -15,10 +15,10 @@ from typing import Any
 
 import orjson
 
-from agents.evaluate import facts_schema
+from agents.engine.evaluate import facts_schema
 from rules import assign_tier, default_rules_dir, evaluate_tags, load_ruleset, tier_cutoffs
-from stream.events import Event, parse_event
-from stream.profiles import profile_facts
+from stream.domain.events import Event, parse_event
+from stream.domain.profiles import profile_facts
 
 from ..unit.test_state import naive
 
@@ -45,7 +45,7 @@ def history(events: int, customers: int, seed: int = 1, retries: float = 0.01) -
                                   "amount": round(rng.uniform(1, 3000), 2), "status": status}))
         elif roll < 0.85:
             out.append(("login", {"event_id": f"e{i}", "customer_id": cid, "ts": ts}))
-        else:  # tickets within the last 89 days: a closed ticket idle 90+ days is pruned (see stream.state)
+        else:  # tickets within the last 89 days: a closed ticket idle 90+ days is pruned (see stream.domain.state)
             ts = T_END - rng.randrange(89 * DAY)
             out.append(("ticket", {"event_id": f"e{i}", "customer_id": cid, "ts": ts,
                                    "ticket_id": f"T{rng.randrange(3)}", "severity": "low",

@@ -7,7 +7,7 @@ import socket
 import threading
 import time
 
-from stream.embedded import free_port
+from stream.devtools.embedded import free_port
 
 
 class CuttableProxy:

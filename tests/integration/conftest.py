@@ -1,6 +1,6 @@
 """Fixtures that run the real thing: Apache Kafka (or Tansu), redis-server and tagger worker processes.
 
-The broker is real Apache Kafka (one KRaft node from Maven Central, :mod:`stream.kafka_local`) whenever
+The broker is real Apache Kafka (one KRaft node from Maven Central, :mod:`stream.devtools.kafka_local`) whenever
 Java and Maven are here, else Tansu; ``TAGGER_TEST_BROKER=tansu`` (or ``kafka``) picks one. Tansu-only
 workarounds (the highwater shim, 6 s session timeouts) are set only on Tansu.
 
@@ -27,15 +27,15 @@ import orjson
 import pytest
 import redis
 
-from stream.auth import hash_token, new_token
-from stream.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
-from stream.kafka_admin import consume_all, make_producer
-from stream.kafka_local import KafkaCluster, default_broker, kafka_unavailable
+from stream.access.auth import hash_token, new_token
+from stream.devtools.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
+from stream.devtools.kafka_local import KafkaCluster, default_broker, kafka_unavailable
+from stream.kafka.kafka_admin import consume_all, make_producer
+from stream.kafka.topics import ensure_all_topics
 from stream.settings import Settings
-from stream.topics import ensure_all_topics
 
 PARTITIONS = 4
-# Broker settings of the tests' Kafka beside the defaults of stream.kafka_local: messages up to our producers'
+# Broker settings of the tests' Kafka beside the defaults of stream.devtools.kafka_local: messages up to our producers'
 # 16 MiB, so a worker sees (and dead-letters) an event over TAGGER_MAX_EVENT_BYTES, as it would where
 # operators raised the broker's 1 MiB default (docker-compose.yml sets the same).
 KAFKA_TEST_CONFIG = {"message.max.bytes": str(16 << 20), "replica.fetch.max.bytes": str(16 << 20)}

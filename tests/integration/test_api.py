@@ -13,7 +13,7 @@ import orjson
 import pytest
 import redis
 
-from stream.embedded import RedisServer, ServiceGroup
+from stream.devtools.embedded import RedisServer, ServiceGroup
 
 from .conftest import Namespace, Worker, isolated_namespace, wait_for
 

@@ -7,7 +7,7 @@ import random
 import orjson
 import pytest
 
-from stream.kafka_admin import expected_partition
+from stream.kafka.kafka_admin import expected_partition
 
 from .conftest import Namespace, wait_for
 from .test_pipeline import _expected, _history

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from stream.kafka_local import kafka_unavailable
+from stream.devtools.kafka_local import kafka_unavailable
 
 pytestmark = pytest.mark.integration
 
@@ -58,7 +58,7 @@ def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None
     # 1,000 ev/s is measured only when one worker reaches it; either way the keys are there
     assert (result["latency_1k_p99_s"] is not None) == result["latency_1k_reachable"]
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    if result["broker"] == "kafka":  # the Quix Streams peer runs on Kafka only (agents/bench.py)
+    if result["broker"] == "kafka":  # the Quix Streams peer runs on Kafka only (agents/bench/harness.py)
         for key in QUIX:
             assert result[key] is not None and result[key] > 0, key
         assert result["quix_big_spenders_after_drain"] >= 0
@@ -70,7 +70,7 @@ def test_bench_runs_every_phase_and_writes_json_and_plot(tmp_path: Path) -> None
 
 
 def test_percentile_between_two_histogram_snapshots() -> None:
-    from agents.bench import percentile
+    from agents.bench.harness import percentile
 
     before = [(0.1, 10.0), (1.0, 10.0), (float("inf"), 10.0)]
     after = [(0.1, 60.0), (1.0, 110.0), (float("inf"), 110.0)]  # 50 new under 0.1 s, 50 in (0.1, 1]

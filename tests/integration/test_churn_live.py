@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from stream.events import parse_ts
+from stream.domain.events import parse_ts
 
 from .conftest import Namespace, wait_for
 from .test_pipeline import DAY, T0, login, order, view_of

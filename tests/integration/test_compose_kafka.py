@@ -1,10 +1,10 @@
 """docker-compose.yml's Kafka exercised as far as this machine allows (no Docker engine here).
 
-A broker of the compose image's version (Maven Central, stream.kafka_local) starts with the compose kafka
+A broker of the compose image's version (Maven Central, stream.devtools.kafka_local) starts with the compose kafka
 service's broker settings (its ``KAFKA_*`` environment, mapped to properties as the apache/kafka image does);
 compose's ``kafka-init`` script, taken from the YAML, runs against it with ``/opt/kafka/bin/kafka-topics.sh``
 replaced by the same tool class (``org.apache.kafka.tools.TopicCommand``) on the Maven classpath; the topics
-it made must be those stream/topics.py expects, and a worker configured as compose's must start on them.
+it made must be those stream/kafka/topics.py expects, and a worker configured as compose's must start on them.
 """
 
 from __future__ import annotations
@@ -22,10 +22,10 @@ import pytest
 import yaml
 from confluent_kafka.admin import AdminClient, ConfigResource
 
-from stream.embedded import ServiceGroup, free_port
-from stream.kafka_local import POM_DIR, KafkaCluster, kafka_classpath, kafka_version
+from stream.devtools.embedded import ServiceGroup, free_port
+from stream.devtools.kafka_local import POM_DIR, KafkaCluster, kafka_classpath, kafka_version
+from stream.kafka.topics import all_topic_names, changelog_topic_name, compacted_topic_names
 from stream.settings import Settings
-from stream.topics import all_topic_names, changelog_topic_name, compacted_topic_names
 
 from .conftest import KAFKA_TEST_CONFIG, Worker, require_kafka, wait_for
 
@@ -36,7 +36,7 @@ COMPOSE = Path(__file__).resolve().parents[2] / "docker-compose.yml"
 NOT_SETTINGS = {"KAFKA_VERSION", "KAFKA_HEAP_OPTS", "KAFKA_LOG4J_OPTS", "KAFKA_OPTS", "KAFKA_JMX_OPTS",
                 "KAFKA_JVM_PERFORMANCE_OPTS", "KAFKA_GC_LOG_OPTS", "KAFKA_LOG4J_ROOT_LOGLEVEL",
                 "KAFKA_LOG4J_LOGGERS", "KAFKA_TOOLS_LOG4J_LOGLEVEL"}
-#: where a node is and who it is: stream.kafka_local sets these itself (free loopback ports, a temporary dir)
+#: where a node is and who it is: stream.devtools.kafka_local sets these itself (free loopback ports, a temporary dir)
 PLACEMENT = {"node.id", "process.roles", "listeners", "advertised.listeners", "controller.listener.names",
              "listener.security.protocol.map", "inter.broker.listener.name", "controller.quorum.voters",
              "log.dirs"}
@@ -79,7 +79,7 @@ def test_compose_runs_the_pinned_kafka_with_the_tests_broker_settings() -> None:
     props = broker_properties(services["kafka"])
     assert property_name("KAFKA_MESSAGE_MAX_BYTES") == "message.max.bytes"  # the mapping, on a known pair
     assert {k: props.get(k) for k in KAFKA_TEST_CONFIG} == KAFKA_TEST_CONFIG  # compose and the tests agree
-    assert props["auto.create.topics.enable"] == "false"  # as stream.kafka_local: topics come from kafka-init
+    assert props["auto.create.topics.enable"] == "false"  # as stream.devtools.kafka_local: topics come from kafka-init
 
 
 def test_the_broker_takes_every_compose_setting(compose_kafka: ServiceGroup) -> None:

@@ -18,8 +18,8 @@ import pytest
 import redis
 from confluent_kafka.admin import AdminClient
 
-from stream.demo import DemoConfig, run_demo
-from stream.embedded import (
+from stream.devtools.demo import DemoConfig, run_demo
+from stream.devtools.embedded import (
     RedisServer,
     ServiceGroup,
     ServiceStartError,
@@ -28,7 +28,7 @@ from stream.embedded import (
     redis_binary,
     tansu_binary,
 )
-from stream.kafka_admin import (
+from stream.kafka.kafka_admin import (
     PartitionMismatchError,
     consume_all,
     ensure_topics,
@@ -191,7 +191,7 @@ def test_child_dies_with_its_parent(tmp_path: Path) -> None:
     script = textwrap.dedent(f"""
         import sys, time
         from pathlib import Path
-        from stream.embedded import RedisServer
+        from stream.devtools.embedded import RedisServer
         server = RedisServer(workdir=Path({str(tmp_path)!r})).start()
         print(server.pid, flush=True)
         time.sleep(120)

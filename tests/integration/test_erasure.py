@@ -43,7 +43,7 @@ def traces(ns: Namespace, needle: str) -> list[str]:
 
 def changelog(ns: Namespace, key: str) -> list[Any]:
     """Values of every changelog record of ``key``, oldest first (read to the end)."""
-    from stream.kafka_admin import consume_all
+    from stream.kafka.kafka_admin import consume_all
 
     records = consume_all(ns.services.bootstrap, f"{ns.settings.app_id}-customers-changelog", timeout=30)
     return [r["value"] for r in sorted(records, key=lambda r: r["offset"]) if r["key"] == key]

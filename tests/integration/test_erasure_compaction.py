@@ -4,7 +4,7 @@ and once ``delete.retention.ms`` has passed not even that. Tansu never compacts,
 
 Kafka compacts only closed segments, and rolls a partition's active segment only when a record is appended
 after ``segment.ms``: the test keeps a customer of the erased one's partition busy so that the tombstone's
-segment closes and the cleaner (every second, stream.kafka_local) gets to it, as any busy partition would.
+segment closes and the cleaner (every second, stream.devtools.kafka_local) gets to it, as any busy partition would.
 """
 
 from __future__ import annotations
@@ -19,9 +19,9 @@ from typing import Any
 import pytest
 from confluent_kafka.admin import AdminClient, AlterConfigOpType, ConfigEntry, ConfigResource
 
-from stream.kafka_admin import TopicConfigError, consume_all, expected_partition, partition_count
-from stream.kafka_local import KafkaCluster
-from stream.topics import changelog_topic_name, ensure_all_topics
+from stream.devtools.kafka_local import KafkaCluster
+from stream.kafka.kafka_admin import TopicConfigError, consume_all, expected_partition, partition_count
+from stream.kafka.topics import changelog_topic_name, ensure_all_topics
 
 from .conftest import PARTITIONS, Namespace, Worker, require_kafka, wait_for
 
@@ -103,7 +103,7 @@ def test_erased_customer_leaves_the_compacted_changelog(kafka_namespace: Namespa
     admin = AdminClient({"bootstrap.servers": ns.services.bootstrap})
     worker: Worker = ns.worker(commit_interval=0.5)
     wait_for(lambda: partition_count(ns.services.bootstrap, topic) == PARTITIONS, 60, "the worker's changelog")
-    # Faust created the changelog (stream/topics.py does not) and made it compacted
+    # Faust created the changelog (stream/kafka/topics.py does not) and made it compacted
     assert topic_configs(admin, topic)["cleanup.policy"] == "compact"
 
     # several state records of the customer, in several commits (nothing compacted yet: one 7-day segment)

@@ -1,4 +1,5 @@
-"""The Maven-started Apache Kafka of stream/kafka_local.py: a node keeps its log across a SIGKILL and a restart."""
+"""The Maven-started Apache Kafka of stream/devtools/kafka_local.py: a node keeps its log across a SIGKILL and a
+restart."""
 
 from __future__ import annotations
 
@@ -6,8 +7,8 @@ import uuid
 
 import pytest
 
-from stream.kafka_admin import consume_all, ensure_topics, make_producer
-from stream.kafka_local import KafkaCluster, kafka_unavailable, kafka_version
+from stream.devtools.kafka_local import KafkaCluster, kafka_unavailable, kafka_version
+from stream.kafka.kafka_admin import consume_all, ensure_topics, make_producer
 
 from .conftest import require_kafka
 

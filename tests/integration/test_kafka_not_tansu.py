@@ -32,10 +32,10 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.structs import TopicPartition
 from faust.transport.consumer import Consumer
 
-from stream.embedded import ServiceGroup
+from stream.devtools.embedded import ServiceGroup
+from stream.devtools.kafka_local import KafkaCluster
 from stream.faust import guards, tansu
-from stream.kafka_admin import ensure_topics
-from stream.kafka_local import KafkaCluster
+from stream.kafka.kafka_admin import ensure_topics
 from tests.unit.fakes import FakeFaustConsumer
 
 from .conftest import Namespace, Worker, wait_for

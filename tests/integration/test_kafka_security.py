@@ -1,6 +1,6 @@
 """Kafka security end to end: real Apache Kafka with a SASL_SSL listener (SCRAM-SHA-512, TLS).
 
-The module starts its own node (stream.kafka_local) and Redis, with a test CA and a broker certificate for
+The module starts its own node (stream.devtools.kafka_local) and Redis, with a test CA and a broker certificate for
 127.0.0.1/localhost made here by ``openssl``. Everything the tagger does goes through the SASL_SSL listener,
 configured by the ``TAGGER_KAFKA_*`` settings alone: a worker creates its topics, consumes orders that
 ``tagger replay`` produced, publishes a tag change that ``tagger tail`` prints and that its webhook sink
@@ -8,7 +8,7 @@ delivers, and answers ``tagger reevaluate``; neither the worker nor ``tail`` hol
 port of the node than the SASL_SSL listener's. A wrong password and a CA that
 did not sign the broker's certificate each end the worker, ``tagger replay`` and ``tagger tail`` with exit
 status 1 and a message naming the cause within seconds (the start-up preflight,
-stream.kafka_admin.check_connection), not a hang.
+stream.kafka.kafka_admin.check_connection), not a hang.
 """
 
 from __future__ import annotations
@@ -29,9 +29,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.embedded import ServiceGroup, free_port, spawn, terminate
-from stream.kafka_admin import consume_all
-from stream.kafka_local import KafkaCluster, Listener, kafka_unavailable
+from stream.devtools.embedded import ServiceGroup, free_port, spawn, terminate
+from stream.devtools.kafka_local import KafkaCluster, Listener, kafka_unavailable
+from stream.kafka.kafka_admin import consume_all
 from stream.security import librdkafka_config
 from stream.settings import Settings
 

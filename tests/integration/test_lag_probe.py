@@ -1,4 +1,4 @@
-"""The side reader of the workers' group (stream.lag.PartitionProbe) against the real broker."""
+"""The side reader of the workers' group (stream.kafka.lag.PartitionProbe) against the real broker."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import uuid
 from aiokafka import AIOKafkaConsumer
 from aiokafka.structs import OffsetAndMetadata, TopicPartition
 
-from stream.embedded import ServiceGroup
-from stream.kafka_admin import ensure_topics, make_producer
-from stream.lag import PartitionProbe
+from stream.devtools.embedded import ServiceGroup
+from stream.kafka.kafka_admin import ensure_topics, make_producer
+from stream.kafka.lag import PartitionProbe
 
 
 async def test_where_the_group_resumes_is_its_committed_offset_else_the_partitions_start(

@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.kafka_admin import consume_all
+from stream.kafka.kafka_admin import consume_all
 from tests.fault.sequences import check_sequences
 
 from .conftest import Namespace, wait_for

@@ -20,11 +20,11 @@ import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.evaluate import facts_schema
+from agents.engine.evaluate import facts_schema
 from rules import default_rules_dir, load_ruleset
-from stream.embedded import RedisServer, free_port, spawn, terminate
-from stream.kafka_admin import consume_all, expected_partition, make_producer
-from stream.state import CustomerState
+from stream.devtools.embedded import RedisServer, free_port, spawn, terminate
+from stream.domain.state import CustomerState
+from stream.kafka.kafka_admin import consume_all, expected_partition, make_producer
 from tests.deploy_checks import (
     PROMETHEUS_DIR,
     PROMETHEUS_OWN,

@@ -12,8 +12,8 @@ import pytest
 import redis
 import redis.asyncio as aioredis
 
-from stream.embedded import RedisServer
-from stream.redis_view import RedisView
+from stream.devtools.embedded import RedisServer
+from stream.view.redis_view import RedisView
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import lifetimes
 import orjson
 import pytest
 
-from stream.kafka_admin import consume_all
+from stream.kafka.kafka_admin import consume_all
 
 from .conftest import Namespace, wait_for
 

@@ -20,7 +20,7 @@ import orjson
 import pytest
 import rocksdict
 
-from stream.kafka_admin import consume_all
+from stream.kafka.kafka_admin import consume_all
 
 from .conftest import Namespace, Worker, wait_for
 from .test_pipeline import _expected, _history, login

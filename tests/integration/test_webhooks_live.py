@@ -22,8 +22,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.kafka_admin import consume_all
-from stream.webhooks import verify
+from stream.kafka.kafka_admin import consume_all
+from stream.webhook_delivery import verify
 
 from .conftest import Namespace, wait_for
 

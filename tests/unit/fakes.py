@@ -6,13 +6,13 @@ from collections import defaultdict
 from collections.abc import Callable, Collection
 from typing import Any
 
-from agents.evaluate import Evaluator, facts_schema
-from agents.runtime import Runtime
+from agents.engine.evaluate import Evaluator, facts_schema
+from agents.engine.runtime import Runtime
 from rules import default_rules_dir, load_ruleset
-from stream.clock import Clock
-from stream.redis_view import ViewDocument
+from stream.domain.clock import Clock
+from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.state import CustomerState
+from stream.view.redis_view import ViewDocument
 
 SENDERS = ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")
 

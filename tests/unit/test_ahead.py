@@ -7,9 +7,9 @@ from typing import Any
 
 import orjson
 
-from agents.runtime import Message, Runtime
+from agents.engine.runtime import Message, Runtime
+from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.state import CustomerState
 
 from .fakes import make_runtime
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.auth import (
+from stream.access.auth import (
     ACTION_ROLES,
     MIN_TOKEN_CHARS,
     ROLES,
@@ -112,7 +112,7 @@ def test_no_tokens_configured_means_401_not_open() -> None:
 def test_token_new_prints_the_token_once_and_an_entry_with_only_its_hash() -> None:
     from click.testing import CliRunner
 
-    from agents.cli import main
+    from agents.cli.main import main
 
     result = CliRunner().invoke(main, ["token", "new", "--name", "jane", "--role", "sales", "--team", "support"])
     assert result.exit_code == 0, result.output

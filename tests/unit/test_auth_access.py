@@ -7,13 +7,13 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.evaluate import Cutoffs, Evaluator, facts_schema
+from agents.engine.evaluate import Cutoffs, Evaluator, facts_schema
 from rules import default_rules_dir, load_ruleset
-from stream.access import MONETARY_AGGREGATES, can_see_tag, filter_customer, mask_money
-from stream.auth import Principal
-from stream.events import parse_event
-from stream.manual import apply_command
-from stream.state import CustomerState
+from stream.access.auth import Principal
+from stream.access.visibility import MONETARY_AGGREGATES, can_see_tag, filter_customer, mask_money
+from stream.domain.events import parse_event
+from stream.domain.manual import apply_command
+from stream.domain.state import CustomerState
 
 RULES = {"big_spender": ("public", "revenue"), "inactive_30d": ("team", "retention"),
          "has_open_complaint": ("restricted", "support")}

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.audit import AuditLog, audit_record
-from stream.auth import Principal
+from stream.access.audit import AuditLog, audit_record
+from stream.access.auth import Principal
 
 SAM = Principal("sam", "sales", frozenset({"support"}))
 

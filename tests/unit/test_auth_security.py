@@ -91,11 +91,11 @@ def test_printed_settings_mask_every_secret() -> None:
 
 
 def test_kafka_admin_messages_name_only_the_servers() -> None:
-    from stream.kafka_admin import KafkaAdminError, client_config, servers
+    from stream.kafka.kafka_admin import KafkaAdminError, client_config, servers
 
     conf = {"bootstrap.servers": "127.0.0.1:1", "sasl.password": SECRET}
     assert servers(conf) == "127.0.0.1:1" and client_config(conf) == conf
-    from stream.kafka_admin import partition_count
+    from stream.kafka.kafka_admin import partition_count
 
     with pytest.raises(KafkaAdminError) as err:
         partition_count({"bootstrap.servers": "127.0.0.1:1", "security.protocol": "sasl_plaintext",

@@ -8,11 +8,11 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.runtime import Message, Runtime
-from stream.events import MAX_BATCH_EVENTS, Batch, parse_message
+from agents.engine.runtime import Message, Runtime
+from stream.domain.events import MAX_BATCH_EVENTS, Batch, parse_message
+from stream.domain.state import CustomerState
 from stream.exceptions import InvalidEvent
 from stream.settings import Settings
-from stream.state import CustomerState
 
 from .fakes import FakeSender, make_runtime
 

@@ -8,8 +8,8 @@ import click
 import orjson
 import pytest
 
-from agents.bench import parse_rates, render_table, sweep_cost
-from agents.bench_latency import (
+from agents.bench.harness import parse_rates, render_table, sweep_cost
+from agents.bench.latency import (
     latencies,
     latency_buckets,
     merge_buckets,
@@ -18,8 +18,8 @@ from agents.bench_latency import (
     quantile,
     trigger_event_id,
 )
-from agents.bench_workers import backlog, finished_events
-from stream.demo import DemoConfig
+from agents.bench.workers import backlog, finished_events
+from stream.devtools.demo import DemoConfig
 
 
 def test_sweep_cost_runs_incremental_sweeps_through_the_runtime() -> None:
@@ -33,7 +33,7 @@ def test_sweep_cost_runs_incremental_sweeps_through_the_runtime() -> None:
 def test_console_renders_changes_and_alerts() -> None:
     import click
 
-    from agents.console import render_alert, render_change, wanted
+    from agents.cli.console import render_alert, render_change, wanted
 
     change = {"customer_id": "c1", "tier": "A", "previous_tier": "B", "score": 81.2, "added": ["big_spender"],
               "removed": [], "reasons": {"big_spender": "spend_365d=12840.00 >= 10000"},
@@ -54,8 +54,8 @@ def test_rates_parse_to_sorted_fractions_and_reject_nonsense() -> None:
 
 
 def test_priority_events_are_big_orders_and_complaints_of_new_customers() -> None:
-    from stream.events import parse_event
-    from stream.priority import priority_of
+    from stream.domain.events import parse_event
+    from stream.domain.priority import priority_of
 
     kinds = []
     for n in range(2):
@@ -117,7 +117,7 @@ def test_table_puts_each_rate_on_its_own_row() -> None:
 
 
 def test_plot_is_a_png_even_with_unmeasured_points(tmp_path: Path) -> None:
-    from agents.bench import plot_latency
+    from agents.bench.harness import plot_latency
 
     rows = [{"fraction": f, "offered_events_per_s": 1000 * f, "events": 10, "p50_s": 0.02 * f, "p95_s": 0.05,
              "p99_s": 0.08 if f < 0.8 else None} for f in (0.25, 0.5, 0.8)]
@@ -128,13 +128,13 @@ def test_plot_is_a_png_even_with_unmeasured_points(tmp_path: Path) -> None:
 
 
 def test_quix_peer_windows_match_the_tagger_state_on_demo_events() -> None:
-    """The Quix peer's spend/order windows (agents/bench_quix.py) equal stream.state's on the same events."""
+    """The Quix peer's spend/order windows (agents/bench/quix.py) equal stream.domain.state's on the same events."""
     import time
 
-    from agents.bench_quix import apply_orders
-    from stream.demo import DemoGenerator
-    from stream.events import parse_event
-    from stream.state import CustomerState
+    from agents.bench.quix import apply_orders
+    from stream.devtools.demo import DemoGenerator
+    from stream.domain.events import parse_event
+    from stream.domain.state import CustomerState
 
     now = int(time.time() * 1000)
     config = DemoConfig(customers=40, rate=0, start_ms=now - 3000 * 3_600_000, time_step_ms=3_600_000)
@@ -159,7 +159,7 @@ def test_quix_peer_windows_match_the_tagger_state_on_demo_events() -> None:
 
 
 def test_quix_peer_big_spender_has_the_rule_hysteresis_and_nets_refunds() -> None:
-    from agents.bench_quix import DAY_MS, apply_orders
+    from agents.bench.quix import DAY_MS, apply_orders
 
     now = 400 * DAY_MS
 

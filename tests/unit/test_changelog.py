@@ -9,10 +9,10 @@ from typing import Any
 import orjson
 import pytest
 
+from stream.domain.state import CustomerState
 from stream.faust.app import CustomerTable, create_app, customers_table
-from stream.kafka_admin import expected_partition
+from stream.kafka.kafka_admin import expected_partition
 from stream.settings import Settings
-from stream.state import CustomerState
 
 TOPIC = "customers-changelog"
 

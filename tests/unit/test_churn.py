@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from agents.churn_cli import churn_group
-from agents.evaluate import facts_schema
+from agents.cli.churn_cli import churn_group
+from agents.engine.evaluate import facts_schema
 from rules import (
     BGNBDParams,
     ChurnPolicy,
@@ -232,7 +232,7 @@ def test_report_cli(tmp_path: Path) -> None:
 
 def test_an_open_escalated_ticket_raises_the_level_at_once() -> None:
     from rules.churn import ChurnPolicy, assess_churn
-    from stream.state import CustomerState
+    from stream.domain.state import CustomerState
 
     facts = CustomerState().aggregates(0)
     facts.update(escalations_90d=1, open_tickets=1, open_complaints=1)

@@ -7,7 +7,7 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
+from agents.cli.main import main
 
 
 def test_cdnow_holdout_report() -> None:

@@ -10,10 +10,10 @@ from typing import Any
 
 import orjson
 
-from agents.runtime import Message, Runtime
-from stream.due import due_after_restore
+from agents.engine.runtime import Message, Runtime
+from stream.domain.due import due_after_restore
+from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.state import CustomerState
 
 from .fakes import FakeSender, make_runtime
 
@@ -234,7 +234,7 @@ async def test_each_deferred_evaluation_runs_within_its_customers_latest_message
 async def test_waiting_evaluations_run_a_slice_per_message_and_the_rest_from_the_timer() -> None:
     """At the end of a backlog thousands of evaluations were due at once, and ran in one message's
     handling: 0.1-0.9 s in which no other message, not even a big order, was read."""
-    from agents.pipeline.coalesce import DEFERRED_SLICE
+    from agents.engine.pipeline.coalesce import DEFERRED_SLICE
 
     rt, table, _ = runtime()
     customers = 2 * DEFERRED_SLICE + 10

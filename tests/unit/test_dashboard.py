@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from stream.auth import Principal
-from stream.dashboard import feed_item, spend_series, tier_counts
-from stream.events import AMOUNT_SCALE, parse_ts
+from stream.access.auth import Principal
+from stream.domain.events import AMOUNT_SCALE, parse_ts
+from stream.view.dashboard_feed import feed_item, spend_series, tier_counts
 
 RULES = {"big_spender": ("public", "revenue"), "margin_watch": ("restricted", "finance_team"),
          "frequent_buyer": ("team", "revenue")}

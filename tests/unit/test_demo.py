@@ -10,7 +10,7 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.demo import DEFAULT_TOPICS, DemoConfig, DemoGenerator, _Pacer
+from stream.devtools.demo import DEFAULT_TOPICS, DemoConfig, DemoGenerator, _Pacer
 
 START = 1_700_000_000_000
 STEP = 60_000
@@ -111,7 +111,7 @@ def test_both_timestamp_forms_and_event_time_advances_per_step(events: list[Deco
 
 
 def test_parse_event_accepts_everything(events: list[Decoded]) -> None:
-    events_module = pytest.importorskip("stream.events")
+    events_module = pytest.importorskip("stream.domain.events")
     config = DemoConfig(start_ms=START, time_step_ms=STEP)
     for topic, _, raw in DemoGenerator(config).take(5000):
         parsed = events_module.parse_event(

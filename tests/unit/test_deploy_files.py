@@ -18,8 +18,8 @@ from typing import Any
 import pytest
 import yaml
 
+from stream.kafka.topics import all_topic_names
 from stream.settings import Settings
-from stream.topics import all_topic_names
 from tests.deploy_checks import (
     DOCKERFILE,
     K8S_DIR,

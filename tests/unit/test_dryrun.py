@@ -10,13 +10,13 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.evaluate import Cutoffs, Evaluator, facts_schema
-from agents.rules_cli import view_facts
+from agents.cli.rules_cli import view_facts
+from agents.engine.evaluate import Cutoffs, Evaluator, facts_schema
 from rules import Ruleset, default_rules_dir, load_ruleset
 from rules.dryrun import Customer, dry_run, render_text
 from rules.testing import neutral_facts
-from stream.events import parse_event
-from stream.state import AGGREGATE_FIELDS, CustomerState
+from stream.domain.events import parse_event
+from stream.domain.state import AGGREGATE_FIELDS, CustomerState
 
 DAY = 86_400_000
 T0 = 1_767_225_600_000  # 2026-01-01T00:00:00Z

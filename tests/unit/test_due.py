@@ -8,13 +8,13 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.runtime import Runtime
-from stream.clock import Clock
-from stream.due import DueIndex, due_after_restore, next_due
-from stream.events import dedupe_key
-from stream.manual import apply_command
+from agents.engine.runtime import Runtime
+from stream.domain.clock import Clock
+from stream.domain.due import DueIndex, due_after_restore, next_due
+from stream.domain.events import dedupe_key
+from stream.domain.manual import apply_command
+from stream.domain.state import DAY_MS, CustomerState
 from stream.settings import Settings
-from stream.state import DAY_MS, CustomerState
 
 from .fakes import FakeSender, FakeView, make_runtime
 from .test_state import NOW, SOURCE, event_lists, login, order
@@ -131,8 +131,8 @@ async def test_sweeps_look_only_at_due_customers() -> None:
 
 
 def test_big_orders_and_complaints_are_priority() -> None:
-    from stream.events import TicketEvent
-    from stream.priority import priority_of
+    from stream.domain.events import TicketEvent
+    from stream.domain.priority import priority_of
 
     def before() -> tuple[float, int]:
         return 400.0, 4  # average order 100

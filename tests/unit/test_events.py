@@ -1,4 +1,4 @@
-"""Unit tests for stream.events: every valid form, every rejection reason, hostile input."""
+"""Unit tests for stream.domain.events: every valid form, every rejection reason, hostile input."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.events import (
+from stream.domain.events import (
     AMOUNT_SCALE,
     LOGIN,
     MAX_TS_MS,

@@ -16,9 +16,9 @@ import orjson
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from agents.runtime import Message
+from agents.engine.runtime import Message
+from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.state import CustomerState
 
 from ..hostile import dumps, hostile_message
 from .fakes import FakeView, make_runtime

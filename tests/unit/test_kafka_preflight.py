@@ -10,9 +10,9 @@ import pytest
 from click.testing import CliRunner
 from confluent_kafka import KafkaError, KafkaException
 
-from agents.cli import main
-from stream import kafka_admin
-from stream.kafka_admin import (
+from agents.cli.main import main
+from stream.kafka import kafka_admin
+from stream.kafka.kafka_admin import (
     KafkaAdminError,
     KafkaAuthenticationError,
     KafkaTLSError,

@@ -143,7 +143,6 @@ def test_no_new_duplicate_basename() -> None:
     assert set(duplicate_basenames()) <= {"dashboard", "evaluate", "replay", "webhooks"}
 
 
-@pytest.mark.xfail(strict=True, reason="enforced once the layout move (issue 28.3) drops this")  # layout-move: remove
 def test_every_basename_unique() -> None:
     assert duplicate_basenames() == {}
 

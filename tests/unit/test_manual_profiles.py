@@ -7,12 +7,12 @@ from typing import Any
 import orjson
 import pytest
 
-from agents.evaluate import Cutoffs, Evaluator, facts_schema
+from agents.engine.evaluate import Cutoffs, Evaluator, facts_schema
 from rules import default_rules_dir, load_ruleset
+from stream.domain.manual import adjusted_score, apply_command, expire, parse_command
+from stream.domain.profiles import parse_profile, profile_facts
+from stream.domain.state import CustomerState
 from stream.exceptions import InvalidEvent
-from stream.manual import adjusted_score, apply_command, expire, parse_command
-from stream.profiles import parse_profile, profile_facts
-from stream.state import CustomerState
 
 NOW = 1_767_225_600_000
 DAY = 86_400_000
@@ -143,7 +143,7 @@ def test_churn_alerts_only_on_level_transitions_including_recovery() -> None:
 
 
 def test_manual_tags_are_capped_per_customer() -> None:
-    from stream.manual import MAX_MANUAL_TAGS
+    from stream.domain.manual import MAX_MANUAL_TAGS
 
     manual = None
     for i in range(MAX_MANUAL_TAGS):

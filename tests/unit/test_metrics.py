@@ -9,15 +9,15 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agents.evaluate import Evaluator, facts_schema
+from agents.engine.evaluate import Evaluator, facts_schema
+from agents.engine.runtime import Message, Runtime
 from agents.observability import CountingSender, MetricsSensor
-from agents.runtime import Message, Runtime
 from rules import default_rules_dir, load_ruleset
-from stream.clock import Clock
-from stream.events import parse_event
+from stream.domain.clock import Clock
+from stream.domain.events import parse_event
 from stream.exceptions import InvalidEvent
 from stream.health import PARTITIONS, RECOVERY, REDIS, RedisHealth, readiness, recovery_remaining
-from stream.lag import StallWatch, next_offset, oldest_ages, partition_lag
+from stream.kafka.lag import StallWatch, next_offset, oldest_ages, partition_lag
 from stream.metrics import (
     DEAD_LETTER_REASONS,
     CustomerTally,

@@ -1,5 +1,5 @@
 """Output identity: per-customer sequences in the state, seq/change_id on every output, repeats dropped by
-the webhook sink and ``tagger tail`` (stream/sequence.py)."""
+the webhook sink and ``tagger tail`` (stream/domain/sequence.py)."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from agents.console import tail_line
-from agents.runtime import Message
+from agents.cli.console import tail_line
+from agents.engine.runtime import Message
 from agents.webhooks import fresh_records
+from stream.access.privacy import erase_change
+from stream.domain.sequence import RepeatFilter, change_id, stamp
+from stream.domain.state import CustomerState
 from stream.metrics import create_webhook_metrics
-from stream.privacy import erase_change
-from stream.sequence import RepeatFilter, change_id, stamp
 from stream.settings import Settings
-from stream.state import CustomerState
-from stream.webhooks import WebhookConfig, idempotency_key
+from stream.webhook_delivery import WebhookConfig, idempotency_key
 
 from .fakes import make_runtime
 

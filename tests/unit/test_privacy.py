@@ -11,8 +11,8 @@ import orjson
 import pytest
 
 import stream
+from stream.access.privacy import erase_change, parse_privacy_request
 from stream.exceptions import InvalidEvent
-from stream.privacy import erase_change, parse_privacy_request
 
 SCHEMA = json.loads((Path(stream.__file__).parent / "schemas" / "privacy-request.schema.json").read_text())
 GOOD = {"request_id": "dsr-1", "customer_id": "cust-00042", "ts": "2026-11-22T10:00:00Z", "type": "erase"}

@@ -7,14 +7,14 @@ from typing import Any
 
 import orjson
 
-from agents.evaluate import Evaluator, facts_schema
-from agents.runtime import Message, Runtime
+from agents.engine.evaluate import Evaluator, facts_schema
+from agents.engine.runtime import Message, Runtime
 from rules import default_rules_dir, load_ruleset
-from stream.audit import AuditLog
-from stream.clock import Clock
-from stream.kafka_admin import expected_partition
-from stream.redis_view import ViewDocument
+from stream.access.audit import AuditLog
+from stream.domain.clock import Clock
+from stream.kafka.kafka_admin import expected_partition
 from stream.settings import Settings
+from stream.view.redis_view import ViewDocument
 
 PARTITIONS = 4
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import orjson
 import pytest
 
-from agents.console import alert_wanted
-from agents.export import csv_row
-from agents.replay import Pacer, detect_format, read_rows
-from stream.replay import ColumnMap, MappingError, RowError, encode, load_mapping, to_event
+from agents.cli.console import alert_wanted
+from agents.cli.replay import Pacer, detect_format, read_rows
+from stream.domain.history import ColumnMap, MappingError, RowError, encode, load_mapping, to_event
+from stream.view.export import csv_row
 
 CDNOW = ColumnMap(kind="orders", columns={"amount": "dollar_value", "ts": "date"},
                   constants={"currency": "USD"}, ts_format="%Y%m%d", id_prefix="cdnow")

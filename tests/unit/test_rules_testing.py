@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from agents.cli import main
-from agents.evaluate import facts_schema
+from agents.cli.main import main
+from agents.engine.evaluate import facts_schema
 from rules import Ruleset, default_rules_dir, load_ruleset
 from rules.testing import CaseFileError, load_cases, neutral_facts, run_cases
 

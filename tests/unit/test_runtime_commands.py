@@ -7,9 +7,9 @@ from typing import Any
 import orjson
 import pytest
 
-from stream.clock import Clock
+from stream.domain.clock import Clock
+from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.state import CustomerState
 
 from .fakes import FakeView, make_runtime
 
@@ -37,9 +37,9 @@ async def test_a_redis_connection_error_at_the_end_is_tried_again_and_the_ack_no
     """A Redis just restarted leaves a dead pooled connection: the last step of a command must not lose its ack."""
     from redis.exceptions import ConnectionError as RedisConnectionError
 
-    import agents.pipeline.commands
+    import agents.engine.pipeline.commands
 
-    monkeypatch.setattr(agents.pipeline.commands, "REDIS_RETRY_DELAYS", (0.0, 0.0))
+    monkeypatch.setattr(agents.engine.pipeline.commands, "REDIS_RETRY_DELAYS", (0.0, 0.0))
     view = FakeView()
     runtime, _ = make_runtime(Settings(partitions=1), {"c1": CustomerState()}, Clock("wall"), view)  # type: ignore[call-arg]
     flush, failures = view.flush, [RedisConnectionError("Connection closed by server."), None]

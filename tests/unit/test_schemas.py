@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 import stream
-from stream.events import LOGIN, ORDER, TICKET, parse_event
+from stream.domain.events import LOGIN, ORDER, TICKET, parse_event
 from stream.exceptions import InvalidEvent
 
 SCHEMAS = Path(stream.__file__).parent / "schemas"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from stream.sequence import change_id
+from stream.domain.sequence import change_id
 from tests.fault.sequences import check_sequences
 
 

@@ -1,4 +1,4 @@
-"""Unit tests for stream.state: windows, netting, ordering, dedupe, tickets, pruning, size."""
+"""Unit tests for stream.domain.state: windows, netting, ordering, dedupe, tickets, pruning, size."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stream.events import (
+from stream.domain.events import (
     AMOUNT_SCALE,
     Event,
     LoginEvent,
@@ -19,8 +19,8 @@ from stream.events import (
     TicketEvent,
     dedupe_key,
 )
+from stream.domain.state import AGGREGATE_FIELDS, DAY_MS, CustomerState, id_digest
 from stream.exceptions import StateDecodeError
-from stream.state import AGGREGATE_FIELDS, DAY_MS, CustomerState, id_digest
 
 TODAY = 20_414  # 2025-11-22 (UTC day number)
 NOW = TODAY * DAY_MS + 12 * 3_600_000  # noon
@@ -459,7 +459,7 @@ def test_matches_naive_with_shuffling_duplicates_and_pruning(
             s.prune(NOW - rng.randint(0, 500) * DAY_MS)
         if rng.random() < 0.2:
             s.aggregates(rng.choice([NOW, NOW - rng.randint(0, 400) * DAY_MS]))
-        if rng.random() < 0.1:  # the priority test's read (stream.priority) keeps the same sums
+        if rng.random() < 0.1:  # the priority test's read (stream.domain.priority) keeps the same sums
             s.spend_orders_365d(rng.choice([NOW, NOW - rng.randint(0, 400) * DAY_MS]))
     assert applied == len(events)
     for now in (NOW, NOW + 1, NOW + 5 * DAY_MS, NOW + 200 * DAY_MS, NOW + 400 * DAY_MS):

@@ -15,6 +15,8 @@ from rules import RuleErrors, RuleEvaluationError, RulesError, assign_tier, eval
 from rules.model import Rule, Ruleset, ScoreWeights, TierPolicy
 from stream.exceptions import TaggerError
 
+from .test_layout import cycles, imports, project_modules
+
 ROOT = Path(__file__).resolve().parents[2]
 PACKAGES = {"stream": TaggerError, "rules": RulesError}
 
@@ -49,34 +51,12 @@ def test_only_the_settings_read_the_environment() -> None:
     assert all(r.startswith("stream/settings.py:") for r in readers), readers
 
 
-def _agents_imports() -> dict[str, set[str]]:
-    names = {p.stem for p in (ROOT / "agents").glob("*.py")}
-    graph: dict[str, set[str]] = {}
-    for path in (ROOT / "agents").glob("*.py"):
-        deps = set()
-        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                deps |= {node.module.split(".")[0]} if node.module else {a.name for a in node.names}
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("agents."):
-                deps.add((node.module or "").split(".")[1])
-        graph[path.stem] = {d for d in deps if d in names and d != path.stem}
-    return graph
-
-
 def test_agents_modules_import_one_way() -> None:
-    graph = _agents_imports()
-    done: set[str] = set()
-
-    def visit(name: str, path: tuple[str, ...]) -> None:
-        assert name not in path, " -> ".join((*path, name))
-        if name not in done:
-            for dep in sorted(graph[name]):
-                visit(dep, (*path, name))
-            done.add(name)
-
-    for name in sorted(graph):
-        visit(name, ())
-    assert "cli" not in graph["bench"]
+    """Every import among agents/ modules (in functions too) goes one way; the bench never imports the CLI."""
+    edges = [(i.source, i.target) for i in imports(project_modules())
+             if i.source.startswith("agents.") and i.target.startswith("agents.")]
+    assert cycles(edges) == []
+    assert [e for e in edges if e[0].startswith("agents.bench") and e[1].startswith("agents.cli")] == []
 
 
 def _ruleset(when: str, c_when: str = "false") -> Ruleset:

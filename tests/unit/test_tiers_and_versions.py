@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from agents.evaluate import facts_schema
+from agents.engine.evaluate import facts_schema
 from rules import RulesetError, assign_tier, default_rules_dir, load_ruleset, tier_cutoffs
-from stream.state import CustomerState
+from stream.domain.state import CustomerState
 
 
 def facts(spend: float, orders_365d: int = 1) -> dict[str, object]:
@@ -67,7 +67,7 @@ def test_ruleset_name_and_content_version(tmp_path: Path) -> None:
 
 
 def test_score_dimensions_are_normalised_as_documented() -> None:
-    from agents.evaluate import Cutoffs, score_dimensions, spend_percentile
+    from agents.engine.evaluate import Cutoffs, score_dimensions, spend_percentile
 
     quantiles = tuple(float(q) for q in range(0, 101))  # spend at percentile k is k
     assert spend_percentile(0.0, quantiles) == 0.0

@@ -12,16 +12,16 @@ from typing import Any, NamedTuple
 import orjson
 import pytest
 
+from agents.engine.runtime import Message, Runtime
 from agents.pages import install_pages, stats_document
-from agents.runtime import Message, Runtime
 from agents.timers import CutoffRefresh, PartitionCommands, RulesReload, ViewFlush, rules_fingerprint
 from rules import default_rules_dir
-from stream.clock import Clock
+from stream.domain.clock import Clock
+from stream.domain.state import CustomerState
 from stream.faust.intake import BatchIntake
 from stream.faust.offsets import GapFiller
-from stream.redis_view import SpendRanks
 from stream.settings import Settings
-from stream.state import CustomerState
+from stream.view.redis_view import SpendRanks
 
 from .fakes import FakeSender, FakeView, make_runtime
 

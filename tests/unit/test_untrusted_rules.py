@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from agents.evaluate import facts_schema
+from agents.engine.evaluate import facts_schema
 from rules import RulesetError, load_ruleset
 from rules.check import MAX_MACRO_DEPTH, check_cost
 from rules.expr import compile_expr, macro_depth

@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream.webhooks import (
+from stream.webhook_delivery import (
     CircuitBreaker,
     Subscription,
     WebhookConfigError,

@@ -1,0 +1,1 @@
+"""Measurement: `tagger bench` (throughput, latency, yardsticks) and the churn-model simulation."""

@@ -1,0 +1,1 @@
+"""Development services: the embedded Tansu broker and Redis, local Apache Kafka, the demo event generator."""

@@ -1,0 +1,1 @@
+"""The Kafka edge outside Faust's own patches: topics, admin client, consumer lag, dead-letter records."""
