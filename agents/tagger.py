@@ -17,12 +17,13 @@ import faust
 
 from agents.engine.evaluate import Evaluator, facts_schema
 from agents.engine.runtime import Message, Runtime
-from rules import default_rules_dir, load_ruleset
+from rules import Ruleset, default_rules_dir, load_ruleset
+from stream.access.audit import AuditLog
 from stream.domain.clock import Clock
 from stream.faust.app import create_app, customers_table, within_event
 from stream.faust.intake import BatchIntake, unfetched
 from stream.faust.offsets import GapFiller
-from stream.kafka.topics import declare_topics
+from stream.kafka.topics import Topics, declare_topics
 from stream.metrics import Metrics, create_metrics
 from stream.security import aiokafka_options, redis_client
 from stream.settings import Settings
@@ -70,69 +71,18 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     app = create_app(settings)
     topics = declare_topics(app, settings)
     table = customers_table(app, settings)
-    client = redis_client(settings)  # AUTH and TLS from settings (stream.security)
-    senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
-               "commands": topics.commands, "churn_alerts": topics.churn_alerts}
-    worker_metrics, audit = create_metrics(), create_audit(settings, topics)  # shared: senders, API
-    gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
-    producing = {k: _ProducerSender(app, t.get_topic_name(), worker_metrics) for k, t in senders.items()}
-    runtime = Runtime(settings, table, Evaluator(ruleset), RedisView(client, settings.redis_prefix),
-                      Clock(settings.clock), counting_senders(producing, worker_metrics), gaps=gaps,
-                      message_context=faust.current_event, within=within_event, audit=audit,
-                      metrics=worker_metrics)
+    audit = create_audit(settings, topics)  # erasures (runtime) and API calls (api)
+    runtime, gaps = _runtime(app, settings, topics, table, ruleset, audit)
     log.info("ruleset %s loaded: %d rules", ruleset.version, len(ruleset.rules))
-
-    async def receive(message: Message, more: int, ahead: bool = False) -> None:
-        try:
-            await runtime.handle(message, more, ahead)
-        except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
-            log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
-            runtime.outcomes["dead_letter"] += 1
-            try:
-                await runtime.dead_letter(message, f"internal error: {exc!r}")
-            except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
-                log.exception("could not dead-letter %s[%s]@%s", message.topic, message.partition, message.offset)
-
-    async def receive_record(record: Any, more: int, ahead: bool) -> None:  # batch intake: aiokafka's ConsumerRecord
-        timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
-        await receive(Message(record.topic, record.partition, record.offset, record.key, record.value, timestamp),
-                      more, ahead)
-
-    def urgent(record: Any) -> bool:
-        return runtime.urgent(record.topic, record.value)
-
-    intake = BatchIntake(app, topics.source.topics, receive_record, urgent)
+    receiver = Receiver(runtime)
+    intake = BatchIntake(app, topics.source.topics, receiver.receive_record, receiver.urgent)
     if settings.intake == "batch":  # records reach receive_record straight from the fetch (stream.faust.intake)
         intake.install()
-
-    @app.agent(topics.source)  # subscribes the source topics; with the batch intake its stream stays empty
-    async def tagger(stream: faust.StreamT) -> None:
-        consumer = app.consumer
-        async for event in stream.events():
-            msg = event.message
-            # a backlog: messages fetched and waiting, plus those not fetched yet (as the intake's)
-            more = stream.channel.queue.qsize() + unfetched(consumer, topics.source.topics)  # type: ignore[attr-defined]
-            await receive(Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp), more)
-
+    _install_agent(app, topics, receiver)
     partitions = PartitionCommands(lambda: app.assignor.assigned_actives(), settings.commands_topic,
                                    topics.commands, runtime)
-
-    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
-    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
-        runtime.forget_offsets()
-        log.info("partitions assigned: %d active, %d standby",
-                 len(app.assignor.assigned_actives()), len(app.assignor.assigned_standbys()))
-        gaps.faust_consumer = app.consumer  # committed offsets: where each partition must resume
-        runtime.keep_partitions(partitions.owned())
-
     cutoffs = CutoffRefresh(runtime, partitions)
-
-    @table.on_recover
-    async def _recovered() -> None:
-        log.info("customers table recovered")
-        runtime.restore_clock()  # the stream clock is durable through the changelog
-        cutoffs.rebuild_soon()
-
+    _install_rebalance_hooks(app, table, runtime, gaps, partitions, cutoffs)
     app.timer(settings.redis_flush_interval)(ViewFlush(runtime, settings.clock == "stream").run)
     app.timer(settings.cutoff_refresh_interval)(cutoffs.run)
     app.timer(settings.sweep_interval)(partitions.sweep)  # not where the last sweep is still running
@@ -143,3 +93,75 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)
     return app, runtime
+
+
+def _runtime(app: faust.App, settings: Settings, topics: Topics, table: Any, ruleset: Ruleset,
+             audit: AuditLog) -> tuple[Runtime, GapFiller]:
+    """The agent's runtime, its senders straight to the app's producer, and the gap filler it reads with."""
+    senders = {"tag_changes": topics.tag_changes, "dead_letters": topics.dead_letters, "rekey": topics.rekey,
+               "commands": topics.commands, "churn_alerts": topics.churn_alerts}
+    metrics = create_metrics()  # shared by the senders and the runtime
+    producing = {k: _ProducerSender(app, t.get_topic_name(), metrics) for k, t in senders.items()}
+    gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
+    view = RedisView(redis_client(settings), settings.redis_prefix)  # AUTH and TLS from settings (stream.security)
+    runtime = Runtime(settings, table, Evaluator(ruleset), view, Clock(settings.clock),
+                      counting_senders(producing, metrics), gaps=gaps, message_context=faust.current_event,
+                      within=within_event, audit=audit, metrics=metrics)
+    return runtime, gaps
+
+
+class Receiver:
+    """Hands each record to the runtime; an error never leaves the intake or the agent's loop."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self.runtime = runtime
+
+    async def receive(self, message: Message, more: int, ahead: bool = False) -> None:
+        runtime = self.runtime
+        try:
+            await runtime.handle(message, more, ahead)
+        except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
+            log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
+            runtime.outcomes["dead_letter"] += 1
+            try:
+                await runtime.dead_letter(message, f"internal error: {exc!r}")
+            except Exception:  # noqa: BLE001 - the producer itself failed; logged, loop goes on
+                log.exception("could not dead-letter %s[%s]@%s", message.topic, message.partition, message.offset)
+
+    async def receive_record(self, record: Any, more: int, ahead: bool) -> None:
+        """From the batch intake: aiokafka's ConsumerRecord."""
+        timestamp = None if record.timestamp is None or record.timestamp < 0 else record.timestamp / 1000
+        await self.receive(Message(record.topic, record.partition, record.offset, record.key, record.value,
+                                   timestamp), more, ahead)
+
+    def urgent(self, record: Any) -> bool:
+        return self.runtime.urgent(record.topic, record.value)
+
+
+def _install_agent(app: faust.App, topics: Topics, receiver: Receiver) -> None:
+    @app.agent(topics.source)  # subscribes the source topics; with the batch intake its stream stays empty
+    async def tagger(stream: faust.StreamT) -> None:
+        consumer = app.consumer
+        async for event in stream.events():
+            msg = event.message
+            # a backlog: messages fetched and waiting, plus those not fetched yet (as the intake's)
+            more = stream.channel.queue.qsize() + unfetched(consumer, topics.source.topics)  # type: ignore[attr-defined]
+            await receiver.receive(Message(msg.topic, msg.partition, msg.offset, msg.key, msg.value, msg.timestamp),
+                                   more)
+
+
+def _install_rebalance_hooks(app: faust.App, table: Any, runtime: Runtime, gaps: GapFiller,
+                             partitions: PartitionCommands, cutoffs: CutoffRefresh) -> None:
+    @app.on_partitions_assigned.connect  # type: ignore[arg-type]
+    async def _assigned(sender: Any, *args: Any, **kwargs: Any) -> None:
+        runtime.forget_offsets()
+        log.info("partitions assigned: %d active, %d standby",
+                 len(app.assignor.assigned_actives()), len(app.assignor.assigned_standbys()))
+        gaps.faust_consumer = app.consumer  # committed offsets: where each partition must resume
+        runtime.keep_partitions(partitions.owned())
+
+    @table.on_recover
+    async def _recovered() -> None:
+        log.info("customers table recovered")
+        runtime.restore_clock()  # the stream clock is durable through the changelog
+        cutoffs.rebuild_soon()
