@@ -17,6 +17,7 @@ import subprocess
 import sys
 from collections import Counter, defaultdict
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 PACKAGES = ("stream", "agents", "rules")
@@ -50,29 +51,42 @@ def definitions(tree: ast.AST, prefix: str) -> Iterator[tuple[str, ast.stmt]]:
             yield from definitions(node, prefix)
 
 
-def top_level_imports(tree: ast.AST) -> Iterator[ast.Import | ast.ImportFrom]:
-    for node in ast.iter_child_nodes(tree):
-        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda):
-            continue
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            continue
-        if isinstance(node, ast.Import | ast.ImportFrom):
-            yield node
-        yield from top_level_imports(node)
+@dataclass(frozen=True)
+class Imp:
+    source: str
+    target: str
+    top_level: bool  # at module level (not in a function, not under `if TYPE_CHECKING:`)
 
 
-def edges(found: dict[str, Path], trees: dict[str, ast.Module]) -> list[tuple[str, str]]:
+def _is_type_checking(node: ast.If) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _walk(node: ast.AST, top_level: bool) -> Iterator[tuple[ast.Import | ast.ImportFrom, bool]]:
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Import | ast.ImportFrom):
+            yield child, top_level
+        nested = top_level and not isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+        if isinstance(child, ast.If) and _is_type_checking(child):
+            nested = False
+        yield from _walk(child, nested)
+
+
+def imports(found: dict[str, Path]) -> list[Imp]:
+    """Every import of a project module by a project module, resolved to the module it loads."""
     out = []
-    for name, tree in trees.items():
-        package = name if found[name].name == "__init__.py" else name.rpartition(".")[0]
-        for node in top_level_imports(tree):
+    for name, path in found.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node, top_level in _walk(ast.parse(path.read_text()), True):
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
             else:
                 base = package.split(".")[: len(package.split(".")) - node.level + 1] if node.level else []
                 module = ".".join(base + ([node.module] if node.module else []))
                 targets = [f"{module}.{a.name}" if f"{module}.{a.name}" in found else module for a in node.names]
-            out += [(name, t) for t in targets if t in found and t != name]
+            out += [Imp(name, t, top_level) for t in dict.fromkeys(targets) if t in found and t != name]
     return out
 
 
@@ -136,7 +150,7 @@ def main() -> None:
     long_functions = [(qual, n) for qual, n in functions if n > LONG_FUNCTION]
     biggest_module = max(lines.items(), key=lambda item: item[1])
     biggest_class = max(classes, key=lambda item: item[1])
-    cycles = components(edges(found, trees))
+    cycles = components([(i.source, i.target) for i in imports(found) if i.top_level])
     per_folder = Counter(str(path.relative_to(repo).parent) for path in found.values())
 
     rows = [
