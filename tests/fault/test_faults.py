@@ -199,21 +199,35 @@ def settle_and_compare(ns: Namespace, stream: Stream, want: dict[str, dict[str, 
 
 
 def keep_evidence(ns: Namespace, bad: list[str], report: dict[str, Any], most: int = 5) -> None:
-    """Every changelog record and input message of the first mismatched customers, to ``evidence.json`` in the
-    test's directory (kept: CI runs with ``--basetemp``): which state the recovery kept, and which it passed over."""
+    """Every changelog record and input message of the first mismatched customers: which state the recovery
+    kept and which message it lacks. Printed in short (a CI run keeps only its log, which shows a failed
+    test's output) and in full to ``evidence.json`` in the test's directory. Never raises: the mismatches
+    are the failure to report."""
     cids = list(dict.fromkeys(line.split(".")[0].split(":")[0] for line in bad))[:most]
     evidence: dict[str, Any] = {cid: {"changelog": [], "inputs": []} for cid in cids}
-    for record in consume_all(ns.services.bootstrap, changelog_topic_name(ns.settings), timeout=120):
-        if record["key"] in evidence:
-            evidence[record["key"]]["changelog"].append(record)
-    for kind in ("order", "login", "ticket"):
-        for record in consume_all(ns.services.bootstrap, ns.topic(kind), timeout=120):
+    try:
+        for record in consume_all(ns.services.bootstrap, changelog_topic_name(ns.settings), timeout=120):
             if record["key"] in evidence:
-                evidence[record["key"]]["inputs"].append({**record, "topic": kind})
+                evidence[record["key"]]["changelog"].append(record)
+        for kind in ("order", "login", "ticket"):
+            for record in consume_all(ns.services.bootstrap, ns.topic(kind), timeout=120):
+                if record["key"] in evidence:
+                    evidence[record["key"]]["inputs"].append({**record, "topic": kind})
+    except Exception as exc:  # noqa: BLE001 - evidence is a help; the mismatches still fail the test
+        print(f"\nEVIDENCE incomplete: {exc!r}")
     path = ns.tmp / "evidence.json"
     path.write_bytes(orjson.dumps(evidence, default=str, option=orjson.OPT_INDENT_2))
     report["evidence"] = str(path)
-    print(f"\nEVIDENCE of {', '.join(cids)}: {path}")
+    print(f"\nEVIDENCE of {', '.join(cids)} (all of it in {path}):")
+    for cid, found in evidence.items():
+        for r in found["changelog"]:
+            doc = r["value"] if isinstance(r["value"], dict) else {}
+            state = "tombstone" if r["value"] is None else f"g={doc.get('g')} o={doc.get('o')} t={doc.get('t')}"
+            print(f"  {cid} changelog[{r['partition']}]@{r['offset']} {state}")
+        for r in found["inputs"]:
+            event = r["value"] if isinstance(r["value"], dict) else {}
+            print(f"  {cid} {r['topic']}[{r['partition']}]@{r['offset']} {event.get('event_id')} ts={event.get('ts')} "
+                  f"{event.get('action') or event.get('status') or ''} {event.get('ticket_id') or ''}")
 
 
 def check_sequences(ns: Namespace, report: dict[str, Any]) -> None:
