@@ -22,7 +22,7 @@ from stream.access.audit import AuditLog
 from stream.domain.clock import Clock
 from stream.faust.app import create_app, customers_table, within_event
 from stream.faust.intake import BatchIntake, unfetched
-from stream.faust.offsets import GapFiller
+from stream.faust.offsets import GapFiller, GapUnfilled
 from stream.kafka.topics import Topics, declare_topics
 from stream.metrics import Metrics, create_metrics
 from stream.security import aiokafka_options, redis_client
@@ -102,7 +102,7 @@ def _runtime(app: faust.App, settings: Settings, topics: Topics, table: Any, rul
                "commands": topics.commands, "churn_alerts": topics.churn_alerts}
     metrics = create_metrics()  # shared by the senders and the runtime
     producing = {k: _ProducerSender(app, t.get_topic_name(), metrics) for k, t in senders.items()}
-    gaps = GapFiller(settings.kafka_bootstrap_servers, options=aiokafka_options(settings))
+    gaps = GapFiller(settings.kafka_bootstrap_servers, group_id=settings.app_id, options=aiokafka_options(settings))
     view = RedisView(redis_client(settings), settings.redis_prefix)  # AUTH and TLS from settings (stream.security)
     runtime = Runtime(settings, table, Evaluator(ruleset), view, Clock(settings.clock),
                       counting_senders(producing, metrics), gaps=gaps, message_context=faust.current_event,
@@ -120,6 +120,8 @@ class Receiver:
         runtime = self.runtime
         try:
             await runtime.handle(message, more, ahead)
+        except GapUnfilled as exc:  # not acknowledged (its generation passed): read again where it went
+            log.warning("%s[%s]@%s not processed: %s", message.topic, message.partition, message.offset, exc)
         except Exception as exc:  # noqa: BLE001 - never leave the loop: dead-letter instead
             log.exception("failed on %s[%s]@%s", message.topic, message.partition, message.offset)
             runtime.outcomes["dead_letter"] += 1

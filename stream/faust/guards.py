@@ -29,6 +29,10 @@ Tansu-only workarounds are in :mod:`stream.faust.tansu` (switched on only by
    ``min(acked) > committed``; the agent fills such holes itself
    (:class:`stream.faust.offsets.GapFiller`: it reads them from the committed
    offset on) and marks them done with :meth:`~stream.faust.offsets.GapFiller.mark_done`.
+   Both need the committed offset, which Faust forgets at a revocation and learns
+   again only after it has resumed the newly assigned partitions: the first
+   records of an assignment were handled without it, and neither check held.
+   :meth:`~stream.faust.offsets.GapFiller.start_of` asks the broker then.
    Faust bug (any broker): tests/unit/test_faust_bugs.py::test_guard3_*, and on
    Kafka tests/integration/test_kafka_not_tansu.py::
    test_fausts_head_check_commits_past_an_unprocessed_first_offset.

@@ -19,16 +19,22 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterator
-from typing import Any, Protocol
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any, Protocol, TypeVar
+
+from stream.exceptions import TaggerError
+from stream.kafka.lag import group_starts
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+ATTEMPT_S = 15.0  # a read of the gap filler's (a gap, a committed offset) is tried again after this long
 
 
 class Gaps(Protocol):
     """What :class:`Offsets` needs of a gap filler (:class:`GapFiller`, or a test's stand-in)."""
 
-    def start_of(self, topic: str, partition: int) -> int | None: ...
+    async def start_of(self, topic: str, partition: int) -> int | None: ...
 
     async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Any]: ...
 
@@ -79,37 +85,46 @@ class Offsets:
         """``offset`` is handled before earlier offsets of its partition: pass over it when they come."""
         self._ahead.setdefault((topic, partition), set()).add(offset)
 
-    def arrived(self, topic: str, partition: int, offset: int) -> tuple[int, int] | None:
-        """``offset`` comes in order: the offsets before it never delivered, ``(start, end)``, to
-        :meth:`read` and process first; or None: none, and ``offset`` is the partition's last now.
-
-        Synchronous, as every message passes here. After a gap is processed, :meth:`gap_done`
-        records it (a failure on the way leaves the partition's last offset where it was, so the
-        next message reads the gap again)."""
+    def in_order(self, topic: str, partition: int, offset: int) -> bool:
+        """Whether ``offset`` follows the last one handled of its partition (or no gap is filled here):
+        it is the partition's last now. Synchronous, as every message passes here; False: ask
+        :meth:`missed` what came before it."""
         key = (topic, partition)
         last = self.last_offset.get(key)
+        if self.gaps is None or (last is not None and offset <= last + 1 and not self._ahead.get(key)):
+            self.last_offset[key] = offset
+            return True
+        return False
+
+    async def missed(self, topic: str, partition: int, offset: int) -> Gap | None:
+        """After :meth:`in_order` said False: the offsets before ``offset`` never delivered, read straight
+        from Kafka, to process first and then :meth:`gap_done`; or None: none, and ``offset`` is the
+        partition's last now. A failure on the way leaves the partition's last offset where it was, so
+        the next message reads the gap again."""
+        key = (topic, partition)
         gaps = self.gaps
-        if last is None and gaps is not None:  # first message since an assignment: from the committed offset
-            start = gaps.start_of(topic, partition)
-            last = None if start is None else start - 1
-            log.info("%s[%s]: first message since the assignment at offset %s (committed: %s)",
+        assert gaps is not None  # in_order says True without one
+        last = self.last_offset.get(key)
+        if last is None:  # the first message since an assignment: from where the group resumes it
+            start = await gaps.start_of(topic, partition)
+            log.info("%s[%s]: first message since the assignment at offset %s (the group resumes at %s)",
                      topic, partition, offset, start)
+            if start is None:
+                self.last_offset[key] = offset
+                return None
+            last = start - 1
         done_ahead = self._ahead.get(key)
         if done_ahead:
-            while last is not None and last + 1 in done_ahead:
+            while last + 1 in done_ahead:
                 done_ahead.discard(last + 1)
                 last += 1
-        if last is None or offset <= last + 1 or gaps is None:
+        if offset <= last + 1:
             self.last_offset[key] = offset
             return None
-        return last + 1, offset
-
-    async def read(self, topic: str, partition: int, start: int, end: int) -> Gap:
-        """The records of offsets ``start..end-1``, read straight from Kafka (see :meth:`arrived`)."""
-        missed = [] if self.gaps is None else await self.gaps.fetch(topic, partition, start, end)
-        log.warning("%s[%s]: offsets %s..%s were never delivered; processing %d records read directly",
-                    topic, partition, start, end - 1, len(missed))
-        return Gap(topic, partition, start, end, missed, self._ahead.setdefault((topic, partition), set()))
+        records = await gaps.fetch(topic, partition, last + 1, offset)
+        log.warning("%s[%s]: offsets %s..%s were never delivered; processing the %d records read directly",
+                    topic, partition, last + 1, offset - 1, len(records))
+        return Gap(topic, partition, last + 1, offset, records, self._ahead.setdefault(key, set()))
 
     def gap_done(self, gap: Gap) -> None:
         """The records of ``gap`` were processed: Faust may commit past them; its end is the last offset."""
@@ -127,6 +142,12 @@ class Offsets:
         self._ahead.clear()
 
 
+class GapUnfilled(TaggerError):
+    """Where a partition resumes, or a gap's records, could not be read before the consumer group moved
+    on to a new generation. The record in hand is not processed and not acknowledged: it is read again
+    from the committed offset, wherever its partition went."""
+
+
 class GapFiller:
     """Reads messages Faust skipped, so the agent can process them in order.
 
@@ -136,26 +157,54 @@ class GapFiller:
     it commits as if processed. The agent notices a jump in a partition's
     offsets and asks this class for the messages in between, which it
     processes before the current one. Offsets that hold no record (a real
-    gap, such as a transaction marker) simply return nothing.
+    gap, such as a transaction marker, or records retention deleted) simply
+    return nothing.
+
+    Its side consumer is assigned by hand and never commits; with the workers'
+    ``group_id`` it reads the group's committed offsets (:meth:`start_of`).
+    A read that does not finish within ``attempt_s`` seconds is tried again,
+    from where it stopped, until it does, or until the group's generation has
+    passed (:class:`GapUnfilled`): a gap is never marked done unread.
     """
 
-    def __init__(self, bootstrap: str, *, max_fetch_bytes: int = 16 << 20,
-                 options: dict[str, Any] | None = None) -> None:
+    def __init__(self, bootstrap: str, *, group_id: str | None = None, max_fetch_bytes: int = 16 << 20,
+                 options: dict[str, Any] | None = None, attempt_s: float = ATTEMPT_S) -> None:
         self.bootstrap = bootstrap
+        self.group_id = group_id
         self.options = options or {}  # security: stream.security.aiokafka_options
         self.max_fetch_bytes = max_fetch_bytes
+        self.attempt_s = attempt_s
         self._consumer: Any = None
         self.filled = 0
-        self.faust_consumer: Any = None  # the app's consumer (set by the agent wiring) for the two methods below
+        self.faust_consumer: Any = None  # the app's consumer (set by the agent wiring) for the methods below
 
-    def start_of(self, topic: str, partition: int) -> int | None:
-        """The committed offset of ``topic[partition]`` (the next Faust should deliver), if known."""
-        if self.faust_consumer is None:
+    async def start_of(self, topic: str, partition: int) -> int | None:
+        """The offset ``topic[partition]`` resumes from since its assignment, the next Faust should deliver
+        (None only before the first assignment, or with no group to ask).
+
+        Faust forgets a partition's committed offset when it is revoked and learns it again only when
+        the next assignment's recovery seeks to it, which it does *after* resuming the partitions: the
+        first records were handled meanwhile (the fault suite's worker logs, after a SIGKILL and after a
+        SIGTERM, showed "committed: None" for partitions the group had committed), so a record dropped
+        before them went unseen, and Faust's commit, whose head check (guard 3) needs the committed
+        offset, could pass it. The group's offset is then asked of the broker (never committed: the
+        partition's first), and given to Faust's consumer too, so its head check holds from the first
+        record on."""
+        consumer = self.faust_consumer
+        if consumer is None:
             return None
         from faust.types import TP
 
-        committed: int | None = self.faust_consumer._committed_offset.get(TP(topic, partition))
-        return committed
+        tp = TP(topic, partition)
+        committed: int | None = consumer._committed_offset.get(tp)
+        if committed is not None or self.group_id is None:
+            return committed
+        starts = await self._persist(f"{topic}[{partition}]'s committed offset",
+                                     lambda: self._group_start(topic, partition))
+        start = starts[(topic, partition)]
+        if consumer._committed_offset.get(tp) is None:  # not learnt meanwhile (the recovery's seek)
+            consumer._committed_offset[tp] = start
+        return start
 
     def mark_done(self, topic: str, partition: int, start: int, end: int) -> None:
         """Tell Faust that offsets ``start..end-1`` were processed here, so commits can move past them."""
@@ -170,28 +219,57 @@ class GapFiller:
                 acked.append(offset)
                 index.add(offset)
 
-    async def fetch(self, topic: str, partition: int, start: int, end: int,
-                    timeout: float = 15.0) -> list[Any]:
-        """Records of ``topic[partition]`` with start <= offset < end."""
-        from aiokafka import AIOKafkaConsumer
+    async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Any]:
+        """Every record of ``topic[partition]`` with start <= offset < end."""
+        records: list[Any] = []
+        await self._persist(f"reading {topic}[{partition}] {start}..{end - 1}",
+                            lambda: self._read(topic, partition, records[-1].offset + 1 if records else start,
+                                               end, records))
+        self.filled += len(records)
+        return records
+
+    async def _group_start(self, topic: str, partition: int) -> dict[tuple[str, int], int]:
+        return await group_starts(await self._started(), [(topic, partition)])
+
+    async def _read(self, topic: str, partition: int, start: int, end: int, into: list[Any]) -> None:
+        """Append the records of ``start..end-1`` to ``into`` until the consumer's position reaches ``end``."""
         from aiokafka.structs import TopicPartition
+
+        consumer, tp = await self._started(), TopicPartition(topic, partition)
+        consumer.assign([tp])
+        consumer.seek(tp, start)
+        while await consumer.position(tp) < end:
+            batch = await consumer.getmany(tp, timeout_ms=200)
+            into += [r for r in batch.get(tp, []) if start <= r.offset < end]
+
+    async def _persist(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
+        """``attempt()`` again each time it does not end within ``attempt_s`` s, until it does; GapUnfilled
+        once the group's generation has passed (the record in hand is then read again elsewhere)."""
+        generation = self._generation()
+        waited = 0.0
+        while True:
+            try:
+                return await asyncio.wait_for(attempt(), self.attempt_s)
+            except TimeoutError:
+                waited += self.attempt_s
+                if self._generation() != generation:
+                    raise GapUnfilled(f"{what}: not done after {waited:.0f} s, and the consumer group has "
+                                      "rebalanced since: left to be read again from the committed offset") from None
+                log.warning("%s: not done after %.0f s; trying again", what, waited)
+
+    def _generation(self) -> int | None:
+        consumer = self.faust_consumer
+        return None if consumer is None else consumer.app.consumer_generation_id
+
+    async def _started(self) -> Any:
+        from aiokafka import AIOKafkaConsumer
 
         if self._consumer is None:
             self._consumer = AIOKafkaConsumer(
-                bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
+                bootstrap_servers=self.bootstrap, group_id=self.group_id, enable_auto_commit=False,
                 max_partition_fetch_bytes=self.max_fetch_bytes, **self.options)
             await self._consumer.start()
-        consumer, tp = self._consumer, TopicPartition(topic, partition)
-        consumer.assign([tp])
-        consumer.seek(tp, start)
-        records: list[Any] = []
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        while await consumer.position(tp) < end and loop.time() < deadline:
-            batch = await consumer.getmany(tp, timeout_ms=200)
-            records += [r for r in batch.get(tp, []) if start <= r.offset < end]
-        self.filled += len(records)
-        return records
+        return self._consumer
 
     async def stop(self) -> None:
         """Close the side consumer."""

@@ -104,6 +104,25 @@ class StallWatch:
         return stalled
 
 
+async def group_starts(consumer: Any, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
+    """Where the group of ``consumer`` (an aiokafka consumer with the workers' ``group_id``, assigned by
+    hand) resumes each of ``partitions``: its committed offset, the next to process; for a partition the
+    group never committed, the partition's first offset (the workers read from the earliest)."""
+    from aiokafka.structs import TopicPartition as TP
+
+    found, never = {}, []
+    for topic, partition in partitions:
+        offset = await consumer.committed(TP(topic, partition))
+        if offset is not None and offset >= 0:
+            found[(topic, partition)] = int(offset)
+        else:
+            never.append(TP(topic, partition))
+    if never:
+        starts = await consumer.beginning_offsets(never)
+        found.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
+    return found
+
+
 @dataclass(frozen=True)
 class Probed:
     """What a side read of one partition found."""
@@ -129,9 +148,7 @@ class PartitionProbe:
         self._consumer: Any = None
 
     async def committed(self, partitions: Iterable[TopicPartition]) -> dict[TopicPartition, int]:
-        """Where the group resumes each of ``partitions``: its committed offset (the next to process), or,
-        for a partition it never committed, the partition's first offset (the workers read from the
-        earliest); {} on failure.
+        """Where the group resumes each of ``partitions`` (:func:`group_starts`); {} on failure.
 
         The worker's consumer learns the committed offsets only when its changelog recovery ends, and
         never learns a start for a partition not committed yet: without this its lag was unknown and
@@ -141,20 +158,7 @@ class PartitionProbe:
         if not wanted or self.group_id is None:
             return {}
         try:
-            from aiokafka.structs import TopicPartition as TP
-
-            consumer = await self._started()
-            found, never = {}, []
-            for topic, partition in wanted:
-                offset = await consumer.committed(TP(topic, partition))
-                if offset is not None and offset >= 0:
-                    found[(topic, partition)] = int(offset)
-                else:
-                    never.append(TP(topic, partition))
-            if never:
-                starts = await consumer.beginning_offsets(never)
-                found.update({(tp.topic, tp.partition): int(offset) for tp, offset in starts.items()})
-            return found
+            return await group_starts(await self._started(), wanted)
         except Exception as exc:  # noqa: BLE001 - only a metric: try again next time
             log.warning("could not read committed offsets for lag: %r", exc)
             await self.stop()

@@ -32,7 +32,7 @@ class Gaps:
     def __init__(self, committed: int, records: dict[int, Any]) -> None:
         self.committed, self.records, self.fetched = committed, records, []  # type: list[tuple[int, int]]
 
-    def start_of(self, topic: str, partition: int) -> int:
+    async def start_of(self, topic: str, partition: int) -> int:
         return self.committed
 
     async def fetch(self, topic: str, partition: int, start: int, end: int) -> list[Any]:

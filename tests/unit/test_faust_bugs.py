@@ -169,3 +169,48 @@ async def test_guard8_fausts_producer_waits_1200_s_for_a_silent_connection() -> 
         await bounded.stop()
     finally:
         server.close()
+
+
+async def test_guard3_faust_resumes_an_assignments_partitions_before_it_knows_their_committed_offsets() -> None:
+    # a revocation drops every committed offset it knew; the next assignment's recovery resumes the
+    # partitions (the flow runs since the changelog read) and only then seeks, learning them again
+    from faust.tables.recovery import Recovery
+
+    c: Any = FakeFaustConsumer({TP: 31})
+    seen_at_resume: list[Any] = []
+
+    async def perform_seek() -> None:
+        c._committed_offset[TP] = 31  # what the broker answers
+
+    async def nothing(*args: Any, **kwargs: Any) -> None: ...
+
+    c.assignment = lambda: {TP}
+    c.resume_partitions = lambda tps: seen_at_resume.append(c._committed_offset.get(TP))
+    c.perform_seek, c.resume_flow = perform_seek, lambda: None
+    tables = SimpleNamespace(values=lambda: [], on_actives_ready=lambda: None, on_standbys_ready=lambda: None)
+    app = SimpleNamespace(consumer=c, consumer_generation_id=1, on_rebalance_complete=SimpleNamespace(send=nothing),
+                          flow_control=SimpleNamespace(resume=lambda: None),
+                          conf=SimpleNamespace(broker_request_timeout=1),
+                          _fetcher=SimpleNamespace(maybe_start=nothing), on_rebalance_end=lambda: None,
+                          assignor=SimpleNamespace(assigned_standbys=lambda: set()))
+    log = SimpleNamespace(info=lambda *a: None, warning=lambda *a: None, dev=lambda *a: None)
+
+    async def wait(coro: Any, timeout: Any = None) -> None:
+        await coro
+
+    recovery = SimpleNamespace(app=app, log=log, tables=tables, _set_recovery_ended=lambda: None, _wait=wait,
+                               _is_changelog_tp=lambda tp: False, completed=asyncio.Event())
+    await Consumer.on_partitions_revoked(SimpleNamespace(  # type: ignore[arg-type]
+        _active_partitions=None, _paused_partitions=set(), _gap={}, _acked={}, _acked_index={}, _read_offset={},
+        _committed_offset=c._committed_offset, app=SimpleNamespace(_start_span_from_rebalancing=lambda n: _Span()),
+        _on_partitions_revoked=nothing, diag=SimpleNamespace(set_flag=lambda f: None, unset_flag=lambda f: None)),
+        {TP})
+    assert c._committed_offset.get(TP) is None  # forgotten
+    await Recovery.on_recovery_completed(recovery, 1)  # type: ignore[arg-type]
+    assert seen_at_resume == [None] and c._committed_offset[TP] == 31  # resumed first, learnt after
+
+
+class _Span:
+    def __enter__(self) -> None: ...
+
+    def __exit__(self, *exc: Any) -> None: ...

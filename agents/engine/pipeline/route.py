@@ -91,13 +91,14 @@ class Router:
         if ahead:
             self.offsets.handled_ahead(message.topic, message.partition, message.offset)
             return await self._count_route(message)
-        missed = self.offsets.arrived(message.topic, message.partition, message.offset)
-        if missed is not None:
-            gap = await self.offsets.read(message.topic, message.partition, *missed)
-            for record in gap.records():  # routed only: no timestamp needed (the pace is the current message's)
-                earlier = Message(message.topic, message.partition, record.offset, record.key, record.value)
-                self.outcomes[await self._route(earlier)] += 1
-            self.offsets.gap_done(gap)
+        offsets = self.offsets
+        if not offsets.in_order(message.topic, message.partition, message.offset):
+            gap = await offsets.missed(message.topic, message.partition, message.offset)
+            if gap is not None:
+                for record in gap.records():  # routed only: no timestamp needed (the pace is the current message's)
+                    earlier = Message(message.topic, message.partition, record.offset, record.key, record.value)
+                    self.outcomes[await self._route(earlier)] += 1
+                offsets.gap_done(gap)
         return await self._count_route(message)
 
     async def _count_route(self, message: Message) -> str:
