@@ -81,9 +81,14 @@ class Offsets:
         """Records read directly so far (/stats, metrics)."""
         return getattr(self.gaps, "filled", 0)
 
-    def handled_ahead(self, topic: str, partition: int, offset: int) -> None:
-        """``offset`` is handled before earlier offsets of its partition: pass over it when they come."""
-        self._ahead.setdefault((topic, partition), set()).add(offset)
+    async def handled_ahead(self, topic: str, partition: int, offset: int) -> None:
+        """``offset`` is handled before earlier offsets of its partition: pass over it when they come.
+        The first of its partition since an assignment learns where the partition resumes first, as
+        :meth:`missed` does: its acknowledgement must not let Faust commit past those earlier ones."""
+        key = (topic, partition)
+        if key not in self.last_offset and self.gaps is not None:
+            await self._resume_point(topic, partition, offset)
+        self._ahead.setdefault(key, set()).add(offset)
 
     def in_order(self, topic: str, partition: int, offset: int) -> bool:
         """Whether ``offset`` follows the last one handled of its partition (or no gap is filled here):
@@ -105,14 +110,11 @@ class Offsets:
         gaps = self.gaps
         assert gaps is not None  # in_order says True without one
         last = self.last_offset.get(key)
-        if last is None:  # the first message since an assignment: from where the group resumes it
-            start = await gaps.start_of(topic, partition)
-            log.info("%s[%s]: first message since the assignment at offset %s (the group resumes at %s)",
-                     topic, partition, offset, start)
-            if start is None:
+        if last is None:  # the first message since an assignment
+            last = await self._resume_point(topic, partition, offset)
+            if last is None:
                 self.last_offset[key] = offset
                 return None
-            last = start - 1
         done_ahead = self._ahead.get(key)
         if done_ahead:
             while last + 1 in done_ahead:
@@ -125,6 +127,18 @@ class Offsets:
         log.warning("%s[%s]: offsets %s..%s were never delivered; processing the %d records read directly",
                     topic, partition, last + 1, offset - 1, len(records))
         return Gap(topic, partition, last + 1, offset, records, self._ahead.setdefault(key, set()))
+
+    async def _resume_point(self, topic: str, partition: int, offset: int) -> int | None:
+        """The offset before the one the group resumes ``topic[partition]`` from (None: not known), kept as the
+        partition's last: the first message since the assignment, at ``offset``, is checked against it."""
+        assert self.gaps is not None
+        start = await self.gaps.start_of(topic, partition)
+        log.info("%s[%s]: first message since the assignment at offset %s (the group resumes at %s)",
+                 topic, partition, offset, start)
+        if start is None:
+            return None
+        self.last_offset[(topic, partition)] = start - 1
+        return start - 1
 
     def gap_done(self, gap: Gap) -> None:
         """The records of ``gap`` were processed: Faust may commit past them; its end is the last offset."""

@@ -89,7 +89,7 @@ class Router:
         A message handled ``ahead`` of earlier ones of its partition is not a gap's end: its offset is
         kept, and passed over when the partition's messages reach it."""
         if ahead:
-            self.offsets.handled_ahead(message.topic, message.partition, message.offset)
+            await self.offsets.handled_ahead(message.topic, message.partition, message.offset)
             return await self._count_route(message)
         offsets = self.offsets
         if not offsets.in_order(message.topic, message.partition, message.offset):
