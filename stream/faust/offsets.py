@@ -18,6 +18,7 @@ It reads and writes Faust's consumer's ``_committed_offset``, ``_acked`` and ``_
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable, Iterator
 from typing import Any, Protocol, TypeVar
@@ -257,19 +258,26 @@ class GapFiller:
             into += [r for r in batch.get(tp, []) if start <= r.offset < end]
 
     async def _persist(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
-        """``attempt()`` again each time it does not end within ``attempt_s`` s, until it does; GapUnfilled
-        once the group's generation has passed (the record in hand is then read again elsewhere)."""
+        """``attempt()`` again each time it fails or does not end within ``attempt_s`` s, until it does;
+        GapUnfilled once the group's generation has passed (the record in hand is then read again
+        wherever its partition went)."""
         generation = self._generation()
-        waited = 0.0
+        tries = 0
         while True:
             try:
                 return await asyncio.wait_for(attempt(), self.attempt_s)
             except TimeoutError:
-                waited += self.attempt_s
-                if self._generation() != generation:
-                    raise GapUnfilled(f"{what}: not done after {waited:.0f} s, and the consumer group has "
-                                      "rebalanced since: left to be read again from the committed offset") from None
-                log.warning("%s: not done after %.0f s; trying again", what, waited)
+                failure = f"not done after {self.attempt_s:.0f} s"
+            except Exception as exc:  # noqa: BLE001 - a broker or connection error: a new side consumer, again
+                failure = f"failed: {exc!r}"
+                with contextlib.suppress(Exception):
+                    await self.stop()
+                await asyncio.sleep(min(1.0, self.attempt_s))
+            tries += 1
+            if self._generation() != generation:
+                raise GapUnfilled(f"{what}: {failure} ({tries} tries), and the consumer group has rebalanced "
+                                  "since: left to be read again from the committed offset")
+            log.warning("%s: %s; trying again", what, failure)
 
     def _generation(self) -> int | None:
         consumer = self.faust_consumer

@@ -93,10 +93,15 @@ async def test_a_first_record_handled_ahead_of_its_partition_does_not_let_faust_
     assert new_offset(c, TP) is None  # with Faust's None, 36: a rebalance now lost 31..34
 
 
-async def test_a_gap_read_that_stalls_is_tried_again_from_where_it_stopped() -> None:
-    gaps = Filler(faust_consumer(10), {}, {n: record(n) for n in range(10, 20)}, stall=[3, 7])
+async def test_a_gap_read_that_stalls_or_fails_is_tried_again_from_where_it_stopped() -> None:
+    gaps = Filler(faust_consumer(10), {}, {n: record(n) for n in range(10, 30)}, stall=[3, 7])
     got = await gaps.fetch("orders", 0, 10, 20)
     assert [r.offset for r in got] == list(range(10, 20)) and gaps.filled == 10  # all of them, once each
+    gaps.records.pop(25)  # a broker error on the way (KeyError here)
+    fetching = asyncio.ensure_future(gaps.fetch("orders", 0, 20, 30))
+    await asyncio.sleep(0.2)
+    gaps.records[25] = record(25)
+    assert [r.offset for r in await fetching] == list(range(20, 30))
 
 
 async def test_a_gap_left_unread_when_the_group_rebalanced_is_not_processed_nor_dead_lettered() -> None:
