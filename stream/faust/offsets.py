@@ -268,11 +268,15 @@ class GapFiller:
                 return await asyncio.wait_for(attempt(), self.attempt_s)
             except TimeoutError:
                 failure = f"not done after {self.attempt_s:.0f} s"
-            except Exception as exc:  # noqa: BLE001 - a broker or connection error: a new side consumer, again
+            except Exception as exc:  # noqa: BLE001 - a broker or connection error: tried again
                 failure = f"failed: {exc!r}"
-                with contextlib.suppress(Exception):
-                    await self.stop()
                 await asyncio.sleep(min(1.0, self.attempt_s))
+            # on a new side consumer: a connection gone silent held every try on the old one (the fault
+            # suite's silent-connection scenario, which then drained for 508 s instead of 25)
+            consumer, self._consumer = self._consumer, None
+            if consumer is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(consumer.stop(), self.attempt_s)
             tries += 1
             if self._generation() != generation:
                 raise GapUnfilled(f"{what}: {failure} ({tries} tries), and the consumer group has rebalanced "

@@ -411,7 +411,7 @@ def test_rolling_restart_of_every_broker(namespace: Namespace, cluster: FaultClu
         cluster.kafka.wait_in_sync(cluster.topics(), timeout=300)
         report[f"node_{node.node_id}_in_sync_s"] = since(began)
     report["rolling_restart_s"] = since(t0)
-    report["produced_when_done"] = f"{stream.produced / len(stream.domain.events):.0%}"
+    report["produced_when_done"] = f"{stream.produced / len(stream.events):.0%}"
     settle_and_compare(ns, stream, want, report, t0)
     record(tmp_path, "rolling restart of the 3 brokers", report)
 
