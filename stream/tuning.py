@@ -6,9 +6,9 @@ change needs a new benchmark run (``tagger bench``) rather than an environment v
 What is configured per deployment is in :mod:`stream.settings` (``TAGGER_*``).
 
 Where each is used: the intake (:mod:`stream.faust.intake`), the Faust guards
-(:mod:`stream.faust.guards`), the app factory (:func:`stream.faust.app.create_app`) and
-the runtime's coalescing (:mod:`agents.engine.runtime`). Those modules import the names from
-here, so a test may still patch the name in the module that uses it.
+(:mod:`stream.faust.guards`), the gap filler (:mod:`stream.faust.offsets`), the app factory
+(:func:`stream.faust.app.create_app`) and the runtime's coalescing (:mod:`agents.engine.runtime`).
+Those modules import the names from here, so a test may still patch the name in the module that uses it.
 """
 
 from __future__ import annotations
@@ -36,6 +36,14 @@ FLUSH_TIMEOUT: Final = 30.0
 #: dropped and the batch retried on a new one (guard 8; Faust's own value is 1,200 s). Delivery
 #: itself keeps Faust's horizon, so a long broker outage still loses nothing.
 REQUEST_TIMEOUT: Final = 30.0
+
+# --- offset continuity (stream/faust/offsets.py): the gap filler's reads ----------------------
+
+#: Seconds one try of the gap filler's side reads may take (a partition's committed offset, a gap's
+#: records) before it is dropped with its side consumer and tried again on a new one. A connection gone
+#: silent costs one try: in the fault suite's silent-connection scenario each worker's first lookup
+#: after the silence waited this long once.
+GAP_READ_ATTEMPT: Final = 15.0
 
 # --- the agent's pipeline (agents/engine/pipeline/coalesce.py): coalesced evaluations
 # ---------------------------------------

@@ -25,11 +25,11 @@ from typing import Any, Protocol, TypeVar
 
 from stream.exceptions import TaggerError
 from stream.kafka.lag import group_starts
+from stream.tuning import GAP_READ_ATTEMPT
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-ATTEMPT_S = 15.0  # a read of the gap filler's (a gap, a committed offset) is tried again after this long
 
 
 class Gaps(Protocol):
@@ -183,7 +183,7 @@ class GapFiller:
     """
 
     def __init__(self, bootstrap: str, *, group_id: str | None = None, max_fetch_bytes: int = 16 << 20,
-                 options: dict[str, Any] | None = None, attempt_s: float = ATTEMPT_S) -> None:
+                 options: dict[str, Any] | None = None, attempt_s: float = GAP_READ_ATTEMPT) -> None:
         self.bootstrap = bootstrap
         self.group_id = group_id
         self.options = options or {}  # security: stream.security.aiokafka_options
@@ -238,8 +238,7 @@ class GapFiller:
         """Every record of ``topic[partition]`` with start <= offset < end."""
         records: list[Any] = []
         await self._persist(f"reading {topic}[{partition}] {start}..{end - 1}",
-                            lambda: self._read(topic, partition, records[-1].offset + 1 if records else start,
-                                               end, records))
+                            lambda: self._read(topic, partition, start, end, records))
         self.filled += len(records)
         return records
 
@@ -247,15 +246,17 @@ class GapFiller:
         return await group_starts(await self._started(), [(topic, partition)])
 
     async def _read(self, topic: str, partition: int, start: int, end: int, into: list[Any]) -> None:
-        """Append the records of ``start..end-1`` to ``into`` until the consumer's position reaches ``end``."""
+        """Append the records of ``start..end-1`` to ``into``, from the one after the last there (a try
+        again goes on where the one before stopped), until the consumer's position reaches ``end``."""
         from aiokafka.structs import TopicPartition
 
+        first = into[-1].offset + 1 if into else start
         consumer, tp = await self._started(), TopicPartition(topic, partition)
         consumer.assign([tp])
-        consumer.seek(tp, start)
+        consumer.seek(tp, first)
         while await consumer.position(tp) < end:
             batch = await consumer.getmany(tp, timeout_ms=200)
-            into += [r for r in batch.get(tp, []) if start <= r.offset < end]
+            into += [r for r in batch.get(tp, []) if first <= r.offset < end]
 
     async def _persist(self, what: str, attempt: Callable[[], Awaitable[T]]) -> T:
         """``attempt()`` again each time it fails or does not end within ``attempt_s`` s, until it does;

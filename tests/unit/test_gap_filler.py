@@ -60,7 +60,7 @@ class Filler(GapFiller):
 
     async def _read(self, topic: str, partition: int, start: int, end: int, into: list[Any]) -> None:
         await self._started()
-        for n in range(start, end):
+        for n in range(into[-1].offset + 1 if into else start, end):  # on from the last try's last record
             if self.stall and len(into) == self.stall[0]:
                 self.stall.pop(0)
                 await asyncio.sleep(3600)  # a fetch that never answers: cancelled by the attempt's bound
