@@ -326,5 +326,12 @@ class KafkaCluster(_Managed):
 
 
 def _random_cluster_id() -> str:
-    """A KRaft cluster id: base64url of 16 random bytes, as ``StorageTool random-uuid`` prints."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A KRaft cluster id: base64url of 16 random bytes, as ``StorageTool random-uuid`` prints.
+
+    Like Kafka's own ``Uuid.randomUuid`` it draws again when the id starts with "-": StorageTool's argument
+    parser takes ``--cluster-id -Xy…`` for an option and fails (about 1 cluster start in 64).
+    """
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+        if not cluster_id.startswith("-"):
+            return cluster_id
