@@ -39,7 +39,7 @@ Arrival = tuple[float, float | None]
 
 @lru_cache(maxsize=4096)  # label values are few (topics, outcomes, tags, levels); labels() takes a lock
 def child(metric: Any, *values: str) -> Any:
-    """``metric.labels(*values)``, cached."""
+    """``metric.labels(*values)``: the labelled child of a metric."""
     return metric.labels(*values)
 
 
