@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rules.bgnbd import expected_purchases
+from rules.churn_model import ChurnModel
 from rules.exceptions import RulesetError
 from rules.weights import Weights
 
@@ -96,6 +97,8 @@ class ChurnPolicy:
     horizon_days: float = 90.0  # BG/NBD looks this far ahead
     bgnbd: BGNBDParams | None = None
     escalation_level: str = "medium"  # least level while an escalated ticket is open ("none": off)
+    # a learned model (a ``churn_model:`` section, rules/churn_model.py): its probability replaces the mix
+    model: ChurnModel | None = None
 
     def __post_init__(self) -> None:
         for name in ("low", "medium", "high", "silence_multiple", "default_gap_days", "min_gap_days",
@@ -210,10 +213,9 @@ def level_of(policy: ChurnPolicy, risk: float) -> str:
     return "low" if risk >= policy.low else "none"
 
 
-def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessment:
-    """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``)."""
-    reasons: list[str] = []
-    components: dict[str, float] = {}
+def _mixed_risk(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str],
+                components: dict[str, float]) -> float:
+    """The weighted mix of the components (the risk without a learned model)."""
     since_value = facts.get("days_since_last_order")
     if since_value is not None and _num(facts, "orders_total") > 0:
         since = float(since_value)
@@ -230,7 +232,17 @@ def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessme
     if policy.bgnbd is None and policy.weights_without_model is not None:
         weights = policy.weights_without_model
     total = sum(getattr(weights, name) for name in components)
-    risk = 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
+    return 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
+
+
+def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessment:
+    """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``)."""
+    reasons: list[str] = []
+    components: dict[str, float] = {}
+    if policy.model is not None:  # learned: a calibrated P(no paid order in its horizon), top features as reasons
+        risk = policy.model.assess(facts, reasons, components)
+    else:
+        risk = _mixed_risk(policy, facts, reasons, components)
     level = level_of(policy, risk)
     if _num(facts, "escalations_90d") > 0 and _num(facts, "open_tickets") > 0:
         floor = policy.escalation_level  # an escalation is news now, whatever the score says
