@@ -166,13 +166,17 @@ class ChurnModel:
     def __post_init__(self) -> None:
         if not len(self.names) == len(self.means) == len(self.scales) == len(self.coefs):
             raise RulesetError("churn_model: names, means, scales and coefs differ in length")
+        uses_bgnbd = bool(BGNBD_FEATURES.intersection(self.names))
+        if uses_bgnbd and self.bgnbd is None:
+            raise RulesetError("churn_model: a bgnbd_* feature needs churn_model.bgnbd")
+        object.__setattr__(self, "_uses_bgnbd", uses_bgnbd)
         # (value function, coef / scale, mean) per feature: one call and a multiply-add each on the hot path
         object.__setattr__(self, "_terms", tuple((FEATURES[n].value, c / s, m) for n, c, s, m in
                                                  zip(self.names, self.coefs, self.scales, self.means, strict=True)))
 
     def contributions(self, facts: Mapping[str, Any]) -> tuple[float, list[float], float]:
         """(log-odds, each feature's term of it, the BG/NBD expectation used)."""
-        expected = bgnbd_expectation(self.bgnbd, self.horizon_days, facts) if self.bgnbd else 0.0
+        expected = bgnbd_expectation(self.bgnbd, self.horizon_days, facts) if self._uses_bgnbd else 0.0  # type: ignore[attr-defined]
         terms: tuple[tuple[Callable[[Mapping[str, Any], float], float], float, float], ...] = self._terms  # type: ignore[attr-defined]
         parts = [w * (value(facts, expected) - m) for value, w, m in terms]
         return self.intercept + sum(parts), parts, expected

@@ -211,7 +211,7 @@ _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
               "default: the last event minus the horizon.")
 @click.option("--horizon-days", default=90.0, show_default=True, type=click.FloatRange(1, 3650))
 @click.option("--rules", "rules_dir", type=click.Path(path_type=Path, file_okay=False, exists=True),
-              help="Ruleset whose churn levels the back-test uses (default: the shipped rules).")
+              help="Ruleset whose churn levels the back-test uses (default: TAGGER_RULES_DIR, else the shipped rules).")
 @click.option("--out", type=click.Path(path_type=Path, dir_okay=False), default=Path("churn_model.yaml"),
               show_default=True, help="Where to write the model; put it in the worker's rules directory.")
 def train_command(history: tuple[Path, ...], kind: str, mapping_file: Path | None, maps: tuple[str, ...],
@@ -225,7 +225,7 @@ def train_command(history: tuple[Path, ...], kind: str, mapping_file: Path | Non
 
     settings = load_settings()
     try:
-        ruleset = load_ruleset(rules_dir or default_rules_dir(), facts_schema())
+        ruleset = load_ruleset(rules_dir or settings.rules_dir or default_rules_dir(), facts_schema())
     except RulesetError as exc:
         raise click.ClickException(f"invalid ruleset: {exc}") from exc
     names = [c.strip() for c in columns.split(",")] if columns else None

@@ -200,3 +200,16 @@ async def test_a_model_written_into_the_rules_directory_is_hot_reloaded_and_a_br
     os.utime(path, ns=(10**18, 10**18))
     await reload.run()
     assert runtime.evaluator.ruleset.churn.model == MODEL and runtime.reload_errors == 1  # the last good one stays
+
+
+def test_rules_validate_names_a_loaded_model(tmp_path: Path) -> None:
+    rules_dir = tmp_path / "rules"
+    shutil.copytree(default_rules_dir(), rules_dir)
+    (rules_dir / "churn_model.yaml").write_text(model_yaml(MODEL))
+    result = CliRunner().invoke(main, ["rules", "validate", str(rules_dir)])
+    assert result.exit_code == 0, result.output
+    assert result.output.endswith("; learned churn model: 6 features, horizon 60 days\n")
+    (rules_dir / "churn_model.yaml").write_text(model_yaml(MODEL).replace("name: no_paid_order", "name: no_order"))
+    result = CliRunner().invoke(main, ["rules", "validate", str(rules_dir)])
+    assert result.exit_code == 1 and "churn_model.yaml:" in result.output
+    assert "churn_model.features[4].name: unknown feature 'no_order'" in result.output
