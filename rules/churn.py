@@ -96,9 +96,8 @@ class ChurnPolicy:
     service_half_load: float = 2.0  # service trouble load at which the component is 0.5
     horizon_days: float = 90.0  # BG/NBD looks this far ahead
     bgnbd: BGNBDParams | None = None
+    model: ChurnModel | None = None  # learned (a ``churn_model:`` section, rules/churn_model.py): replaces the mix
     escalation_level: str = "medium"  # least level while an escalated ticket is open ("none": off)
-    # a learned model (a ``churn_model:`` section, rules/churn_model.py): its probability replaces the mix
-    model: ChurnModel | None = None
 
     def __post_init__(self) -> None:
         for name in ("low", "medium", "high", "silence_multiple", "default_gap_days", "min_gap_days",
@@ -197,25 +196,9 @@ def _service(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str]) 
     return load / (load + policy.service_half_load)
 
 
-def _model(params: BGNBDParams, horizon: float, facts: Mapping[str, Any], since: float) -> tuple[float, str]:
-    age = max(_num(facts, "days_since_first_order"), since)
-    x = max(_num(facts, "orders_total") - 1.0, 0.0)
-    expected = expected_purchases(params.r, params.alpha, params.a, params.b, x, age - since, age, horizon)
-    return math.exp(-expected), f"BG/NBD expects {expected:.1f} purchases in the next {horizon:g} days"
-
-
-def level_of(policy: ChurnPolicy, risk: float) -> str:
-    """The highest level whose cut-off ``risk`` reaches."""
-    if risk >= policy.high:
-        return "high"
-    if risk >= policy.medium:
-        return "medium"
-    return "low" if risk >= policy.low else "none"
-
-
 def _mixed_risk(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str],
                 components: dict[str, float]) -> float:
-    """The weighted mix of the components (the risk without a learned model)."""
+    """The weighted mix of the components that apply (the risk without a learned model)."""
     since_value = facts.get("days_since_last_order")
     if since_value is not None and _num(facts, "orders_total") > 0:
         since = float(since_value)
@@ -235,14 +218,28 @@ def _mixed_risk(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str
     return 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
 
 
+def _model(params: BGNBDParams, horizon: float, facts: Mapping[str, Any], since: float) -> tuple[float, str]:
+    age = max(_num(facts, "days_since_first_order"), since)
+    x = max(_num(facts, "orders_total") - 1.0, 0.0)
+    expected = expected_purchases(params.r, params.alpha, params.a, params.b, x, age - since, age, horizon)
+    return math.exp(-expected), f"BG/NBD expects {expected:.1f} purchases in the next {horizon:g} days"
+
+
+def level_of(policy: ChurnPolicy, risk: float) -> str:
+    """The highest level whose cut-off ``risk`` reaches."""
+    if risk >= policy.high:
+        return "high"
+    if risk >= policy.medium:
+        return "medium"
+    return "low" if risk >= policy.low else "none"
+
+
 def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessment:
     """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``)."""
     reasons: list[str] = []
     components: dict[str, float] = {}
-    if policy.model is not None:  # learned: a calibrated P(no paid order in its horizon), top features as reasons
-        risk = policy.model.assess(facts, reasons, components)
-    else:
-        risk = _mixed_risk(policy, facts, reasons, components)
+    risk = _mixed_risk(policy, facts, reasons, components) if policy.model is None else \
+        policy.model.assess(facts, reasons, components)  # learned: P(no paid order in its horizon), top features
     level = level_of(policy, risk)
     if _num(facts, "escalations_90d") > 0 and _num(facts, "open_tickets") > 0:
         floor = policy.escalation_level  # an escalation is news now, whatever the score says
