@@ -78,9 +78,17 @@ def _silent(facts: Mapping[str, Any], _e: float) -> str:
     return f"no paid order for {_since(facts):.0f} days"
 
 
+def _expects(_facts: Mapping[str, Any], expected: float) -> str:
+    return f"BG/NBD expects {expected:.1f} purchases"
+
+
 @dataclass(frozen=True)
 class ModelFeature:
-    """One input of the model: its value from the facts (and the BG/NBD expectation ``e``) and its words."""
+    """One input of the model: its value from the facts (and the BG/NBD expectation ``e``) and its words.
+
+    Features with the same ``reason`` function read the same fact (days since the last order, plain and
+    log): their terms are summed before the reasons are chosen, so the words follow the fact's net effect.
+    """
 
     value: Callable[[Mapping[str, Any], float], float]
     reason: Callable[[Mapping[str, Any], float], str]
@@ -124,8 +132,8 @@ FEATURES: dict[str, ModelFeature] = {
         "escalations_90d", "escalation in the last 90 days", "escalations in the last 90 days")),
     "reopened_tickets_log": ModelFeature(_log("reopened_tickets"), _count(
         "reopened_tickets", "open ticket was reopened", "open tickets were reopened")),
-    "bgnbd_expected": ModelFeature(lambda _f, e: e, lambda _f, e: f"BG/NBD expects {e:.1f} purchases"),
-    "bgnbd_expected_log": ModelFeature(lambda _f, e: math.log1p(e), lambda _f, e: f"BG/NBD expects {e:.1f} purchases"),
+    "bgnbd_expected": ModelFeature(lambda _f, e: e, _expects),
+    "bgnbd_expected_log": ModelFeature(lambda _f, e: math.log1p(e), _expects),
 }
 #: the features that need the model's ``bgnbd`` parameters
 BGNBD_FEATURES = frozenset(("bgnbd_expected", "bgnbd_expected_log"))
@@ -170,6 +178,9 @@ class ChurnModel:
         if uses_bgnbd and self.bgnbd is None:
             raise RulesetError("churn_model: a bgnbd_* feature needs churn_model.bgnbd")
         object.__setattr__(self, "_uses_bgnbd", uses_bgnbd)
+        reasons = list(dict.fromkeys(FEATURES[n].reason for n in self.names))  # one group per fact, in order
+        object.__setattr__(self, "_reasons", tuple(reasons))
+        object.__setattr__(self, "_group_of", tuple(reasons.index(FEATURES[n].reason) for n in self.names))
         # (value function, coef / scale, mean) per feature: one call and a multiply-add each on the hot path
         object.__setattr__(self, "_terms", tuple((FEATURES[n].value, c / s, m) for n, c, s, m in
                                                  zip(self.names, self.coefs, self.scales, self.means, strict=True)))
@@ -185,15 +196,12 @@ class ChurnModel:
         """The risk of one customer; appends the words of the top features raising it and fills ``components``
         (each feature's contribution to the log-odds)."""
         z, parts, expected = self.contributions(facts)
-        for _, i in sorted([(p, i) for i, p in enumerate(parts) if p > 0], reverse=True):
-            name = self.names[i]
-            text = FEATURES[name].reason(facts, expected)
-            if name in BGNBD_FEATURES:
-                text += f" in the next {self.horizon_days:g} days"
-            if text not in reasons:
-                reasons.append(text)
-                if len(reasons) >= MAX_REASONS:
-                    break
+        groups: list[float] = [0.0] * len(self._reasons)  # type: ignore[attr-defined]
+        for group, part in zip(self._group_of, parts, strict=True):  # type: ignore[attr-defined]
+            groups[group] += part
+        for _, group in sorted([(p, g) for g, p in enumerate(groups) if p > 0], reverse=True)[:MAX_REASONS]:
+            text = self._reasons[group](facts, expected)  # type: ignore[attr-defined]
+            reasons.append(text + f" in the next {self.horizon_days:g} days" if text.startswith("BG/NBD") else text)
         components.update(zip(self.names, parts, strict=True))
         return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
 

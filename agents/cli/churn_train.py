@@ -266,6 +266,10 @@ def report_training(trained: Trained, ruleset: Ruleset) -> None:
                f"{trained.examples} examples; back-test {trained.method}")
     for line in backtest_lines(trained.backtest, ruleset.churn.high):
         click.echo(line)
+    if trained.backtest.max_calibration_gap > 0.05:
+        click.echo(f"warning: a decile's predicted and observed rates differ by "
+                   f"{trained.backtest.max_calibration_gap:.3f} (> 0.05): the risk is not well calibrated here; "
+                   "more history or more cuts may help", err=True)
     click.echo("features (coefficient per standard deviation; + raises the risk): " + ", ".join(
         f"{n} {c:+.3f}" for n, c in zip(model.names, model.coefs, strict=True)))
 

@@ -192,3 +192,16 @@ def test_an_empty_feature_list_and_a_second_model_are_refused(rules_dir: Path) -
     (rules_dir / "second.yaml").write_text(GOOD)
     with pytest.raises(RulesetError, match=r"second\.yaml:1: 'churn_model' is already defined in .*churn_model\.yaml"):
         load_ruleset(rules_dir, facts_schema())
+
+
+def test_terms_reading_the_same_fact_are_summed_before_reasons_are_chosen() -> None:
+    model = ChurnModel(names=("days_since_last_order", "days_since_last_order_log", "one_time_buyer"),
+                       means=(100.0, 4.0, 0.5), scales=(50.0, 1.0, 0.5), coefs=(1.0, -0.4, 0.1), intercept=0.0,
+                       horizon_days=90.0)
+    reasons: list[str] = []
+    components: dict[str, float] = {}
+    model.assess(facts(days_since_last_order=0.0, days_since_first_order=0.0, orders_total=1), reasons, components)
+    # the log term alone raises the risk (+1.6), but recency as a whole lowers it (-2 + 1.6)
+    assert components["days_since_last_order_log"] == pytest.approx(1.6) and components[
+        "days_since_last_order"] == pytest.approx(-2.0)
+    assert reasons == ["only one paid order so far"]
