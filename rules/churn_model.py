@@ -72,6 +72,12 @@ def _money(key: str, label: str) -> Callable[[Mapping[str, Any], float], str]:
     return lambda facts, _e: f"{label} {_n(facts, key):.2f}"
 
 
+def _orders_in_all(facts: Mapping[str, Any], _e: float) -> str:
+    count = _n(facts, "orders_total")
+    return "no paid order yet" if count == 0 else "only one paid order so far" if count == 1 else \
+        f"{count:.0f} paid orders in all"
+
+
 def _silent(facts: Mapping[str, Any], _e: float) -> str:
     if facts.get("days_since_last_order") is None:
         return f"no paid order yet, first seen {_since(facts):.0f} days ago"
@@ -100,12 +106,9 @@ FEATURES: dict[str, ModelFeature] = {
     "days_since_last_order_log": ModelFeature(lambda f, _e: math.log1p(_since(f)), _silent),
     "days_since_first_order_log": ModelFeature(
         lambda f, _e: math.log1p(_age(f)), lambda f, _e: f"first paid order {_age(f):.0f} days ago"),
-    "orders_total_log": ModelFeature(_log("orders_total"), _count("orders_total", "paid order in all",
-                                                                   "paid orders in all")),
-    "one_time_buyer": ModelFeature(lambda f, _e: float(_n(f, "orders_total") == 1),
-                                   lambda f, _e: "only one paid order so far"),
-    "no_paid_order": ModelFeature(lambda f, _e: float(_n(f, "orders_total") == 0),
-                                  lambda f, _e: "no paid order yet"),
+    "orders_total_log": ModelFeature(_log("orders_total"), _orders_in_all),
+    "one_time_buyer": ModelFeature(lambda f, _e: float(_n(f, "orders_total") == 1), _orders_in_all),
+    "no_paid_order": ModelFeature(lambda f, _e: float(_n(f, "orders_total") == 0), _orders_in_all),
     "orders_30d_log": ModelFeature(_log("orders_30d"), _count("orders_30d", "paid order in the last 30 days",
                                                                "paid orders in the last 30 days")),
     "orders_90d_log": ModelFeature(_log("orders_90d"), _count("orders_90d", "paid order in the last 90 days",
@@ -203,7 +206,10 @@ class ChurnModel:
             text = self._reasons[group](facts, expected)  # type: ignore[attr-defined]
             reasons.append(text + f" in the next {self.horizon_days:g} days" if text.startswith("BG/NBD") else text)
         components.update(zip(self.names, parts, strict=True))
-        return 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        risk = 1.0 / (1.0 + math.exp(-z)) if z > -700 else 0.0
+        if not reasons:  # nothing above the average customer's: say what the risk means
+            reasons.append(f"{100 * risk:.0f}% chance of no paid order in the next {self.horizon_days:g} days")
+        return risk
 
     def document(self) -> dict[str, Any]:
         """The ``churn_model:`` section as plain data (``yaml.safe_dump`` writes it)."""

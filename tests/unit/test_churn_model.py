@@ -35,14 +35,14 @@ def test_the_risk_is_the_logistic_of_the_standardised_sum_and_the_reasons_its_la
     got = assess_churn(ChurnPolicy(model=MODEL), customer)
     assert got.risk == pytest.approx(1 / (1 + math.exp(-z)))
     assert got.level == "high"
-    assert got.reasons == ("no paid order for 90 days", "2 open complaints", "1 paid order in all")
+    assert got.reasons == ("no paid order for 90 days", "2 open complaints", "only one paid order so far")
     assert sum(got.components.values()) + MODEL.intercept == pytest.approx(z)
 
 
 def test_features_lowering_the_risk_give_no_reason_and_the_level_follows_the_policy_cut_offs() -> None:
     loyal = facts(days_since_last_order=3.0, days_since_first_order=400.0, orders_total=20)
     got = assess_churn(ChurnPolicy(model=MODEL), loyal)
-    assert got.reasons == ()
+    assert got.reasons == (f"{100 * got.risk:.0f}% chance of no paid order in the next 90 days",)  # nothing raises it
     assert got.risk < 0.25 and got.level == "none"
     assert assess_churn(ChurnPolicy(model=MODEL, low=0.01), loyal).level == "low"
 
@@ -205,3 +205,12 @@ def test_terms_reading_the_same_fact_are_summed_before_reasons_are_chosen() -> N
     assert components["days_since_last_order_log"] == pytest.approx(1.6) and components[
         "days_since_last_order"] == pytest.approx(-2.0)
     assert reasons == ["only one paid order so far"]
+
+
+def test_no_more_than_three_reasons_largest_first() -> None:
+    names = ("open_tickets_log", "open_complaints_log", "escalations_90d_log", "complaints_90d_log")
+    model = ChurnModel(names=names, means=(0.0,) * 4, scales=(1.0,) * 4, coefs=(0.1, 0.4, 0.3, 0.2),
+                       intercept=0.0, horizon_days=90.0)
+    reasons: list[str] = []
+    model.assess(facts(open_tickets=1, open_complaints=1, escalations_90d=1, complaints_90d=1), reasons, {})
+    assert reasons == ["1 open complaint", "1 escalation in the last 90 days", "1 complaint opened in the last 90 days"]
