@@ -239,7 +239,7 @@ def _feature(item: Located, index: int, seen: set[str]) -> tuple[str, float, flo
     if missing:
         raise item.error(f"{where}: missing {', '.join(missing)}", hint="each feature has name, mean, scale, coef")
     name = item.value["name"]
-    if name not in FEATURES:
+    if not isinstance(name, str) or name not in FEATURES:
         close = suggest(str(name), frozenset(FEATURES))
         raise item.error(f"{where}.name: unknown feature {name!r}", key="name",
                          hint=f"did you mean '{close}'?" if close else "known: " + ", ".join(FEATURES))

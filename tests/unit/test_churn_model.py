@@ -154,6 +154,8 @@ BAD = [  # (what replaces what in GOOD, the words of the error, the text on the 
     (("days_since_last_order,", "days_since_last_ordr,"),
      "churn_model.features[0].name: unknown feature 'days_since_last_ordr' — did you mean 'days_since_last_order'?",
      "days_since_last_ordr"),
+    (("{name: bgnbd_expected_log,", "{name: [a, b],"), "churn_model.features[1].name: unknown feature ['a', 'b']",
+     "coef: -0.4"),
     (("scale: 30.0", "scale: 0"), "churn_model.features[0].scale must be positive, got 0", "scale: 0"),
     (("coef: -0.4", "coef: lots"), "churn_model.features[1].coef must be a finite number, got 'lots'", "coef: lots"),
     (("coef: -0.4", "coef: .nan"), "churn_model.features[1].coef must be a finite number, got nan", "coef: .nan"),
