@@ -213,3 +213,25 @@ def test_rules_validate_names_a_loaded_model(tmp_path: Path) -> None:
     result = CliRunner().invoke(main, ["rules", "validate", str(rules_dir)])
     assert result.exit_code == 1 and "churn_model.yaml:" in result.output
     assert "churn_model.features[4].name: unknown feature 'no_order'" in result.output
+
+
+def test_bad_rows_are_rejected_with_file_and_line_and_the_rest_read(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(ORDERS.replace("b1,b,2025-03-01T10:00:00Z,100.00", "b1,b,yesterday,100.00")
+                    + "x1,,2025-03-01T10:00:00Z,1.00,paid\n")
+    events, bad = read_events(path, ORDER_MAP)
+    assert len(events) == 7
+    assert [line.split(": ")[0] for line in bad] == [f"{path}:7", f"{path}:10"]
+    assert "field 'ts'" in bad[0] and "customer_id" in bad[1]
+
+
+def test_train_refuses_a_bad_with_option_and_a_history_too_short(tmp_path: Path) -> None:
+    orders, logins = history(tmp_path)
+    args = ["churn", "train", str(orders), "--map", "customer_id=customer", "--map", "ts=when",
+            "--out", str(tmp_path / "m.yaml")]
+    result = CliRunner().invoke(main, [*args, "--with", f"visits:{logins}"])
+    assert result.exit_code == 2 and "expected KIND:FILE" in result.output
+    result = CliRunner().invoke(main, [*args, "--with", f"logins:{logins}", "--cut", "2026-03-01"])
+    assert result.exit_code == 1, result.output
+    assert "the history ends before the last cut plus 90 days" in result.output
+    assert f"{logins}: 3 events, 0 rows rejected" in result.output and not (tmp_path / "m.yaml").exists()
