@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from rules.bgnbd import expected_purchases
+from rules.churn_model import ChurnModel
 from rules.exceptions import RulesetError
 from rules.weights import Weights
 
@@ -95,6 +96,7 @@ class ChurnPolicy:
     service_half_load: float = 2.0  # service trouble load at which the component is 0.5
     horizon_days: float = 90.0  # BG/NBD looks this far ahead
     bgnbd: BGNBDParams | None = None
+    model: ChurnModel | None = None  # learned (a ``churn_model:`` section, rules/churn_model.py): replaces the mix
     escalation_level: str = "medium"  # least level while an escalated ticket is open ("none": off)
 
     def __post_init__(self) -> None:
@@ -194,6 +196,28 @@ def _service(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str]) 
     return load / (load + policy.service_half_load)
 
 
+def _mixed_risk(policy: ChurnPolicy, facts: Mapping[str, Any], reasons: list[str],
+                components: dict[str, float]) -> float:
+    """The weighted mix of the components that apply (the risk without a learned model)."""
+    since_value = facts.get("days_since_last_order")
+    if since_value is not None and _num(facts, "orders_total") > 0:
+        since = float(since_value)
+        components["recency"], text = _recency(policy, facts, since)
+        if components["recency"] > 0:
+            reasons.append(text)
+        components["trend"] = _trend(facts, reasons)
+        if policy.bgnbd is not None:
+            components["model"], text = _model(policy.bgnbd, policy.horizon_days, facts, since)
+            reasons.append(text)
+    components["engagement"] = _engagement(policy, facts, reasons)
+    components["service"] = _service(policy, facts, reasons)
+    weights = policy.weights
+    if policy.bgnbd is None and policy.weights_without_model is not None:
+        weights = policy.weights_without_model
+    total = sum(getattr(weights, name) for name in components)
+    return 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
+
+
 def _model(params: BGNBDParams, horizon: float, facts: Mapping[str, Any], since: float) -> tuple[float, str]:
     age = max(_num(facts, "days_since_first_order"), since)
     x = max(_num(facts, "orders_total") - 1.0, 0.0)
@@ -214,23 +238,8 @@ def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessme
     """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``)."""
     reasons: list[str] = []
     components: dict[str, float] = {}
-    since_value = facts.get("days_since_last_order")
-    if since_value is not None and _num(facts, "orders_total") > 0:
-        since = float(since_value)
-        components["recency"], text = _recency(policy, facts, since)
-        if components["recency"] > 0:
-            reasons.append(text)
-        components["trend"] = _trend(facts, reasons)
-        if policy.bgnbd is not None:
-            components["model"], text = _model(policy.bgnbd, policy.horizon_days, facts, since)
-            reasons.append(text)
-    components["engagement"] = _engagement(policy, facts, reasons)
-    components["service"] = _service(policy, facts, reasons)
-    weights = policy.weights
-    if policy.bgnbd is None and policy.weights_without_model is not None:
-        weights = policy.weights_without_model
-    total = sum(getattr(weights, name) for name in components)
-    risk = 0.0 if total <= 0 else _clip(sum(getattr(weights, k) * v for k, v in components.items()) / total)
+    risk = _mixed_risk(policy, facts, reasons, components) if policy.model is None else \
+        policy.model.assess(facts, reasons, components)  # learned: P(no paid order in its horizon), top features
     level = level_of(policy, risk)
     if _num(facts, "escalations_90d") > 0 and _num(facts, "open_tickets") > 0:
         floor = policy.escalation_level  # an escalation is news now, whatever the score says

@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 
 from rules.check import check_expression
 from rules.churn import BGNBDParams, ChurnPolicy, ChurnWeights
+from rules.churn_model import parse_churn_model
 from rules.exceptions import RulesetError
 from rules.expr import compile_expr
 from rules.model import TAG_PATTERN, VISIBILITIES, Rule, Ruleset, ScoreWeights, TierPolicy
 from rules.schema import FieldType, with_tags
 from rules.yamlsrc import Located, read_yaml
 
-_TOP_KEYS = ("name", "rules", "tiers", "score", "churn")
+_TOP_KEYS = ("name", "rules", "tiers", "score", "churn", "churn_model")
 _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
 _TIER_KEYS = ("a_top_fraction", "b_top_fraction", "b_when", "c_when")
@@ -195,7 +197,7 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
     for path in files:
         doc = read_yaml(path)
         doc.mapping("a rules file", _TOP_KEYS)
-        for section in ("name", "tiers", "score", "churn"):
+        for section in ("name", "tiers", "score", "churn", "churn_model"):
             if section in doc.value:
                 if section in sections:
                     raise doc.error(
@@ -222,6 +224,9 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
             rules.append(rule)
     tiers = sections.get("tiers", Located({}, None, "<default tiers>"))
     score = sections.get("score")
+    churn = _parse_churn(sections["churn"]) if "churn" in sections else ChurnPolicy()
+    if "churn_model" in sections:  # written by `tagger churn train`, usually a file of its own
+        churn = replace(churn, model=parse_churn_model(sections["churn_model"]))
     return Ruleset(
         version=ruleset_version(files),
         rules=tuple(rules),
@@ -229,7 +234,7 @@ def load_ruleset(directory: Path, schema: Mapping[str, FieldType]) -> Ruleset:
         weights=ScoreWeights() if score is None else _parse_score(score),
         source_files=tuple(str(p) for p in files),
         name=_name(sections.get("name")),
-        churn=_parse_churn(sections["churn"]) if "churn" in sections else ChurnPolicy(),
+        churn=churn,
     )
 
 

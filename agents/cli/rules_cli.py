@@ -55,7 +55,10 @@ def validate(directory: Path | None) -> None:
     Prints "ok: N rules, version V", or the problem with file, line and rule and exits 1.
     """
     ruleset = _load(directory or _configured_dir())
-    click.echo(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}")
+    model = ruleset.churn.model
+    learned = "" if model is None else \
+        f"; learned churn model: {len(model.names)} features, horizon {model.horizon_days:g} days"
+    click.echo(f"ok: {len(ruleset.rules)} rules, version {ruleset.version}{learned}")
 
 
 @rules_group.command("test")
