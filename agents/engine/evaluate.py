@@ -18,6 +18,7 @@ from rules.churn import assess_churn
 from stream.domain.events import format_ts
 from stream.domain.manual import adjusted_score, expire, manual_reason
 from stream.domain.profiles import PROFILE_FIELDS, profile_facts
+from stream.domain.reversals import KEY as LAST_CHANGES
 from stream.domain.state import AGGREGATE_FIELDS, CustomerState
 
 Kind = Literal["int", "float", "bool", "string", "list", "map"]
@@ -34,10 +35,13 @@ def facts_schema() -> dict[str, FieldType]:
 
 @dataclass(frozen=True)
 class Cutoffs:
-    """Global spend-rank snapshot: tier cut-offs and spend quantiles (ascending)."""
+    """Global spend-rank snapshot: tier cut-offs (entry, and exit: the bands' lower edges) and spend
+    quantiles (ascending)."""
 
     a_cut: float | None = None
     b_cut: float | None = None
+    a_exit_cut: float | None = None
+    b_exit_cut: float | None = None
     quantiles: tuple[float, ...] = ()
     n: int = 0
 
@@ -119,7 +123,8 @@ class Evaluator:
         reasons = evaluate_tags(self.ruleset, facts, facts["tags"], errors=errors)
         for tag, entry in manual_tags.items():
             reasons.setdefault(tag, manual_reason(entry))
-        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors)
+        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors, previous=old.get("tier"),
+                           a_exit_cut=cutoffs.a_exit_cut, b_exit_cut=cutoffs.b_exit_cut)
         base, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
         score = adjusted_score(base, state.manual)
         tags = sorted(reasons)
@@ -133,6 +138,8 @@ class Evaluator:
             "evaluated_at": now_ms,
             "churn": old.get("churn"),  # updated by churn_alert()
         }
+        if LAST_CHANGES in old:  # the reversal bookkeeping (stream.domain.reversals), never published
+            state.view[LAST_CHANGES] = old[LAST_CHANGES]
         old_tags = old.get("tags", [])
         if tags == old_tags and tier == old.get("tier"):
             return facts, None
@@ -154,9 +161,9 @@ class Evaluator:
     def churn_alert(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any], now_ms: int,
                     trigger: dict[str, Any], event_time: int | None = None) -> dict[str, Any] | None:
         """Assess churn risk; store it in the view; return a ``churn-alerts`` message on a level change."""
-        assessment = assess_churn(self.ruleset.churn, facts)
         view = state.view if state.view is not None else {}
         previous = (view.get("churn") or {}).get("level", "none")
+        assessment = assess_churn(self.ruleset.churn, facts, previous)
         view["churn"] = {"risk": round(assessment.risk, 4), "level": assessment.level,
                          "reasons": list(assessment.reasons)}
         state.view = view

@@ -23,6 +23,7 @@ from agents.engine.pipeline.types import Arrival, Partitions, Sender, child
 from rules import RuleErrors
 from stream.domain.clock import Clock
 from stream.domain.due import DueIndex, next_due
+from stream.domain.reversals import note_change
 from stream.domain.sequence import stamp
 from stream.domain.state import CustomerState
 from stream.metrics import Metrics
@@ -36,8 +37,9 @@ class Emitter:
 
     def __init__(self, table: MutableMapping[str, CustomerState], evaluator: Evaluator, view: RedisView,
                  clock: Clock, senders: dict[str, Sender], metrics: Metrics, due: DueIndex,
-                 partitions: Partitions, cutoffs: Cutoffs | None = None) -> None:
+                 partitions: Partitions, cutoffs: Cutoffs | None = None, reversal_window: float = 3600.0) -> None:
         self.table, self.evaluator, self.view, self.clock = table, evaluator, view, clock
+        self._reversal_window_ms = int(reversal_window * 1000)  # TAGGER_REVERSAL_WINDOW
         self.metrics, self.due = metrics, due
         self._partition_of = partitions.of
         self._tag_changes, self._churn_alerts = senders["tag_changes"], senders["churn_alerts"]
@@ -66,6 +68,7 @@ class Emitter:
         # numbered before the table write, which a RocksDB store serialises at once; the record reaches
         # the changelog at the next commit (stream/faust/app.py write_dirty), after the sends below: a crash
         # before it makes the replay number the same outputs again from the counters the changelog kept
+        self._count_reversals(state, change, alert, now)
         if change is not None:
             stamp(change, cid, "tag", state.next_seq("tag"))
         if alert is not None:
@@ -78,6 +81,22 @@ class Emitter:
             await self._tag_change(cid, change, trigger, arrival)
         if alert is not None:
             await self._churn_alert(cid, alert, trigger, arrival)
+
+    def _count_reversals(self, state: CustomerState, change: dict[str, Any] | None, alert: dict[str, Any] | None,
+                         now: int) -> None:
+        """Note this evaluation's tier and churn level changes; count those undoing the previous one
+        (``tagger_reversals_total``, :mod:`stream.domain.reversals`)."""
+        moves = []
+        if change is not None and change.get("tier") != change.get("previous_tier"):
+            moves.append(("tier", change.get("previous_tier"), change.get("tier")))
+        if alert is not None:
+            moves.append(("churn", alert.get("previous_level"), alert.get("level")))
+        if not moves or state.view is None:
+            return
+        mark = state.input_mark()
+        for kind, before, after in moves:
+            if note_change(state.view, kind, before, after, now, mark, self._reversal_window_ms):
+                child(self.metrics.reversals, kind).inc()
 
     async def _tag_change(self, cid: str, change: dict[str, Any], trigger: dict[str, Any], arrival: Arrival) -> None:
         await self._tag_changes.send(key=cid.encode(), value=orjson.dumps(change))
