@@ -343,6 +343,30 @@ def test_the_runtime_counts_a_flap_caused_by_others_only_without_bands(ruleset: 
         assert moves == [(None, "C"), ("C", "A")] and reversals == 0
 
 
+def test_a_moved_exit_cut_makes_the_customers_it_passed_due(ruleset: Ruleset) -> None:
+    """Only the exit cut of A moves (a reload widens a_exit_fraction): the customers between its old and
+    new value may leave or keep A now, so they are due at once, though no entry cut moved."""
+    from agents.engine.pipeline.types import Message
+
+    async def run() -> list[str]:
+        runtime, _ = make_runtime(Settings(partitions=1), view=FakeView())  # type: ignore[call-arg]
+        runtime.due.track(0)
+        for i in range(1, 21):  # c1..c20 spend 100..2000
+            await runtime.handle(Message("orders", 0, i, f"c{i}".encode(), order(f"c{i}", 100.0 * i, i)))
+        await runtime.refresh_cutoffs()
+        now = runtime.clock.now()
+        runtime.due.pop_due(0, now, 100)  # the first cut-offs made everyone due
+        before = runtime.cutoffs
+        runtime.use_ruleset(dataclasses.replace(ruleset, tiers=dataclasses.replace(
+            ruleset.tiers, a_exit_fraction=0.25)))
+        after = await runtime.refresh_cutoffs()
+        assert (before.a_cut, before.b_cut, before.b_exit_cut) == (after.a_cut, after.b_cut, after.b_exit_cut)
+        assert (before.a_exit_cut, after.a_exit_cut) == (1900.0, 1600.0)
+        return sorted(runtime.due.pop_due(0, now, 100))
+
+    assert asyncio.run(run()) == ["c16", "c17", "c18", "c19"]
+
+
 # -- the fault suite's oracle -------------------------------------------------------------------------
 
 
