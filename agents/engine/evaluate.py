@@ -44,6 +44,7 @@ class Cutoffs:
     b_exit_cut: float | None = None
     quantiles: tuple[float, ...] = ()
     n: int = 0
+    known: bool = True  # False: not read from the ranking yet (a worker's first moments): nobody is demoted
 
 
 def spend_percentile(spend: float, quantiles: tuple[float, ...]) -> float:
@@ -123,8 +124,11 @@ class Evaluator:
         reasons = evaluate_tags(self.ruleset, facts, facts["tags"], errors=errors)
         for tag, entry in manual_tags.items():
             reasons.setdefault(tag, manual_reason(entry))
+        # until the ranking is first read, a tier A or B is held (exit cut 0) and nobody is promoted: a worker's
+        # first evaluations would otherwise demote every customer they touch, and the first read promote them back
+        a_exit, b_exit = (cutoffs.a_exit_cut, cutoffs.b_exit_cut) if cutoffs.known else (0.0, 0.0)
         tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors, previous=old.get("tier"),
-                           a_exit_cut=cutoffs.a_exit_cut, b_exit_cut=cutoffs.b_exit_cut)
+                           a_exit_cut=a_exit, b_exit_cut=b_exit)
         base, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
         score = adjusted_score(base, state.manual)
         tags = sorted(reasons)

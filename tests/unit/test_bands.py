@@ -191,6 +191,27 @@ def test_evaluator_holds_the_previous_tier_from_the_view(ruleset: Ruleset) -> No
     assert change is not None and change["previous_tier"] == "A" and change["tier"] in ("C", "D")
 
 
+def test_before_the_ranking_is_first_read_nobody_is_demoted_or_promoted(ruleset: Ruleset) -> None:
+    """A worker's first evaluations come before its first cut-off read: holding A and B then avoids a
+    demotion that the first read would undo (a flap at every restart)."""
+    from agents.engine.pipeline.types import Message
+
+    async def run() -> list[tuple[str | None, str]]:
+        state = CustomerState()
+        state.view = {"tags": [], "tier": "A"}  # as recovered from the changelog
+        runtime, senders = make_runtime(Settings(partitions=1), table={"held": state},  # type: ignore[call-arg]
+                                        view=FakeView())
+        assert not runtime.cutoffs.known
+        await runtime.handle(Message("orders", 0, 1, b"held", order("held", 50.0, 1)))
+        await runtime.handle(Message("orders", 0, 2, b"new", order("new", 5000.0, 2)))
+        changes = [orjson.loads(v) for _, v, _ in senders["tag_changes"].sent]
+        return [(c["customer_id"], c["previous_tier"], c["tier"]) for c in changes]
+
+    # held stays A (its tags changed, its tier did not); the newcomer's A waits for the first read
+    assert asyncio.run(run()) == [("held", "A", "A"), ("new", None, "C")]
+    assert Cutoffs().known  # cut-offs given or read are used as they are
+
+
 # -- churn exit cut-offs ------------------------------------------------------------------------------
 
 

@@ -43,7 +43,7 @@ class Emitter:
         self.metrics, self.due = metrics, due
         self._partition_of = partitions.of
         self._tag_changes, self._churn_alerts = senders["tag_changes"], senders["churn_alerts"]
-        self.cutoffs = cutoffs or Cutoffs()  # the latest global tier cut-offs (commands refresh them)
+        self.cutoffs = cutoffs or Cutoffs(known=False)  # the latest global tier cut-offs (commands refresh them)
         self.rule_errors = 0
         self._urgent_views: dict[str, None] = {}  # customers whose Redis view to write next (flush_soon), in order
         self._urgent_flush: asyncio.Future[None] | None = None
