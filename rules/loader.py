@@ -22,7 +22,8 @@ from rules.yamlsrc import Located, read_yaml
 _TOP_KEYS = ("name", "rules", "tiers", "score", "churn")
 _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
-_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "a_exit_fraction", "b_exit_fraction", "b_when", "c_when")
+_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "a_exit_fraction", "b_exit_fraction", "min_tier_dwell", "b_when",
+              "c_when")
 _WEIGHT_KEYS = ("spend", "engagement", "growth", "strategic")
 _CHURN_KEYS = ("weights", "weights_without_model", "levels", "silence_multiple", "default_gap_days", "min_gap_days",
                "min_login_baseline", "service_half_load", "horizon_days", "bgnbd", "escalation_level", "exit_levels")

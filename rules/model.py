@@ -83,6 +83,7 @@ class TierPolicy:
     b_when: str = "true"  # extra condition for B, e.g. stable repeat purchases: orders_365d >= 2
     a_exit_fraction: float | None = None
     b_exit_fraction: float | None = None
+    min_tier_dwell: float = 0.0  # seconds a tier is kept at least before a demotion is published (0: off)
     _c_expr: CompiledExpr = field(init=False, repr=False, compare=False)
     _b_expr: CompiledExpr = field(init=False, repr=False, compare=False)
 
@@ -107,6 +108,10 @@ class TierPolicy:
                     hint=f"a customer leaves the tier only outside its exit fraction: give {name} at least "
                     f"{entry} (equal: no band)",
                 )
+        dwell = self.min_tier_dwell
+        if isinstance(dwell, bool) or not isinstance(dwell, int | float) or not 0 <= dwell < float("inf"):
+            raise RulesetError(f"min_tier_dwell must be a number of seconds >= 0, got {dwell!r}",
+                               hint="e.g. 3600 (an hour in a tier before a demotion is published); 0: off")
         a_exit, b_exit = self.exit_fractions
         if a_exit > b_exit:
             raise RulesetError(

@@ -15,13 +15,16 @@ from typing import Any, Literal, cast
 
 from rules import FieldType, RuleErrors, Ruleset, assign_tier, evaluate_tags, weighted_score
 from rules.churn import assess_churn
+from stream.domain.due import TIER_DUE
 from stream.domain.events import format_ts
 from stream.domain.manual import adjusted_score, expire, manual_reason
 from stream.domain.profiles import PROFILE_FIELDS, profile_facts
 from stream.domain.reversals import KEY as LAST_CHANGES
+from stream.domain.reversals import last_change_at
 from stream.domain.state import AGGREGATE_FIELDS, CustomerState
 
 Kind = Literal["int", "float", "bool", "string", "list", "map"]
+TIERS = ("A", "B", "C", "D")  # best first
 
 #: engagement normalisation: this many logins in 30 days scores 100
 ENGAGEMENT_FULL_LOGINS_30D = 20
@@ -129,6 +132,9 @@ class Evaluator:
         a_exit, b_exit = (cutoffs.a_exit_cut, cutoffs.b_exit_cut) if cutoffs.known else (0.0, 0.0)
         tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors, previous=old.get("tier"),
                            a_exit_cut=a_exit, b_exit_cut=b_exit)
+        tier_due = self._dwell_until(old, tier, now_ms)
+        if tier_due is not None:  # a demotion within the minimum dwell: published by the sweep at tier_due
+            tier = old["tier"]
         base, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
         score = adjusted_score(base, state.manual)
         tags = sorted(reasons)
@@ -144,6 +150,8 @@ class Evaluator:
         }
         if LAST_CHANGES in old:  # the reversal bookkeeping (stream.domain.reversals), never published
             state.view[LAST_CHANGES] = old[LAST_CHANGES]
+        if tier_due is not None:
+            state.view[TIER_DUE] = tier_due
         old_tags = old.get("tags", [])
         if tags == old_tags and tier == old.get("tier"):
             return facts, None
@@ -161,6 +169,16 @@ class Evaluator:
             "ruleset_name": self.ruleset.name,
         }
         return facts, change
+
+    def _dwell_until(self, old: Mapping[str, Any], tier: str, now_ms: int) -> int | None:
+        """When a demotion to ``tier`` may be published, if that is later than now (``min_tier_dwell`` after the
+        customer's latest tier change); None: publish it now, or not a demotion."""
+        dwell_ms = int(self.ruleset.tiers.min_tier_dwell * 1000)
+        previous = old.get("tier")
+        if not dwell_ms or previous not in TIERS or TIERS.index(tier) <= TIERS.index(previous):
+            return None
+        since = last_change_at(old, "tier")
+        return since + dwell_ms if since is not None and now_ms - since < dwell_ms else None
 
     def churn_alert(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any], now_ms: int,
                     trigger: dict[str, Any], event_time: int | None = None) -> dict[str, Any] | None:

@@ -13,10 +13,10 @@ a few dozen bytes, whatever the customer's history.
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from typing import Any
 
-__all__ = ["KEY", "KINDS", "note_change", "reverses"]
+__all__ = ["KEY", "KINDS", "last_change_at", "note_change", "reverses"]
 
 KEY = "last_changes"  # in CustomerState.view: kind -> [before, after, at_ms, mark]
 KINDS = ("tier", "churn")
@@ -30,6 +30,13 @@ def reverses(last: Sequence[Any] | None, before: str | None, after: str | None, 
     last_before, last_after, at_ms, last_mark = last
     return (last_before == after and last_after == before and last_mark == mark
             and 0 <= now_ms - at_ms <= window_ms)
+
+
+def last_change_at(view: Mapping[str, Any], kind: str) -> int | None:
+    """When the customer's latest ``kind`` change was noted (None: none noted)."""
+    changes = view.get(KEY)
+    last = changes.get(kind) if isinstance(changes, dict) else None
+    return int(last[2]) if isinstance(last, list) and len(last) == 4 else None
 
 
 def note_change(view: MutableMapping[str, Any], kind: str, before: str | None, after: str | None, now_ms: int,

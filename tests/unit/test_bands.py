@@ -212,6 +212,62 @@ def test_before_the_ranking_is_first_read_nobody_is_demoted_or_promoted(ruleset:
     assert Cutoffs().known  # cut-offs given or read are used as they are
 
 
+def test_min_tier_dwell_holds_a_demotion_and_the_sweep_publishes_it(ruleset: Ruleset) -> None:
+    """min_tier_dwell (bands off here, so the demotion is plain): edge, A since its promotion, is overtaken
+    within the dwell; the demotion waits, survives a restart as a due time, and the sweep at that time
+    publishes it (trigger timer)."""
+    from agents.engine.pipeline.types import Message
+    from stream.domain.due import TIER_DUE, due_after_restore
+
+    dwelling = dataclasses.replace(bands_off(ruleset), tiers=dataclasses.replace(
+        bands_off(ruleset).tiers, min_tier_dwell=3600.0))
+
+    async def run() -> tuple[list[tuple[str | None, str, str]], int, int]:
+        runtime, senders = make_runtime(Settings(partitions=1), view=FakeView())  # type: ignore[call-arg]
+        runtime.use_ruleset(dwelling)
+        runtime.due.track(0)
+        offset = 0
+
+        async def buy(cid: str, amount: float, ts: int) -> None:
+            nonlocal offset
+            offset += 1
+            event = {"event_id": f"e{offset}", "customer_id": cid, "ts": ts, "order_id": f"o{offset}",
+                     "amount": amount, "status": "paid"}
+            await runtime.handle(Message("orders", 0, offset, cid.encode(), orjson.dumps(event)))
+
+        for i in range(18):
+            await buy(f"c{i}", 10.0 + i, START_MS)
+        await buy("edge", 1000.0, START_MS)
+        await buy("rival", 900.0, START_MS)
+        await runtime.refresh_cutoffs()
+        await runtime.sweep(["edge"], {"kind": "timer", "topic": None, "event_id": None})  # edge: A at START_MS
+        await buy("rival", 200.0, START_MS + 60_000)  # rival overtakes edge one minute later
+        await runtime.refresh_cutoffs()
+        await runtime.sweep(["edge"], {"kind": "timer", "topic": None, "event_id": None})
+        state = runtime.table["edge"]
+        assert state.view is not None and state.view["tier"] == "A"  # held: within the dwell
+        due = state.view[TIER_DUE]
+        assert due_after_restore(type(state).from_bytes(state.to_bytes())) == due  # a restart keeps it due
+        await buy("c0", 1.0, due + 1)  # the stream clock passes the due time
+        await runtime.command(0, {"cmd": "sweep"})
+        changes = [orjson.loads(v) for _, v, _ in senders["tag_changes"].sent]
+        moves = [(c["previous_tier"], c["tier"], c["trigger"]["kind"]) for c in changes
+                 if c["customer_id"] == "edge" and c["previous_tier"] != c["tier"]]
+        return moves, due, TIER_DUE in (runtime.table["edge"].view or {})
+
+    moves, due, still_held = asyncio.run(run())
+    assert due == START_MS + 3_600_000  # an hour after edge entered A
+    assert moves == [(None, "C", "event"), ("C", "A", "timer"), ("A", "B", "timer")] and not still_held
+
+
+def test_min_tier_dwell_is_validated_naming_file_and_key(tmp_path: Path) -> None:
+    rules = rules_with(tmp_path, "tiers.yaml", "  a_exit_fraction: 0.07\n", "  a_exit_fraction: 0.07\n"
+                       "  min_tier_dwell: -5\n")
+    with pytest.raises(RulesetError, match=r"tiers\.yaml:\d+: tiers: min_tier_dwell must be a number of seconds"):
+        load_ruleset(rules, facts_schema())
+    assert TierPolicy().min_tier_dwell == 0.0  # off unless given
+
+
 # -- churn exit cut-offs ------------------------------------------------------------------------------
 
 

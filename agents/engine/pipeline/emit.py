@@ -22,7 +22,7 @@ from agents.engine.evaluate import Cutoffs, Evaluator
 from agents.engine.pipeline.types import Arrival, Partitions, Sender, child
 from rules import RuleErrors
 from stream.domain.clock import Clock
-from stream.domain.due import DueIndex, next_due
+from stream.domain.due import TIER_DUE, DueIndex, next_due
 from stream.domain.reversals import note_change
 from stream.domain.sequence import stamp
 from stream.domain.state import CustomerState
@@ -60,6 +60,7 @@ class Emitter:
         now = self.clock.now()
         state.prune(now)
         errors = RuleErrors()
+        held = (state.view or {}).get(TIER_DUE)  # a demotion held for its dwell: written to the table when it moves
         facts, change = self.evaluator.evaluate(cid, state, now, self.cutoffs, trigger, event_time, errors)
         alert = self.evaluator.churn_alert(cid, state, facts, now, trigger, event_time)
         if errors:
@@ -73,7 +74,7 @@ class Emitter:
             stamp(change, cid, "tag", state.next_seq("tag"))
         if alert is not None:
             stamp(alert, cid, "churn", state.next_seq("churn"))
-        if changed or change is not None or alert is not None:
+        if changed or change is not None or alert is not None or held != (state.view or {}).get(TIER_DUE):
             self.table[cid] = state
         self.due.set(self._partition_of(cid), cid, next_due(state, now))
         self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
