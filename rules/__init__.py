@@ -12,7 +12,7 @@ from rules.schema import FieldType
 from rules.score import weighted_score
 from rules.tagging import evaluate_tags
 from rules.testing import CaseFileError, load_cases, run_cases
-from rules.tiers import assign_tier, tier_cutoffs
+from rules.tiers import assign_tier, possible_tiers, tier_cutoffs, tier_ranks
 
 __all__ = [
     "BGNBDParams",
@@ -37,7 +37,9 @@ __all__ = [
     "evaluate_tags",
     "load_cases",
     "load_ruleset",
+    "possible_tiers",
     "run_cases",
     "tier_cutoffs",
+    "tier_ranks",
     "weighted_score",
 ]

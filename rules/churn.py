@@ -19,7 +19,12 @@
 parameters are configured and ``weights_without_model`` (if given) when not: ``model`` needs ``bgnbd`` and
 a paid order; ``recency`` and ``trend`` need a paid order. A customer without any paid order is
 judged on engagement and service alone; weights of components that do not apply are spread over
-the others in proportion. ``level`` is the highest cut-off the risk reaches.
+the others in proportion. ``level`` is the highest cut-off the risk reaches, except that a level
+once reached is left only below its exit cut-off (``exit_levels``, each at most its entry cut-off):
+given the customer's previous level, the level is the higher of the one the risk reaches and the
+highest level at or below the previous one whose exit cut-off the risk still reaches. Back to
+``none`` ("recovered") therefore only below the lowest exit cut-off. Equal exit and entry
+cut-offs: the plain levels.
 """
 
 from __future__ import annotations
@@ -37,6 +42,8 @@ from rules.weights import Weights
 __all__ = ["LEVELS", "BGNBDParams", "ChurnAssessment", "ChurnPolicy", "ChurnWeights", "assess_churn"]
 
 LEVELS = ("none", "low", "medium", "high")
+#: exit cut-offs when a ruleset gives none (never above the entry cut-off: then there is no band)
+DEFAULT_EXIT_LEVELS = {"low": 0.2, "medium": 0.45, "high": 0.65}
 MONTHS_PER_YEAR = 12.17  # logins_365d / 12.17 = logins in an average 30-day month
 
 
@@ -98,6 +105,10 @@ class ChurnPolicy:
     bgnbd: BGNBDParams | None = None
     model: ChurnModel | None = None  # learned (a ``churn_model:`` section, rules/churn_model.py): replaces the mix
     escalation_level: str = "medium"  # least level while an escalated ticket is open ("none": off)
+    # a level is left only below its exit cut-off; None: DEFAULT_EXIT_LEVELS, or the entry cut-off if lower
+    low_exit: float | None = None
+    medium_exit: float | None = None
+    high_exit: float | None = None
 
     def __post_init__(self) -> None:
         for name in ("low", "medium", "high", "silence_multiple", "default_gap_days", "min_gap_days",
@@ -114,12 +125,39 @@ class ChurnPolicy:
                 f"cut-offs must rise: low {self.low}, medium {self.medium}, high {self.high}",
                 hint="e.g. low: 0.25, medium: 0.5, high: 0.7",
             )
+        self._check_exits()
         if self.weights_without_model is not None and self.weights_without_model.model:
             raise RulesetError("weights_without_model.model must be 0: it applies when there is no model")
         if self.silence_multiple <= 1.0:
             raise RulesetError(f"silence_multiple must be above 1, got {self.silence_multiple}")
         for name in ("default_gap_days", "min_gap_days", "service_half_load", "horizon_days"):
             _number(name, getattr(self, name), positive=True)
+
+
+    def _check_exits(self) -> None:
+        for level in ("low", "medium", "high"):
+            name, entry = f"{level}_exit", getattr(self, level)
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, min(DEFAULT_EXIT_LEVELS[level], entry))
+                continue
+            value = _number(f"exit_levels.{level}", value)
+            if not 0.0 < value <= entry:
+                raise RulesetError(f"exit_levels.{level} must be in (0, levels.{level} = {entry}], got {value}",
+                                   hint=f"a level is left only below its exit cut-off, e.g. {level}: "
+                                   f"{DEFAULT_EXIT_LEVELS[level]} (equal to the entry cut-off: no band)")
+            object.__setattr__(self, name, value)
+        exits = self.exit_cutoffs
+        if not exits["low"] <= exits["medium"] <= exits["high"]:
+            raise RulesetError(
+                f"exit_levels must rise: low {exits['low']}, medium {exits['medium']}, high {exits['high']}",
+                hint="e.g. low: 0.2, medium: 0.45, high: 0.65")
+
+    @property
+    def exit_cutoffs(self) -> dict[str, float]:
+        """The exit cut-off of each level above ``none`` (resolved: never None once built)."""
+        return {level: float(getattr(self, f"{level}_exit") if getattr(self, f"{level}_exit") is not None
+                             else getattr(self, level)) for level in ("low", "medium", "high")}
 
 
 @dataclass(frozen=True)
@@ -225,22 +263,27 @@ def _model(params: BGNBDParams, horizon: float, facts: Mapping[str, Any], since:
     return math.exp(-expected), f"BG/NBD expects {expected:.1f} purchases in the next {horizon:g} days"
 
 
-def level_of(policy: ChurnPolicy, risk: float) -> str:
-    """The highest level whose cut-off ``risk`` reaches."""
-    if risk >= policy.high:
-        return "high"
-    if risk >= policy.medium:
-        return "medium"
-    return "low" if risk >= policy.low else "none"
+def level_of(policy: ChurnPolicy, risk: float, previous: str = "none") -> str:
+    """The highest level whose cut-off ``risk`` reaches, or the highest level at or below ``previous``
+    (the customer's level so far) whose exit cut-off ``risk`` still reaches, whichever is higher."""
+    entered = "high" if risk >= policy.high else "medium" if risk >= policy.medium else (
+        "low" if risk >= policy.low else "none")
+    floor, top = LEVELS.index(entered), LEVELS.index(previous) if previous in LEVELS else 0
+    exits = policy.exit_cutoffs
+    for index in range(top, floor, -1):
+        if risk >= exits[LEVELS[index]]:
+            return LEVELS[index]
+    return entered
 
 
-def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any]) -> ChurnAssessment:
-    """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``)."""
+def assess_churn(policy: ChurnPolicy, facts: Mapping[str, Any], previous: str = "none") -> ChurnAssessment:
+    """Churn risk of one customer from the stream's aggregates (keys of ``AGGREGATE_FIELDS``);
+    ``previous``: its level so far (the exit cut-offs hold it)."""
     reasons: list[str] = []
     components: dict[str, float] = {}
     risk = _mixed_risk(policy, facts, reasons, components) if policy.model is None else \
         policy.model.assess(facts, reasons, components)  # learned: P(no paid order in its horizon), top features
-    level = level_of(policy, risk)
+    level = level_of(policy, risk, previous)
     if _num(facts, "escalations_90d") > 0 and _num(facts, "open_tickets") > 0:
         floor = policy.escalation_level  # an escalation is news now, whatever the score says
         if LEVELS.index(floor) > LEVELS.index(level):

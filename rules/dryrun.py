@@ -58,6 +58,8 @@ class DryRunReport:
     ruleset: Ruleset = field(repr=False, compare=False)
     a_cut: float | None = None
     b_cut: float | None = None
+    a_exit_cut: float | None = None  # the tier bands' lower edges (None: no band), held from the current tier
+    b_exit_cut: float | None = None
     evaluated: int = 0
     tags: dict[str, TagDelta] = field(default_factory=dict)
     tier_moves: dict[tuple[str, str], Examples] = field(default_factory=dict)
@@ -90,7 +92,8 @@ class DryRunReport:
         errors = RuleErrors()
         new = {tag: "manual" for tag in manual_tags}
         new |= evaluate_tags(self.ruleset, full, current, errors=errors)
-        tier = assign_tier(self.ruleset, full, self.a_cut, self.b_cut, errors=errors)
+        tier = assign_tier(self.ruleset, full, self.a_cut, self.b_cut, errors=errors, previous=current_tier,
+                           a_exit_cut=self.a_exit_cut, b_exit_cut=self.b_exit_cut)
         self.evaluated += 1
         for tag in current | new.keys():
             delta = self.tags.setdefault(tag, TagDelta())
@@ -147,13 +150,14 @@ class DryRunReport:
 
 
 def dry_run(customers: Iterable[Customer], ruleset: Ruleset, a_cut: float | None,
-            b_cut: float | None) -> DryRunReport:
+            b_cut: float | None, a_exit_cut: float | None = None, b_exit_cut: float | None = None) -> DryRunReport:
     """Evaluate every customer with the candidate ``ruleset``; change nothing.
 
     Each customer's facts must hold every schema field (``tags`` is added from the
-    current tags, which also drive hysteresis exactly as in the live worker).
+    current tags, which also drive hysteresis exactly as in the live worker; so does the
+    current tier, within the exit cuts' bands).
     """
-    report = DryRunReport(ruleset, a_cut, b_cut)
+    report = DryRunReport(ruleset, a_cut, b_cut, a_exit_cut, b_exit_cut)
     for customer_id, facts, tags, tier in customers:
         report.add(customer_id, facts, tags, tier)
     return report

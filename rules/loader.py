@@ -24,10 +24,11 @@ from rules.yamlsrc import Located, read_yaml
 _TOP_KEYS = ("name", "rules", "tiers", "score", "churn", "churn_model")
 _RULE_KEYS = ("tag", "description", "owner", "visibility", "when", "exit")
 _REQUIRED = ("tag", "description", "owner", "when")
-_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "b_when", "c_when")
+_TIER_KEYS = ("a_top_fraction", "b_top_fraction", "a_exit_fraction", "b_exit_fraction", "min_tier_dwell", "b_when",
+              "c_when")
 _WEIGHT_KEYS = ("spend", "engagement", "growth", "strategic")
 _CHURN_KEYS = ("weights", "weights_without_model", "levels", "silence_multiple", "default_gap_days", "min_gap_days",
-               "min_login_baseline", "service_half_load", "horizon_days", "bgnbd", "escalation_level")
+               "min_login_baseline", "service_half_load", "horizon_days", "bgnbd", "escalation_level", "exit_levels")
 _CHURN_WEIGHT_KEYS = ("recency", "trend", "engagement", "service", "model")
 _LEVEL_KEYS = ("low", "medium", "high")
 _BGNBD_KEYS = ("r", "alpha", "a", "b")
@@ -112,8 +113,9 @@ def _parse_tiers(doc: Located, schema: Mapping[str, FieldType]) -> TierPolicy:
             _checked(doc, key, schema, None)
     try:
         policy = TierPolicy(**doc.value)
-    except RulesetError as exc:
-        raise doc.error(f"tiers: {exc.problem}", hint=exc.hint) from exc
+    except RulesetError as exc:  # located at the key named first in the problem, if the file has it
+        named = next((k for k in exc.problem.split() if k in _TIER_KEYS and k in doc.value), None)
+        raise doc.error(f"tiers: {exc.problem}", hint=exc.hint, key=named) from exc
     if "c_when" not in doc.value:
         _checked(Located({"c_when": policy.c_when}, None, doc.file), "c_when", schema, None)
     return policy
@@ -162,13 +164,14 @@ def _parse_churn(doc: Located) -> ChurnPolicy:
         except RulesetError as exc:
             raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key="bgnbd") from exc
     levels = _churn_part(doc, "levels", "churn.levels", _LEVEL_KEYS)
+    exits = {f"{k}_exit": v for k, v in _churn_part(doc, "exit_levels", "churn.exit_levels", _LEVEL_KEYS).items()}
     scalars = {k: v for k, v in doc.value.items()
-               if k not in ("weights", "weights_without_model", "levels", "bgnbd")}
+               if k not in ("weights", "weights_without_model", "levels", "bgnbd", "exit_levels")}
     try:
-        return ChurnPolicy(**weights, bgnbd=bgnbd, **levels, **scalars)  # type: ignore[arg-type]
+        return ChurnPolicy(**weights, bgnbd=bgnbd, **levels, **exits, **scalars)  # type: ignore[arg-type]
     except RulesetError as exc:
         bad = next((k for k in (*scalars, *levels) if k in exc.problem), None)
-        key = "levels" if bad in levels else bad
+        key = "exit_levels" if "exit_levels" in exc.problem else "levels" if bad in levels else bad
         raise doc.error(f"churn: {exc.problem}", hint=exc.hint, key=key) from exc
 
 

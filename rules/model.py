@@ -64,31 +64,75 @@ class Rule:
         object.__setattr__(self, "_exit_expr", exit_expr)
 
 
+#: exit fractions when a ruleset gives none (never below the entry fraction: then there is no band)
+DEFAULT_A_EXIT_FRACTION = 0.07
+DEFAULT_B_EXIT_FRACTION = 0.25
+
+
 @dataclass(frozen=True)
 class TierPolicy:
-    """How customers map to tiers A–D; see :mod:`rules.tiers` for the definition."""
+    """How customers map to tiers A–D; see :mod:`rules.tiers` for the definition.
+
+    ``a_exit_fraction`` / ``b_exit_fraction``: the band a customer already in A (in A or B) keeps
+    its tier within; None (not given) is 0.07 / 0.25, or the entry fraction where that is larger.
+    """
 
     a_top_fraction: float = 0.05
     b_top_fraction: float = 0.20
     c_when: str = DEFAULT_C_WHEN
     b_when: str = "true"  # extra condition for B, e.g. stable repeat purchases: orders_365d >= 2
+    a_exit_fraction: float | None = None
+    b_exit_fraction: float | None = None
+    min_tier_dwell: float = 0.0  # seconds a tier is kept at least before a demotion is published (0: off)
     _c_expr: CompiledExpr = field(init=False, repr=False, compare=False)
     _b_expr: CompiledExpr = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         for name in ("a_top_fraction", "b_top_fraction"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                raise RulesetError(f"{name} must be a number, got {value!r}")
-            if not 0.0 <= value <= 1.0:
-                raise RulesetError(f"{name} must be between 0 and 1, got {value}")
+            _fraction(name, getattr(self, name))
         if self.a_top_fraction > self.b_top_fraction:
             raise RulesetError(
                 "a_top_fraction is larger than b_top_fraction",
                 hint="tier A is the top slice of tier B's range, e.g. 0.05 and 0.20",
             )
+        for name, entry, default in (("a_exit_fraction", "a_top_fraction", DEFAULT_A_EXIT_FRACTION),
+                                     ("b_exit_fraction", "b_top_fraction", DEFAULT_B_EXIT_FRACTION)):
+            value = getattr(self, name)
+            if value is None:
+                object.__setattr__(self, name, max(default, getattr(self, entry)))
+                continue
+            _fraction(name, value)
+            if value < getattr(self, entry):
+                raise RulesetError(
+                    f"{name} {value} is smaller than {entry} {getattr(self, entry)}",
+                    hint=f"a customer leaves the tier only outside its exit fraction: give {name} at least "
+                    f"{entry} (equal: no band)",
+                )
+        dwell = self.min_tier_dwell
+        if isinstance(dwell, bool) or not isinstance(dwell, int | float) or not 0 <= dwell < float("inf"):
+            raise RulesetError(f"min_tier_dwell must be a number of seconds >= 0, got {dwell!r}",
+                               hint="e.g. 3600 (an hour in a tier before a demotion is published); 0: off")
+        a_exit, b_exit = self.exit_fractions
+        if a_exit > b_exit:
+            raise RulesetError(
+                f"a_exit_fraction {a_exit} is larger than b_exit_fraction {b_exit}",
+                hint="A's band lies within B's, e.g. 0.07 and 0.25",
+            )
         object.__setattr__(self, "_c_expr", compile_expr(self.c_when))
         object.__setattr__(self, "_b_expr", compile_expr(self.b_when))
+
+    @property
+    def exit_fractions(self) -> tuple[float, float]:
+        """``(a_exit_fraction, b_exit_fraction)`` as resolved (never None once built)."""
+        return (float(self.a_exit_fraction if self.a_exit_fraction is not None else self.a_top_fraction),
+                float(self.b_exit_fraction if self.b_exit_fraction is not None else self.b_top_fraction))
+
+
+def _fraction(name: str, value: object) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise RulesetError(f"{name} must be a number, got {value!r}")
+    if not 0.0 <= value <= 1.0:
+        raise RulesetError(f"{name} must be between 0 and 1, got {value}")
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Unit tests for a ruleset, written in YAML by the people who own the rules.
 
-A case file lists customers (facts, current tags, tier cut-offs) and what the
+A case file lists customers (facts, current tags and tier, tier cut-offs) and what the
 ruleset must make of them; the format is in rules/README.md ("Testing rules")
 and rules/examples/. Pure: nothing here touches Redis or Kafka; the caller passes
 the facts schema and the loaded ruleset.
@@ -25,8 +25,9 @@ from rules.yamlsrc import Located, read_yaml
 TIERS = ("A", "B", "C", "D")
 _NEUTRAL: Mapping[str, Any] = {"int": 0, "float": 0.0, "bool": False, "string": "", "list": [], "map": {}}
 _FILE_KEYS = ("defaults", "cases")
-_DEFAULT_KEYS = ("facts", "tags", "cutoffs")
-_CASE_KEYS = ("name", "facts", "tags", "cutoffs", "expect")
+_DEFAULT_KEYS = ("facts", "tags", "tier", "cutoffs")
+_CASE_KEYS = ("name", "facts", "tags", "tier", "cutoffs", "expect")
+_CUT_KEYS = ("a", "b", "a_exit", "b_exit")
 _EXPECT_KEYS = ("tags", "has", "lacks", "tier", "reasons")
 
 
@@ -70,6 +71,9 @@ class Case:
     expect: Expect
     file: str
     line: int | None
+    tier: str | None = None  # the tier before evaluation (the bands hold it)
+    a_exit_cut: float | None = None
+    b_exit_cut: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,11 +163,19 @@ def _cutoffs(doc: Located, case: str | None) -> dict[str, float | None]:
     cut = doc.child("cutoffs")
     if cut.value is None:
         return {}
-    _mapping(cut, "cutoffs", ("a", "b"), case)
+    _mapping(cut, "cutoffs", _CUT_KEYS, case)
     for key, value in cut.value.items():
         if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
             raise _fail(cut, f"cut-off '{key}' must be a number or null, got {value!r}", case, key=key)
     return {k: None if v is None else float(v) for k, v in cut.value.items()}
+
+
+def _tier(doc: Located, case: str | None) -> str | None:
+    """The current tier under ``tier`` (absent: none yet)."""
+    tier = doc.value.get("tier")
+    if tier is not None and tier not in TIERS:
+        raise _fail(doc, f"tier must be one of A, B, C, D, got {tier!r}", case, key="tier")
+    return tier if isinstance(tier, str) else None
 
 
 def _expect(doc: Located, case: str) -> Expect:
@@ -195,11 +207,13 @@ def load_cases(path: Path, schema: Mapping[str, FieldType]) -> list[Case]:
     base_tags: tuple[str, ...] = ()
     base_facts = neutral_facts(schema)
     base_cut: dict[str, float | None] = {}
+    base_tier: str | None = None
     if defaults.value is not None:
         _mapping(defaults, "defaults", _DEFAULT_KEYS, None)
         base_facts |= _facts(defaults, schema, None)
         base_cut = _cutoffs(defaults, None)
         base_tags = _strings(defaults, "tags", None) if "tags" in defaults.value else ()
+        base_tier = _tier(defaults, None)
     listed = doc.child("cases")
     if not isinstance(listed.value, list) or not listed.value:
         raise _fail(doc, "'cases' must be a non-empty list", None, key="cases")
@@ -213,8 +227,9 @@ def load_cases(path: Path, schema: Mapping[str, FieldType]) -> list[Case]:
             raise _fail(item, "duplicate case name", name, key="name", hint="give every case its own name")
         cut = base_cut | _cutoffs(item, name)
         tags = _strings(item, "tags", name) if "tags" in item.value else base_tags
+        tier = _tier(item, name) if "tier" in item.value else base_tier
         cases.append(Case(name, base_facts | _facts(item, schema, name), tags, cut.get("a"), cut.get("b"),
-                          _expect(item, name), item.file, item.line))
+                          _expect(item, name), item.file, item.line, tier, cut.get("a_exit"), cut.get("b_exit")))
     return cases
 
 
@@ -238,7 +253,8 @@ def run_case(ruleset: Ruleset, case: Case) -> CaseResult:
     facts = {**case.facts, TAGS_FIELD: list(case.tags)}
     errors = RuleErrors()
     got = evaluate_tags(ruleset, facts, case.tags, errors=errors)
-    tier = assign_tier(ruleset, facts, case.a_cut, case.b_cut, errors=errors)
+    tier = assign_tier(ruleset, facts, case.a_cut, case.b_cut, errors=errors, previous=case.tier,
+                       a_exit_cut=case.a_exit_cut, b_exit_cut=case.b_exit_cut)
     exp, problems = case.expect, [f"error: {e}" for e in errors]
     if exp.tags is not None and exp.tags != got.keys():
         extra = [f"{t} ({got[t]})" for t in sorted(got.keys() - exp.tags)]

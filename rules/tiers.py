@@ -14,6 +14,21 @@ A customer is
 
 A cut of ``None`` means nobody qualifies for that tier (e.g. ``n == 0``).
 Ties at a cut-off all get the better tier.
+
+Bands (hysteresis): with the exit fractions *a'* >= *a* and *b'* >= *b*, the exit cut-off
+ranks are ``ceil(a' * n)`` and ``ceil(b' * n)``, and the caller reads ``a_exit_cut`` and
+``b_exit_cut`` (<= the entry cuts) likewise. Given the customer's ``previous`` tier (the one
+its view holds; None for a new customer), a customer is
+
+* **A** if ``spend_365d > 0`` and either ``spend_365d >= a_cut``, or it was A and
+  ``spend_365d >= a_exit_cut``;
+* else **B** if ``spend_365d > 0``, B's condition holds and either ``spend_365d >= b_cut``,
+  or it was A or B and ``spend_365d >= b_exit_cut``;
+* else C or D as above.
+
+A promotion is immediate; only the way down waits for the band. With the exit fractions equal
+to the entry fractions the exit cuts are the entry cuts, and the tier is the plain one above
+whatever ``previous`` is.
 """
 
 from __future__ import annotations
@@ -24,7 +39,7 @@ from fractions import Fraction
 from typing import Any
 
 from rules.exceptions import RuleErrors, RuleEvaluationError, record
-from rules.model import Ruleset
+from rules.model import Ruleset, TierPolicy
 
 
 def _exact(fraction: float) -> Fraction:
@@ -47,25 +62,58 @@ def tier_cutoffs(n: int, a_fraction: float, b_fraction: float) -> tuple[int, int
     return (math.ceil(_exact(a_fraction) * n), math.ceil(_exact(b_fraction) * n))
 
 
+def tier_ranks(n: int, policy: TierPolicy) -> tuple[int, int, int, int]:
+    """The cut-off ranks of ``policy`` among ``n`` paying customers: entry A, entry B, exit A, exit B
+    (:func:`tier_cutoffs` of the entry fractions, then of the exit fractions)."""
+    a_exit, b_exit = policy.exit_fractions
+    return (*tier_cutoffs(n, policy.a_top_fraction, policy.b_top_fraction), *tier_cutoffs(n, a_exit, b_exit))
+
+
 def assign_tier(
     ruleset: Ruleset,
     facts: Mapping[str, Any],
     a_cut: float | None,
     b_cut: float | None,
     errors: RuleErrors | list[str] | None = None,
+    *,
+    previous: str | None = None,
+    a_exit_cut: float | None = None,
+    b_exit_cut: float | None = None,
 ) -> str:
     """Return "A", "B", "C" or "D" for one customer; see the module docstring.
 
+    Without ``previous`` (or without exit cuts) this is the plain rank definition.
     A tier condition that raises counts as false and, if ``errors`` is given, its
     :class:`RuleEvaluationError` (``tiers.b_when`` or ``tiers.c_when``) is added to it.
     """
     spend = facts["spend_365d"]
     if spend is not None and spend > 0:
-        if a_cut is not None and spend >= a_cut:
+        def reaches(cut: float | None) -> bool:
+            return cut is not None and spend >= cut
+
+        if reaches(a_cut) or previous == "A" and reaches(a_exit_cut):
             return "A"
-        if b_cut is not None and spend >= b_cut and _holds(ruleset.tiers._b_expr, "b_when", facts, errors):
+        if (reaches(b_cut) or previous in ("A", "B") and reaches(b_exit_cut)) and _holds(
+                ruleset.tiers._b_expr, "b_when", facts, errors):
             return "B"
     return "C" if _holds(ruleset.tiers._c_expr, "c_when", facts, errors) else "D"
+
+
+def possible_tiers(
+    ruleset: Ruleset,
+    facts: Mapping[str, Any],
+    a_cut: float | None,
+    b_cut: float | None,
+    a_exit_cut: float | None,
+    b_exit_cut: float | None,
+) -> set[str]:
+    """Every tier :func:`assign_tier` can give these facts under these cuts, whatever the previous tier.
+
+    For a check that does not know a customer's path (a batch recomputation): one tier with
+    equal entry and exit fractions, else the plain tier and the tiers a band can hold.
+    """
+    return {assign_tier(ruleset, facts, a_cut, b_cut, previous=p, a_exit_cut=a_exit_cut, b_exit_cut=b_exit_cut)
+            for p in (None, "A", "B")}
 
 
 def _holds(expr: Any, key: str, facts: Mapping[str, Any], errors: RuleErrors | list[str] | None) -> bool:

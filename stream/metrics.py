@@ -38,6 +38,8 @@ EMIT_OUTPUTS = ("tag_change", "churn_alert")
 EMIT_SINCE = ("arrival", "kafka_timestamp")
 #: Churn-risk levels (``tagger_churn_alerts_total{level}``).
 CHURN_LEVELS = ("none", "low", "medium", "high")
+#: What a reversal can be of (``tagger_reversals_total{kind}``; stream.domain.reversals).
+REVERSAL_KINDS = ("tier", "churn")
 #: More distinct tags than this in one worker are counted under ``tag="_other"``.
 MAX_TAG_LABELS = 100
 
@@ -200,6 +202,7 @@ class Metrics:
     emit_latency: Histogram
     tag_changes: Counter
     churn_alerts: Counter
+    reversals: Counter
     dead_letters: Counter
     sweep_seconds: Histogram
     sweep_customers: Histogram
@@ -237,6 +240,8 @@ class Metrics:
                 self.emit_latency.labels(output, since)
         for level in CHURN_LEVELS:
             self.churn_alerts.labels(level)
+        for kind in REVERSAL_KINDS:
+            self.reversals.labels(kind)
 
     def dead_lettered(self, reason: str) -> None:
         """Count one dead letter under its reason class."""
@@ -271,6 +276,9 @@ def create_metrics() -> Metrics:
                             ["tag", "direction"], registry=registry),
         churn_alerts=Counter("tagger_churn_alerts_total", "Churn alerts, by level.", ["level"],
                              registry=registry),
+        reversals=Counter("tagger_reversals_total", "Tier changes (kind='tier') and churn level changes "
+                          "(kind='churn') that undo the customer's previous one within TAGGER_REVERSAL_WINDOW, "
+                          "with no input of that customer in between: flapping.", ["kind"], registry=registry),
         dead_letters=Counter("tagger_dead_letters_total", "Messages sent to the dead-letter topic, by reason class.",
                              ["reason"], registry=registry),
         sweep_seconds=Histogram("tagger_sweep_duration_seconds", "Wall time of one sweep of a partition.",

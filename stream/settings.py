@@ -144,6 +144,10 @@ class Settings(BaseSettings):
         "fetch, offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). "
         "'stream': through a Faust agent's stream, as any Faust app.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
+    reversal_window: float = Field(3600.0, ge=0, description="Seconds (of the worker's clock, see clock) within "
+                                   "which a tier or churn level change that undoes the customer's previous one, "
+                                   "with no input of that customer in between, counts as a reversal "
+                                   "(tagger_reversals_total).")
     stall_timeout: float = Field(120.0, gt=0, description="Seconds a partition's committed offset may stand "
                                  "still while messages wait before the worker reads it again from there (logged; "
                                  "tagger_partition_restarts_total).")

@@ -121,6 +121,40 @@ def dev(customers: int, rate: float, web_port: int) -> None:
     sys.exit(run_dev(customers=customers, rate=rate, web_port=web_port))
 
 
+@main.command()
+@click.option("--events", default=20_000, show_default=True, help="Demo events per run.")
+@click.option("--customers", default=200, show_default=True, help="Demo customers.")
+@click.option("--seed", default=7, show_default=True, help="Demo seed.")
+@click.option("--time-step-ms", type=float, default=1000.0, show_default=True,
+              help="Event time per event (20: the demo's real time at 50 events/s).")
+@click.option("--rules", "rules_dir", type=click.Path(path_type=Path, file_okay=False, exists=True), default=None,
+              help="Rules directory (default: TAGGER_RULES_DIR, else the shipped rules).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def flapping(events: int, customers: int, seed: int, time_step_ms: float, rules_dir: Path | None,
+             as_json: bool) -> None:
+    """Count tier changes, churn alerts and reversals on the demo stream, with the bands off and on.
+
+    Runs the events in process through the worker's own evaluation path on an embedded
+    redis-server (no broker); the reversals are tagger_reversals_total's.
+    """
+    import json
+
+    from agents.bench.flapping import measure, render
+    from agents.engine.evaluate import facts_schema
+    from rules import RulesetError, default_rules_dir, load_ruleset
+    from stream.devtools.embedded import RedisServer
+
+    settings = load_settings()
+    directory = rules_dir or settings.rules_dir or default_rules_dir()
+    try:
+        ruleset = load_ruleset(directory, facts_schema())
+    except RulesetError as exc:
+        raise click.ClickException(f"invalid ruleset: {exc}") from exc
+    with RedisServer() as redis:
+        rows = asyncio.run(measure(settings, ruleset, redis.url, events, customers, seed, time_step_ms))
+    click.echo(json.dumps([r.row() for r in rows], indent=2) if as_json else render(rows))
+
+
 @main.command("bench-sweep")
 @click.option("--customers", default=20_000, show_default=True)
 def bench_sweep(customers: int) -> None:

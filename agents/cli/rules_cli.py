@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from agents.cli.shared import load_settings
-from rules import FieldType, Ruleset, RulesetError, default_rules_dir, load_ruleset, tier_cutoffs
+from rules import FieldType, Ruleset, RulesetError, default_rules_dir, load_ruleset, tier_ranks
 from rules.dryrun import DryRunReport, render_text
 from rules.testing import CaseFileError, coerce_fact, load_cases, run_cases
 from stream.settings import Settings, environment_value
@@ -191,9 +191,10 @@ async def _dry_run(settings: Settings, ruleset: Ruleset, batch: int) -> DryRunRe
     try:
         view, tiers = RedisView(client, settings.redis_prefix), ruleset.tiers
         n = (await view.spend_ranks([])).n
-        pa, pb = tier_cutoffs(n, tiers.a_top_fraction, tiers.b_top_fraction)
-        a_cut, b_cut = (await view.spend_ranks([pa, pb])).values
-        report = DryRunReport(ruleset, a_cut if pa else None, b_cut if pb else None)
+        ranks = tier_ranks(n, tiers)
+        cuts = (await view.spend_ranks(list(ranks))).values
+        a_cut, b_cut, a_exit, b_exit = (cut if rank else None for cut, rank in zip(cuts, ranks, strict=True))
+        report = DryRunReport(ruleset, a_cut, b_cut, a_exit, b_exit)
         schema = _schema()
         async for cid, raw in _views(client, settings.redis_prefix, batch):
             if raw is None:

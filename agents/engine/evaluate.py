@@ -15,12 +15,16 @@ from typing import Any, Literal, cast
 
 from rules import FieldType, RuleErrors, Ruleset, assign_tier, evaluate_tags, weighted_score
 from rules.churn import assess_churn
+from stream.domain.due import TIER_DUE
 from stream.domain.events import format_ts
 from stream.domain.manual import adjusted_score, expire, manual_reason
 from stream.domain.profiles import PROFILE_FIELDS, profile_facts
+from stream.domain.reversals import KEY as LAST_CHANGES
+from stream.domain.reversals import last_change_at
 from stream.domain.state import AGGREGATE_FIELDS, CustomerState
 
 Kind = Literal["int", "float", "bool", "string", "list", "map"]
+TIERS = ("A", "B", "C", "D")  # best first
 
 #: engagement normalisation: this many logins in 30 days scores 100
 ENGAGEMENT_FULL_LOGINS_30D = 20
@@ -34,12 +38,16 @@ def facts_schema() -> dict[str, FieldType]:
 
 @dataclass(frozen=True)
 class Cutoffs:
-    """Global spend-rank snapshot: tier cut-offs and spend quantiles (ascending)."""
+    """Global spend-rank snapshot: tier cut-offs (entry, and exit: the bands' lower edges) and spend
+    quantiles (ascending)."""
 
     a_cut: float | None = None
     b_cut: float | None = None
+    a_exit_cut: float | None = None
+    b_exit_cut: float | None = None
     quantiles: tuple[float, ...] = ()
     n: int = 0
+    known: bool = True  # False: not read from the ranking yet (a worker's first moments): nobody is demoted
 
 
 def spend_percentile(spend: float, quantiles: tuple[float, ...]) -> float:
@@ -119,7 +127,14 @@ class Evaluator:
         reasons = evaluate_tags(self.ruleset, facts, facts["tags"], errors=errors)
         for tag, entry in manual_tags.items():
             reasons.setdefault(tag, manual_reason(entry))
-        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors)
+        # until the ranking is first read, a tier A or B is held (exit cut 0) and nobody is promoted: a worker's
+        # first evaluations would otherwise demote every customer they touch, and the first read promote them back
+        a_exit, b_exit = (cutoffs.a_exit_cut, cutoffs.b_exit_cut) if cutoffs.known else (0.0, 0.0)
+        tier = assign_tier(self.ruleset, facts, cutoffs.a_cut, cutoffs.b_cut, errors=errors, previous=old.get("tier"),
+                           a_exit_cut=a_exit, b_exit_cut=b_exit)
+        tier_due = self._dwell_until(old, tier, now_ms)
+        if tier_due is not None:  # a demotion within the minimum dwell: published by the sweep at tier_due
+            tier = old["tier"]
         base, breakdown = weighted_score(self.ruleset.weights, score_dimensions(facts, cutoffs))
         score = adjusted_score(base, state.manual)
         tags = sorted(reasons)
@@ -133,6 +148,10 @@ class Evaluator:
             "evaluated_at": now_ms,
             "churn": old.get("churn"),  # updated by churn_alert()
         }
+        if LAST_CHANGES in old:  # the reversal bookkeeping (stream.domain.reversals), never published
+            state.view[LAST_CHANGES] = old[LAST_CHANGES]
+        if tier_due is not None:
+            state.view[TIER_DUE] = tier_due
         old_tags = old.get("tags", [])
         if tags == old_tags and tier == old.get("tier"):
             return facts, None
@@ -151,12 +170,22 @@ class Evaluator:
         }
         return facts, change
 
+    def _dwell_until(self, old: Mapping[str, Any], tier: str, now_ms: int) -> int | None:
+        """When a demotion to ``tier`` may be published, if that is later than now (``min_tier_dwell`` after the
+        customer's latest tier change); None: publish it now, or not a demotion."""
+        dwell_ms = int(self.ruleset.tiers.min_tier_dwell * 1000)
+        previous = old.get("tier")
+        if not dwell_ms or previous not in TIERS or TIERS.index(tier) <= TIERS.index(previous):
+            return None
+        since = last_change_at(old, "tier")
+        return since + dwell_ms if since is not None and now_ms - since < dwell_ms else None
+
     def churn_alert(self, customer_id: str, state: CustomerState, facts: Mapping[str, Any], now_ms: int,
                     trigger: dict[str, Any], event_time: int | None = None) -> dict[str, Any] | None:
         """Assess churn risk; store it in the view; return a ``churn-alerts`` message on a level change."""
-        assessment = assess_churn(self.ruleset.churn, facts)
         view = state.view if state.view is not None else {}
         previous = (view.get("churn") or {}).get("level", "none")
+        assessment = assess_churn(self.ruleset.churn, facts, previous)
         view["churn"] = {"risk": round(assessment.risk, 4), "level": assessment.level,
                          "reasons": list(assessment.reasons)}
         state.view = view

@@ -63,7 +63,8 @@ class Runtime:
         self.offsets = Offsets(gaps)
         self.reload_errors = 0  # counted by the rules reload timer
         partitions = self._partitions = Partitions(settings.partitions)
-        self._emit = Emitter(table, evaluator, view, clock, senders, self.metrics, self.due, partitions, cutoffs)
+        self._emit = Emitter(table, evaluator, view, clock, senders, self.metrics, self.due, partitions, cutoffs,
+                             settings.reversal_window)
         self._coalesce = Coalescer(settings, table, self._emit, self.due, partitions, message_context, within)
         self._commands = Commands(settings, table, evaluator, view, clock, senders["commands"], self.metrics,
                                   self.due, partitions, self._coalesce, self._emit)

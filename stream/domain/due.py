@@ -2,7 +2,8 @@
 
 A customer's evaluation can change without a new event only when time moves a fact:
 a day bucket entering or leaving a window, a whole day passing since one of its
-timestamps (``days_since_*``, ``customer_since_days``), or a manual tag expiring.
+timestamps (``days_since_*``, ``customer_since_days``), a manual tag expiring, or the
+end of a held demotion's minimum dwell (``min_tier_dwell``: :data:`TIER_DUE` in the view).
 :func:`next_due` gives the earliest such moment after the customer's last evaluation,
 so a sweep only has to look at customers whose due time has come instead of at
 every customer. The other things that move a customer without an event (new tier
@@ -23,14 +24,19 @@ from collections.abc import Iterable
 from stream.domain.manual import next_expiry
 from stream.domain.state import CustomerState, next_day_step
 
-__all__ = ["DueIndex", "next_due"]
+__all__ = ["TIER_DUE", "DueIndex", "next_due"]
+
+#: key in a customer's view: when a demotion held back by the tier policy's ``min_tier_dwell`` is due (epoch ms)
+TIER_DUE = "tier_due"
 
 
 def next_due(state: CustomerState, evaluated_ms: int) -> int | None:
-    """The earliest time after ``evaluated_ms`` at which the customer's facts or manual tags change."""
+    """The earliest time after ``evaluated_ms`` at which the customer's facts or manual tags change, or a
+    demotion held back for its minimum dwell is due (the view's :data:`TIER_DUE`)."""
     profile = state.profile or {}
+    held = (state.view or {}).get(TIER_DUE)
     candidates = (state.next_change_at(evaluated_ms), next_day_step(evaluated_ms, profile.get("customer_since")),
-                  next_expiry(state.manual))
+                  next_expiry(state.manual), held if isinstance(held, int) else None)
     return min((t for t in candidates if t is not None), default=None)
 
 

@@ -242,6 +242,11 @@ class CustomerState:
         digest = id_digest(dedupe_id)
         return bits >> (digest & _ID_BITS) & 1 == 1 and digest in self.recent_ids
 
+    def input_mark(self) -> int:
+        """Changes whenever a message of this customer is applied: the low 32 bits of the latest applied
+        message's id digest (0 before any). Two evaluations with the same mark saw the same input."""
+        return self.recent_ids[-1] & 0xFFFFFFFF if self.recent_ids else 0
+
     def mark(self, source: str, offset: int, dedupe_id: str) -> None:
         """Record a message as applied (for messages that are not events: profiles, commands)."""
         if offset > self.offsets.get(source, -1):

@@ -27,7 +27,7 @@ from stream.devtools.embedded import ServiceGroup
 from stream.kafka.kafka_admin import client_config, consume_all, make_producer
 from stream.kafka.topics import changelog_topic_name
 
-from ..integration.conftest import PARTITIONS, Namespace, Worker, wait_for
+from ..integration.conftest import PARTITIONS, Namespace, Worker, rules_without_bands, wait_for
 from . import sequences
 from .conftest import FaultCluster
 from .oracle import expected, history, mismatches
@@ -264,8 +264,10 @@ def events() -> list[tuple[str, dict[str, Any]]]:
 
 
 @pytest.fixture(scope="module")
-def want(events: list[tuple[str, dict[str, Any]]]) -> dict[str, dict[str, Any]]:
-    return expected(events)
+def want(events: list[tuple[str, dict[str, Any]]], tmp_path_factory: pytest.TempPathFactory,
+         ) -> dict[str, dict[str, Any]]:
+    """The oracle on the rules the workers run (:func:`start_worker`): equal entry and exit fractions, exact tiers."""
+    return expected(events, rules_without_bands(tmp_path_factory.mktemp("oracle")))
 
 
 def start_worker(ns: Namespace, via: str | None = None) -> Worker:
@@ -274,7 +276,7 @@ def start_worker(ns: Namespace, via: str | None = None) -> Worker:
     if via is not None:  # KAFKA_BOOTSTRAP_SERVERS is read before TAGGER_KAFKA_BOOTSTRAP_SERVERS
         ns.env = dict(saved, KAFKA_BOOTSTRAP_SERVERS=via)
     try:
-        return ns.worker(**WORKER)
+        return ns.worker(**WORKER, rules_dir=rules_without_bands(ns.tmp))  # exact tiers: the oracle's rules
     finally:
         ns.env = saved
 

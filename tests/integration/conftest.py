@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import sys
 import time
@@ -27,6 +28,7 @@ import orjson
 import pytest
 import redis
 
+from rules import default_rules_dir
 from stream.access.auth import hash_token, new_token
 from stream.devtools.embedded import ServiceGroup, TansuBroker, free_port, spawn, terminate
 from stream.devtools.kafka_local import KafkaCluster, default_broker, kafka_unavailable
@@ -229,6 +231,23 @@ class Namespace:
 @pytest.fixture
 def namespace(services: ServiceGroup, tmp_path: Path) -> Iterator[Namespace]:
     yield from isolated_namespace(services, tmp_path)
+
+
+def rules_without_bands(tmp: Path) -> Path:
+    """A copy of the shipped rules with every exit cut-off equal to its entry cut-off: no tier bands and no churn
+    exit levels, so tiers are exactly the plain rank definition (for the tests that check tiers exactly)."""
+    target = tmp / "rules-without-bands"
+    if target.exists():  # made already for this directory
+        return target
+    shutil.copytree(default_rules_dir(), target)
+    for name, old, new in (("tiers.yaml", "a_exit_fraction: 0.07", "a_exit_fraction: 0.05"),
+                           ("tiers.yaml", "b_exit_fraction: 0.25", "b_exit_fraction: 0.20"),
+                           ("churn.yaml", "exit_levels:\n    low: 0.2\n    medium: 0.45\n    high: 0.65",
+                            "exit_levels:\n    low: 0.25\n    medium: 0.5\n    high: 0.7")):
+        text = (target / name).read_text()
+        assert old in text, (name, old)
+        (target / name).write_text(text.replace(old, new))
+    return target
 
 
 def deployment_fields(uid: str) -> dict[str, Any]:

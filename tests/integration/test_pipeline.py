@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from .conftest import Namespace, wait_for
+from .conftest import Namespace, rules_without_bands, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -114,7 +114,8 @@ def test_tags_duplicates_order_rekey_and_bad_input(namespace: Namespace) -> None
 
 def test_tier_changes_because_of_other_customers_spend(namespace: Namespace) -> None:
     ns = namespace
-    ns.worker(sweep_chunk=2)  # re-evaluation runs in chunks of 2 customers per partition
+    # exact tiers: without bands (equal entry and exit fractions) tiers are the plain rank definition
+    ns.worker(sweep_chunk=2, rules_dir=rules_without_bands(ns.tmp))  # re-evaluation in chunks of 2 per partition
     ns.produce("order", order("t-1", "t1", 1, 100))
     view_of(ns, "t-1", lambda v: v["aggregates"]["spend_365d"] == 100.0)
     ns.reevaluate()

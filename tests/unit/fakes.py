@@ -12,7 +12,7 @@ from rules import default_rules_dir, load_ruleset
 from stream.domain.clock import Clock
 from stream.domain.state import CustomerState
 from stream.settings import Settings
-from stream.view.redis_view import ViewDocument
+from stream.view.redis_view import SpendRanks, ViewDocument
 
 SENDERS = ("tag_changes", "dead_letters", "rekey", "commands", "churn_alerts")
 
@@ -56,6 +56,11 @@ class FakeView:
 
     async def customers_between(self, low: float, high: float) -> list[str]:
         return [c for c, s in self.spend.items() if low <= s <= high and s > 0]
+
+    async def spend_ranks(self, positions: list[int]) -> SpendRanks:
+        """As RedisView's: the spend at 1-based descending ranks among the customers with spend."""
+        ranked = sorted((s for s in self.spend.values() if s > 0), reverse=True)
+        return SpendRanks(len(ranked), tuple(ranked[p - 1] if 1 <= p <= len(ranked) else None for p in positions))
 
 
 def make_runtime(settings: Settings | None = None, table: dict[str, CustomerState] | None = None,

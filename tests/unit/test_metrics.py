@@ -195,14 +195,14 @@ def test_every_issue_metric_is_exported() -> None:
         "tagger_dead_letters_total", "tagger_rule_errors_total", "tagger_ruleset_info",
         "tagger_sweep_duration_seconds_bucket", "tagger_sweep_customers_bucket", "tagger_redis_errors_total",
         "tagger_redis_reconnects_total", "tagger_kafka_produce_errors_total", "tagger_recovery_remaining_records",
-        "tagger_recovery_in_progress", "tagger_ready", "tagger_redis_up",
+        "tagger_recovery_in_progress", "tagger_ready", "tagger_redis_up", "tagger_reversals_total",
     }
     assert required <= names, required - names
 
 
 def test_no_label_can_carry_a_customer_id() -> None:
     allowed = {"topic", "outcome", "partition", "output", "since", "tag", "direction", "level", "reason", "error",
-               "tier", "version", "name", "le"}
+               "tier", "version", "name", "le", "kind"}
     for family in text_string_to_metric_families(populated_metrics().render().decode()):
         for s in family.samples:
             assert set(s.labels) <= allowed, (s.name, s.labels)

@@ -108,6 +108,8 @@ def test_unknown_fact_suggests_the_field(tmp_path: Path) -> None:
     ("facts: {spend_365d: null}\n    expect: {tags: []}", "fact 'spend_365d' cannot be null"),
     ("facts: {tags: [a]}\n    expect: {tags: []}", "current tags go in the case's 'tags:'"),
     ("expect: {tier: E}", "tier must be one of A, B, C, D"),
+    ("tier: AA\n    expect: {tier: A}", "tier must be one of A, B, C, D, got 'AA'"),
+    ("cutoffs: {a_exit: many}\n    expect: {tier: A}", "cut-off 'a_exit' must be a number or null"),
     ("expct: {tags: []}", "unknown key 'expct' in a case"),
     ("facts: {}", "missing 'expect'"),
 ])

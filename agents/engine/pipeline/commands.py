@@ -25,7 +25,7 @@ from agents.engine.evaluate import Cutoffs, Evaluator
 from agents.engine.pipeline.coalesce import Coalescer
 from agents.engine.pipeline.emit import Emitter
 from agents.engine.pipeline.types import Partitions, Sender
-from rules import tier_cutoffs
+from rules import tier_ranks
 from stream.domain.clock import Clock
 from stream.domain.due import DueIndex, due_after_restore
 from stream.domain.state import CustomerState
@@ -155,17 +155,18 @@ class Commands:
                 await self.coalesce.evaluate_now(cid, state, trigger)
 
     async def refresh_cutoffs(self) -> Cutoffs:
-        """Read the global spend ranking from Redis: tier cut-offs and quantiles."""
-        tiers = self.evaluator.ruleset.tiers
+        """Read the global spend ranking from Redis: tier cut-offs (entry and exit) and quantiles."""
         n = (await self.view.spend_ranks([])).n
-        pa, pb = tier_cutoffs(n, tiers.a_top_fraction, tiers.b_top_fraction)
+        pa, pb, pae, pbe = tier_ranks(n, self.evaluator.ruleset.tiers)
         quantile_positions = [1 + round((n - 1) * (1 - k / 100)) for k in range(101)] if n else []
-        ranks = await self.view.spend_ranks([pa, pb, *quantile_positions])
-        a_cut, b_cut, *quantiles = ranks.values
+        ranks = await self.view.spend_ranks([pa, pb, pae, pbe, *quantile_positions])
+        a_cut, b_cut, a_exit_cut, b_exit_cut, *quantiles = ranks.values
         previous = self.emit.cutoffs
         cutoffs = self.emit.cutoffs = Cutoffs(
             a_cut=a_cut if pa else None,
             b_cut=b_cut if pb else None,
+            a_exit_cut=a_exit_cut if pae else None,
+            b_exit_cut=b_exit_cut if pbe else None,
             quantiles=tuple(q for q in quantiles if q is not None),
             n=ranks.n,
         )
@@ -180,7 +181,8 @@ class Commands:
         cut that appears or disappears can move anyone with spend.
         """
         inf = float("inf")
-        for before, after in ((old.a_cut, new.a_cut), (old.b_cut, new.b_cut)):
+        for before, after in ((old.a_cut, new.a_cut), (old.b_cut, new.b_cut),
+                              (old.a_exit_cut, new.a_exit_cut), (old.b_exit_cut, new.b_exit_cut)):
             if before == after:
                 continue
             low, high = (-inf, inf) if before is None or after is None else sorted((before, after))

@@ -22,7 +22,8 @@ from agents.engine.evaluate import Cutoffs, Evaluator
 from agents.engine.pipeline.types import Arrival, Partitions, Sender, child
 from rules import RuleErrors
 from stream.domain.clock import Clock
-from stream.domain.due import DueIndex, next_due
+from stream.domain.due import TIER_DUE, DueIndex, next_due
+from stream.domain.reversals import note_change
 from stream.domain.sequence import stamp
 from stream.domain.state import CustomerState
 from stream.metrics import Metrics
@@ -36,12 +37,13 @@ class Emitter:
 
     def __init__(self, table: MutableMapping[str, CustomerState], evaluator: Evaluator, view: RedisView,
                  clock: Clock, senders: dict[str, Sender], metrics: Metrics, due: DueIndex,
-                 partitions: Partitions, cutoffs: Cutoffs | None = None) -> None:
+                 partitions: Partitions, cutoffs: Cutoffs | None = None, reversal_window: float = 3600.0) -> None:
         self.table, self.evaluator, self.view, self.clock = table, evaluator, view, clock
+        self._reversal_window_ms = int(reversal_window * 1000)  # TAGGER_REVERSAL_WINDOW
         self.metrics, self.due = metrics, due
         self._partition_of = partitions.of
         self._tag_changes, self._churn_alerts = senders["tag_changes"], senders["churn_alerts"]
-        self.cutoffs = cutoffs or Cutoffs()  # the latest global tier cut-offs (commands refresh them)
+        self.cutoffs = cutoffs or Cutoffs(known=False)  # the latest global tier cut-offs (commands refresh them)
         self.rule_errors = 0
         self._urgent_views: dict[str, None] = {}  # customers whose Redis view to write next (flush_soon), in order
         self._urgent_flush: asyncio.Future[None] | None = None
@@ -58,6 +60,7 @@ class Emitter:
         now = self.clock.now()
         state.prune(now)
         errors = RuleErrors()
+        held = (state.view or {}).get(TIER_DUE)  # a demotion held for its dwell: written to the table when it moves
         facts, change = self.evaluator.evaluate(cid, state, now, self.cutoffs, trigger, event_time, errors)
         alert = self.evaluator.churn_alert(cid, state, facts, now, trigger, event_time)
         if errors:
@@ -66,11 +69,12 @@ class Emitter:
         # numbered before the table write, which a RocksDB store serialises at once; the record reaches
         # the changelog at the next commit (stream/faust/app.py write_dirty), after the sends below: a crash
         # before it makes the replay number the same outputs again from the counters the changelog kept
+        self._count_reversals(state, change, alert, now)
         if change is not None:
             stamp(change, cid, "tag", state.next_seq("tag"))
         if alert is not None:
             stamp(alert, cid, "churn", state.next_seq("churn"))
-        if changed or change is not None or alert is not None:
+        if changed or change is not None or alert is not None or held != (state.view or {}).get(TIER_DUE):
             self.table[cid] = state
         self.due.set(self._partition_of(cid), cid, next_due(state, now))
         self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
@@ -78,6 +82,22 @@ class Emitter:
             await self._tag_change(cid, change, trigger, arrival)
         if alert is not None:
             await self._churn_alert(cid, alert, trigger, arrival)
+
+    def _count_reversals(self, state: CustomerState, change: dict[str, Any] | None, alert: dict[str, Any] | None,
+                         now: int) -> None:
+        """Note this evaluation's tier and churn level changes; count those undoing the previous one
+        (``tagger_reversals_total``, :mod:`stream.domain.reversals`)."""
+        moves = []
+        if change is not None and change.get("tier") != change.get("previous_tier"):
+            moves.append(("tier", change.get("previous_tier"), change.get("tier")))
+        if alert is not None:
+            moves.append(("churn", alert.get("previous_level"), alert.get("level")))
+        if not moves or state.view is None:
+            return
+        mark = state.input_mark()
+        for kind, before, after in moves:
+            if note_change(state.view, kind, before, after, now, mark, self._reversal_window_ms):
+                child(self.metrics.reversals, kind).inc()
 
     async def _tag_change(self, cid: str, change: dict[str, Any], trigger: dict[str, Any], arrival: Arrival) -> None:
         await self._tag_changes.send(key=cid.encode(), value=orjson.dumps(change))
