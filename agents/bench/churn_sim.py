@@ -102,18 +102,6 @@ def simulate(customers: int, seed: int, *, history_days: float = 365.0, holdout_
     return result
 
 
-def roc_auc(scores: list[float], positive: list[bool]) -> float:
-    """Area under the ROC curve (Mann-Whitney, ties count half); NaN without both classes."""
-    from scipy.stats import rankdata
-
-    pos = np.asarray(positive, dtype=bool)
-    n_pos, n_neg = int(pos.sum()), int((~pos).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(scores, dtype=float))
-    return float((ranks[pos].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
 def precision_recall(flagged: list[bool], positive: list[bool]) -> tuple[float, float]:
     """Precision and recall of ``flagged`` against ``positive`` (NaN when undefined)."""
     hits = sum(f and p for f, p in zip(flagged, positive, strict=True))

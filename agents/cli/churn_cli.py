@@ -147,7 +147,8 @@ def _pct(value: float) -> str:
 @click.option("--out", type=_OUT, default=None, help="write the report as JSON here")
 def report(customers: int, seed: int, out: Path | None) -> None:
     """Precision/recall of 'high' and ROC AUC of the risk on synthetic histories with known churn."""
-    from agents.bench.churn_sim import TRUE_PARAMS, precision_recall, roc_auc, simulate
+    from agents.bench.churn_sim import TRUE_PARAMS, precision_recall, simulate
+    from rules.churn_fit import roc_auc
 
     started = time.perf_counter()
     sims = simulate(customers, seed)
@@ -205,7 +206,8 @@ def cdnow(calibration_end: str, train_cut: str, horizon_days: float, out: Path |
     """Held-out check on the real CDNOW log shipped by the lifetimes package (needs the test extras)."""
     from importlib.util import find_spec
 
-    from agents.bench.churn_sim import cdnow_holdout, roc_auc
+    from agents.bench.churn_sim import cdnow_holdout
+    from rules.churn_fit import roc_auc
 
     spec = find_spec("lifetimes")
     if spec is None or not spec.submodule_search_locations:
