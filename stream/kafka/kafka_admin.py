@@ -182,15 +182,17 @@ def ensure_topics(
     *,
     compacted: Collection[str] = (),
     check_compacted: bool = True,
+    replication: Mapping[str, int] | None = None,
     timeout: float = 30,
 ) -> None:
     """Create missing topics with the given partition counts and wait until they are visible.
 
-    Topics in ``compacted`` get ``cleanup.policy=compact`` (a name there need not be in ``topics``: the
-    changelog, which Faust creates). Raises PartitionMismatchError (before creating anything) when an
-    existing topic has another partition count, TopicConfigError when an existing one of ``compacted`` is not
-    compacted (unless ``check_compacted`` is false: Tansu, which never compacts), and KafkaAdminError when the
-    broker is unreachable, a creation fails or the topics do not show up within ``timeout`` seconds.
+    Topics in ``compacted`` get ``cleanup.policy=compact`` (a name there need not be in ``topics``);
+    ``replication`` gives a topic its replication factor (the others get the broker's default). Raises
+    PartitionMismatchError (before creating anything) when an existing topic has another partition count,
+    TopicConfigError when an existing one of ``compacted`` is not compacted (unless ``check_compacted`` is
+    false: Tansu, which never compacts), and KafkaAdminError when the broker is unreachable, a creation
+    fails or the topics do not show up within ``timeout`` seconds.
     """
     if bad := [t for t, n in topics.items() if n < 1]:
         raise ValueError(f"partition counts must be >= 1: {bad}")
@@ -201,7 +203,7 @@ def ensure_topics(
     if check_compacted:
         _check_compacted(admin, [t for t in compacted if t in existing], timeout)
     missing = [
-        NewTopic(t, num_partitions=n, replication_factor=-1,
+        NewTopic(t, num_partitions=n, replication_factor=(replication or {}).get(t, -1),
                  config={"cleanup.policy": "compact"} if t in compacted else {})
         for t, n in topics.items() if t not in existing
     ]

@@ -55,7 +55,8 @@ def all_topic_names(settings: Settings) -> list[str]:
 
 
 def changelog_topic_name(settings: Settings) -> str:
-    """The customers table's changelog. Faust creates it (``cleanup.policy=compact``) when missing."""
+    """The customers table's changelog (``cleanup.policy=compact``): created by :func:`ensure_all_topics` before
+    Faust starts, as Faust would (its partitions, ``topic_replication_factor``)."""
     return f"{settings.app_id}-{TABLE_NAME}-changelog"
 
 
@@ -67,9 +68,18 @@ def compacted_topic_names(settings: Settings) -> list[str]:
 
 def ensure_all_topics(settings: Settings) -> None:
     """Create the tagger's topics if missing; refuse mismatched partition counts, and compacted topics that
-    are not compacted (not on Tansu, which never compacts)."""
+    are not compacted (not on Tansu, which never compacts).
+
+    The changelog is created here too, not left to Faust: Faust declared it while its consumer was starting,
+    and a record that came before the consumer's metadata listed it failed Faust's partition check
+    (``PartitionsMismatch``: "the changelog has 0 partitions") and was dead-lettered (seen once in CI, over
+    SASL_SSL).
+    """
     from stream.kafka.kafka_admin import ensure_topics
     from stream.security import librdkafka_config
 
-    ensure_topics(librdkafka_config(settings), {t: settings.partitions for t in all_topic_names(settings)},
-                  compacted=compacted_topic_names(settings), check_compacted=not settings.tansu_compat)
+    changelog = changelog_topic_name(settings)
+    topics = dict.fromkeys([*all_topic_names(settings), changelog], settings.partitions)
+    ensure_topics(librdkafka_config(settings), topics, compacted=compacted_topic_names(settings),
+                  check_compacted=not settings.tansu_compat,
+                  replication={changelog: settings.topic_replication_factor})
