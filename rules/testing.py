@@ -19,10 +19,9 @@ from rules.exceptions import RuleErrors, RulesetError
 from rules.model import Ruleset
 from rules.schema import TAGS_FIELD, FieldType
 from rules.tagging import evaluate_tags
-from rules.tiers import assign_tier
+from rules.tiers import TIERS, assign_tier
 from rules.yamlsrc import Located, read_yaml
 
-TIERS = ("A", "B", "C", "D")
 _NEUTRAL: Mapping[str, Any] = {"int": 0, "float": 0.0, "bool": False, "string": "", "list": [], "map": {}}
 _FILE_KEYS = ("defaults", "cases")
 _DEFAULT_KEYS = ("facts", "tags", "tier", "cutoffs")

@@ -41,6 +41,8 @@ from typing import Any
 from rules.exceptions import RuleErrors, RuleEvaluationError, record
 from rules.model import Ruleset, TierPolicy
 
+TIERS = ("A", "B", "C", "D")  # best first
+
 
 def _exact(fraction: float) -> Fraction:
     # Fraction(str(x)) reads 0.05 as exactly 1/20; Fraction(0.05) would be a hair
@@ -88,12 +90,9 @@ def assign_tier(
     """
     spend = facts["spend_365d"]
     if spend is not None and spend > 0:
-        def reaches(cut: float | None) -> bool:
-            return cut is not None and spend >= cut
-
-        if reaches(a_cut) or previous == "A" and reaches(a_exit_cut):
+        if _reaches(spend, a_cut) or previous == "A" and _reaches(spend, a_exit_cut):
             return "A"
-        if (reaches(b_cut) or previous in ("A", "B") and reaches(b_exit_cut)) and _holds(
+        if (_reaches(spend, b_cut) or previous in ("A", "B") and _reaches(spend, b_exit_cut)) and _holds(
                 ruleset.tiers._b_expr, "b_when", facts, errors):
             return "B"
     return "C" if _holds(ruleset.tiers._c_expr, "c_when", facts, errors) else "D"
@@ -114,6 +113,10 @@ def possible_tiers(
     """
     return {assign_tier(ruleset, facts, a_cut, b_cut, previous=p, a_exit_cut=a_exit_cut, b_exit_cut=b_exit_cut)
             for p in (None, "A", "B")}
+
+
+def _reaches(spend: float, cut: float | None) -> bool:
+    return cut is not None and spend >= cut
 
 
 def _holds(expr: Any, key: str, facts: Mapping[str, Any], errors: RuleErrors | list[str] | None) -> bool:

@@ -15,6 +15,7 @@ from typing import Any, Literal, cast
 
 from rules import FieldType, RuleErrors, Ruleset, assign_tier, evaluate_tags, weighted_score
 from rules.churn import assess_churn
+from rules.tiers import TIERS
 from stream.domain.due import TIER_DUE
 from stream.domain.events import format_ts
 from stream.domain.manual import adjusted_score, expire, manual_reason
@@ -24,7 +25,6 @@ from stream.domain.reversals import last_change_at
 from stream.domain.state import AGGREGATE_FIELDS, CustomerState
 
 Kind = Literal["int", "float", "bool", "string", "list", "map"]
-TIERS = ("A", "B", "C", "D")  # best first
 
 #: engagement normalisation: this many logins in 30 days scores 100
 ENGAGEMENT_FULL_LOGINS_30D = 20
