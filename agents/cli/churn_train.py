@@ -176,21 +176,6 @@ def backtest_lines(result: Backtest, high: float) -> list[str]:
     return lines
 
 
-def _mapping(kind: str, mapping_file: Path | None, maps: tuple[str, ...], consts: tuple[str, ...],
-             ts_format: str | None, id_prefix: str) -> ColumnMap:
-    from agents.cli.io_cli import _pairs
-    from stream.domain.history import MappingError, load_mapping
-
-    columns, constants = _pairs(maps, "--map"), _pairs(consts, "--const")
-    try:
-        if mapping_file is not None:
-            return load_mapping(mapping_file, kind=kind, ts_format=ts_format, id_prefix=id_prefix,
-                                columns=columns, constants=constants)
-        return ColumnMap(kind=kind, columns=columns, constants=constants, ts_format=ts_format, id_prefix=id_prefix)
-    except (MappingError, TypeError) as exc:
-        raise click.UsageError(f"mapping: {exc}") from exc
-
-
 _FILE = click.Path(path_type=Path, exists=True, dir_okay=False)
 
 
@@ -219,6 +204,7 @@ def train_command(history: tuple[Path, ...], kind: str, mapping_file: Path | Non
                   extra: tuple[str, ...], cuts: tuple[str, ...], horizon_days: float, rules_dir: Path | None,
                   out: Path) -> None:
     """Learn P(no paid order within the horizon) from HISTORY; print a back-test; write the model YAML."""
+    from agents.cli.io_cli import column_map
     from agents.cli.shared import load_settings
     from agents.engine.evaluate import facts_schema
     from rules import RulesetError, default_rules_dir, load_ruleset
@@ -229,7 +215,7 @@ def train_command(history: tuple[Path, ...], kind: str, mapping_file: Path | Non
     except RulesetError as exc:
         raise click.ClickException(f"invalid ruleset: {exc}") from exc
     names = [c.strip() for c in columns.split(",")] if columns else None
-    sources = [(path, _mapping(kind, mapping_file, maps, consts, ts_format, path.stem), fmt, names)
+    sources = [(path, column_map(kind, mapping_file, maps, consts, ts_format, path.stem), fmt, names)
                for path in history]
     for item in extra:
         other, sep, name = item.partition(":")

@@ -25,6 +25,23 @@ def _pairs(values: tuple[str, ...], what: str) -> dict[str, str]:
     return out
 
 
+def column_map(kind: str | None, mapping_file: Path | None, maps: tuple[str, ...], consts: tuple[str, ...],
+               ts_format: str | None, id_prefix: str | None) -> ColumnMap:
+    """The column mapping of ``--kind``/``--mapping``/``--map``/``--const``/``--ts-format`` (tagger replay,
+    tagger churn train): a mapping file with these as overrides, else the options alone; a usage error else."""
+    columns, constants = _pairs(maps, "--map"), _pairs(consts, "--const")
+    try:
+        if mapping_file is not None:
+            return load_mapping(mapping_file, kind=kind, ts_format=ts_format, id_prefix=id_prefix,
+                                columns=columns, constants=constants)
+        if kind is None:
+            raise click.UsageError("give --kind or a --mapping file with `kind:`")
+        return ColumnMap(kind=kind, columns=columns, constants=constants, ts_format=ts_format,
+                         id_prefix=id_prefix or ColumnMap.id_prefix)
+    except (MappingError, TypeError) as exc:
+        raise click.UsageError(f"mapping: {exc}") from exc
+
+
 @click.command("replay")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
 @click.option("--kind", type=click.Choice(list(_TOPICS)), help="Which input the rows are (or `kind:` in --mapping).")
@@ -56,19 +73,8 @@ def replay_command(file: Path, kind: str | None, mapping_file: Path | None, maps
     """
     from agents.cli.replay import replay
 
-    columns_map, constants = _pairs(maps, "--map"), _pairs(consts, "--const")
-    overrides = {"kind": kind, "ts_format": ts_format, "id_prefix": id_prefix,
-                 "columns": columns_map, "constants": constants}
-    try:
-        if mapping_file is not None:
-            mapping = load_mapping(mapping_file, **overrides)
-        elif kind is None:
-            raise click.UsageError("give --kind or a --mapping file with `kind:`")
-        else:
-            mapping = ColumnMap(kind=kind, columns=columns_map, constants=constants,
-                                ts_format=ts_format, id_prefix=id_prefix or file.stem)
-    except (MappingError, TypeError) as exc:
-        raise click.UsageError(f"mapping: {exc}") from exc
+    mapping = column_map(kind, mapping_file, maps, consts, ts_format,
+                         id_prefix if mapping_file is not None else id_prefix or file.stem)
     if mapping_file is not None and not id_prefix and mapping.id_prefix == "replay":
         mapping = ColumnMap(kind=mapping.kind, columns=mapping.columns, constants=mapping.constants,
                             ts_format=mapping.ts_format, id_prefix=file.stem)
