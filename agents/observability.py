@@ -20,6 +20,7 @@ from faust.web import Request, Response, View
 
 from agents.engine.pipeline.types import Sender
 from agents.engine.runtime import Runtime
+from stream.faust.app import partitions_settled
 from stream.faust.guards import committed_offsets, partition_report, rejoin_group, restart_partition
 from stream.health import RedisHealth, readiness, recovery_remaining
 from stream.kafka.lag import PartitionProbe, Probed, StallWatch, next_offset, oldest_ages, partition_lag
@@ -149,7 +150,7 @@ class WorkerSources:
 
     def busy(self) -> bool:
         """Rebalancing, recovering or paused: partitions are expected to stand still."""
-        return bool(self.app.rebalancing) or self.recovery().in_progress or not self.app.flow_control.is_active()
+        return not partitions_settled(self.app) or self.recovery().in_progress
 
     def recovery(self) -> Recovery:
         recovery = self.app.tables.recovery  # type: ignore[attr-defined]

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from functools import partial
 from typing import Any, cast
 
 import faust
@@ -20,7 +21,7 @@ from agents.engine.runtime import Message, Runtime
 from rules import Ruleset, default_rules_dir, load_ruleset
 from stream.access.audit import AuditLog
 from stream.domain.clock import Clock
-from stream.faust.app import create_app, customers_table, within_event
+from stream.faust.app import create_app, customers_table, partitions_settled, within_event
 from stream.faust.intake import BatchIntake, unfetched
 from stream.faust.offsets import GapFiller, GapUnfilled
 from stream.kafka.topics import Topics, declare_topics
@@ -83,7 +84,8 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
                                    topics.commands, runtime)
     cutoffs = CutoffRefresh(runtime, partitions)
     _install_rebalance_hooks(app, table, runtime, gaps, partitions, cutoffs)
-    app.timer(settings.redis_flush_interval)(ViewFlush(runtime, settings.clock == "stream").run)
+    app.timer(settings.redis_flush_interval)(ViewFlush(runtime, settings.clock == "stream",
+                                                      partial(partitions_settled, app)).run)
     app.timer(settings.cutoff_refresh_interval)(cutoffs.run)
     app.timer(settings.sweep_interval)(partitions.sweep)  # not where the last sweep is still running
     app.timer(settings.rules_reload_interval)(RulesReload(rules_dir, runtime, partitions).run)

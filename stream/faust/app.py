@@ -255,6 +255,12 @@ class CustomerTable(faust.Table):
         super().apply_changelog_batch(fresh)
 
 
+def partitions_settled(app: faust.App) -> bool:
+    """No rebalance is under way and the streams flow: Faust suspends the flow when partitions are revoked
+    and resumes it once the table's recovery of the new assignment is complete."""
+    return not app.rebalancing and app.flow_control.is_active()
+
+
 @contextmanager
 def within_event(event: Any) -> Iterator[None]:
     """Make ``event`` Faust's current event for the block (None: leave it as it is).

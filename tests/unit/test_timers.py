@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -115,6 +116,23 @@ async def test_the_flush_writes_the_views_and_shares_the_stream_clock() -> None:
     view.global_clock = 9_000
     await ViewFlush(runtime, stream_clock=False).run()  # wall clock: nothing to share
     assert view.flushed == [None, None] and runtime.clock.global_max == 5_000
+
+
+async def test_waiting_evaluations_wait_while_partitions_move_and_views_are_still_written() -> None:
+    # a worker cut off and given its partitions back holds their states from before the cut: an evaluation
+    # before the recovery has read the changelog would stamp such a state with the new generation
+    runtime, view, senders = worker(partitions=1, coalesce_window=60)
+    late = Message("orders", 0, 0, b"c1", orjson.dumps({"event_id": "e1", "customer_id": "c1", "ts": 1_000,
+                                                           "order_id": "o1", "amount": 20}), time.time() - 60)
+    assert await runtime.handle(late, more=5) == "ok" and runtime.events_waiting == 1
+    runtime._coalesce.deferred["c1"].due -= 61  # its wait is over
+    settled = False
+    flush = ViewFlush(runtime, stream_clock=False, settled=lambda: settled)
+    await flush.run()
+    assert runtime.events_waiting == 1 and not senders["tag_changes"].sent and view.flushed == [None]
+    settled = True
+    await flush.run()
+    assert runtime.events_waiting == 0 and len(senders["tag_changes"].sent) == 1 and view.flushed == [None, None]
 
 
 async def test_a_failed_flush_is_counted_logged_and_not_raised(caplog: pytest.LogCaptureFixture) -> None:
