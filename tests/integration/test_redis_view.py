@@ -38,17 +38,17 @@ def test_views_ranks_and_tag_indexes_survive_script_loss_and_concurrent_flushes(
         assert await rv.flush() == 2500 and rv.pending == 0
         assert sync.zcard("t:tag:big") == 1250 and sync.zscore("t:spend365", "c7") == 7.0
         assert orjson.loads(sync.get("t:c:c7")) == view("c7", ["big", "vip"])
-        assert sync.smembers("t:ct:c7") == {b"big", b"vip"}
-        assert not sync.exists("t:ct:c6") and sync.zscore("t:tag:big", "c6") is None  # no tags, no set
+        assert sync.hget("t:m:c7", "t") == b"big vip" and sync.hget("t:m:c7", "r") == b"B"
+        assert sync.hget("t:m:c6", "t") == b"" and sync.zscore("t:tag:big", "c6") is None
         assert sync.zscore("t:spend365", "c0") is None  # no spend, no rank entry
         sync.script_flush()  # Redis lost the script (a restart): loaded again on NOSCRIPT
         rv.stage("c1", lambda: view("c1", ["big"]), 1.0)  # rendered at flush time; lost "vip"
         rv.stage_erase("c3")
         assert await rv.flush() == 2
         assert orjson.loads(sync.get("t:c:c1")) == view("c1", ["big"])  # the document, rendered as JSON
-        assert sync.zscore("t:tag:vip", "c1") is None and sync.smembers("t:ct:c1") == {b"big"}
+        assert sync.zscore("t:tag:vip", "c1") is None and sync.hget("t:m:c1", "t") == b"big"
         assert sync.get("t:c:c3") is None and sync.zscore("t:tag:big", "c3") is None
-        assert sync.zscore("t:spend365", "c3") is None and not sync.exists("t:ct:c3")
+        assert sync.zscore("t:spend365", "c3") is None and not sync.exists("t:m:c3")
         # flushes run one at a time: each customer written once, the newest view last
         for i in range(3000):
             rv.stage(f"d{i}", view(f"d{i}", ["old"]), 1.0)
@@ -119,8 +119,8 @@ def test_a_priority_flush_writes_only_its_customer(server: RedisServer) -> None:
 
 def test_a_write_changes_only_the_tags_that_differ_and_an_erase_removes_them_all(server: RedisServer) -> None:
     """Tags go [a, b] → [b, c] → [c, b] (unchanged) → [] → [a] → erased: after each flush the tag
-    indexes and the customer's tag set are exactly right, a neighbour sharing tag b keeps its
-    membership, and the script issued index/set commands only for the tags lost or gained."""
+    indexes and the customer's meta hash are exactly right, a neighbour sharing tag b keeps its
+    membership, and the script issued tag-index commands only for the tags lost or gained."""
     sync = redis.Redis.from_url(server.url)
 
     def indexes() -> dict[str, set[bytes]]:
@@ -129,7 +129,7 @@ def test_a_write_changes_only_the_tags_that_differ_and_an_erase_removes_them_all
     def tag_calls() -> dict[str, int]:
         """Calls since the last reset of the commands a write may issue (Lua's calls included)."""
         stats = sync.info("commandstats")
-        return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("zadd", "zrem", "sadd", "srem", "del")}
+        return {c: int(stats.get(f"cmdstat_{c}", {}).get("calls", 0)) for c in ("zadd", "zrem", "del")}
 
     async def run() -> None:
         rv = RedisView(aioredis.Redis.from_url(server.url), "t")
@@ -145,30 +145,31 @@ def test_a_write_changes_only_the_tags_that_differ_and_an_erase_removes_them_all
             assert await rv.flush() == 1
             return tag_calls()
 
-        # spend > 0: one ZADD of the rank entry per write; an erase: one ZREM of it and one DEL of the view
-        assert await write(["a", "b"]) == {"zadd": 3, "zrem": 0, "sadd": 2, "srem": 0, "del": 0}
+        # spend > 0: one ZADD of the rank entry and four of the list indexes per write; an erase: one ZREM of
+        # each of them and one DEL of the view, meta hash and history
+        assert await write(["a", "b"]) == {"zadd": 7, "zrem": 0, "del": 0}
         assert indexes() == {"a": {b"x"}, "b": {b"n", b"x"}, "c": set()}
-        assert sync.smembers("t:ct:x") == {b"a", b"b"}
+        assert sync.hget("t:m:x", "t") == b"a b"
 
-        assert await write(["b", "c"]) == {"zadd": 2, "zrem": 1, "sadd": 1, "srem": 1, "del": 0}
+        assert await write(["b", "c"]) == {"zadd": 6, "zrem": 1, "del": 0}
         assert indexes() == {"a": set(), "b": {b"n", b"x"}, "c": {b"x"}} and not sync.exists("t:tag:a")
-        assert sync.smembers("t:ct:x") == {b"b", b"c"}
+        assert sync.hget("t:m:x", "t") == b"b c"
 
-        assert await write(["c", "b"]) == {"zadd": 1, "zrem": 0, "sadd": 0, "srem": 0, "del": 0}  # same set
+        assert await write(["c", "b"]) == {"zadd": 5, "zrem": 0, "del": 0}  # same set
         assert indexes() == {"a": set(), "b": {b"n", b"x"}, "c": {b"x"}}
-        assert sync.smembers("t:ct:x") == {b"b", b"c"} and orjson.loads(sync.get("t:c:x"))["tags"] == ["c", "b"]
+        assert sync.hget("t:m:x", "t") == b"c b" and orjson.loads(sync.get("t:c:x"))["tags"] == ["c", "b"]
 
-        assert await write([]) == {"zadd": 1, "zrem": 2, "sadd": 0, "srem": 2, "del": 0}
+        assert await write([]) == {"zadd": 5, "zrem": 2, "del": 0}
         assert indexes() == {"a": set(), "b": {b"n"}, "c": set()} and not sync.exists("t:tag:c")
-        assert not sync.exists("t:ct:x") and orjson.loads(sync.get("t:c:x")) == view("x", [])
+        assert sync.hget("t:m:x", "t") == b"" and orjson.loads(sync.get("t:c:x")) == view("x", [])
         assert sync.zscore("t:spend365", "x") == 2.0
 
         await write(["a", "c"])
         assert indexes() == {"a": {b"x"}, "b": {b"n"}, "c": {b"x"}}
-        assert await write(None) == {"zadd": 0, "zrem": 3, "sadd": 0, "srem": 2, "del": 1}
+        assert await write(None) == {"zadd": 0, "zrem": 7, "del": 1}
         assert indexes() == {"a": set(), "b": {b"n"}, "c": set()}
-        assert not sync.exists("t:ct:x", "t:c:x", "t:tag:a", "t:tag:c") and sync.zscore("t:spend365", "x") is None
-        assert sync.smembers("t:ct:n") == {b"b"} and sync.zscore("t:spend365", "n") == 3.0  # the neighbour: untouched
+        assert not sync.exists("t:m:x", "t:c:x", "t:tag:a", "t:tag:c") and sync.zscore("t:spend365", "x") is None
+        assert sync.hget("t:m:n", "t") == b"b" and sync.zscore("t:spend365", "n") == 3.0  # the neighbour: untouched
         await rv.client.aclose()
 
     asyncio.run(run())
