@@ -105,7 +105,8 @@ def _runtime(app: faust.App, settings: Settings, topics: Topics, table: Any, rul
     metrics = create_metrics()  # shared by the senders and the runtime
     producing = {k: _ProducerSender(app, t.get_topic_name(), metrics) for k, t in senders.items()}
     gaps = GapFiller(settings.kafka_bootstrap_servers, group_id=settings.app_id, options=aiokafka_options(settings))
-    view = RedisView(redis_client(settings), settings.redis_prefix)  # AUTH and TLS from settings (stream.security)
+    # AUTH and TLS from settings (stream.security)
+    view = RedisView(redis_client(settings), settings.redis_prefix, settings.history_size)
     runtime = Runtime(settings, table, Evaluator(ruleset), view, Clock(settings.clock),
                       counting_senders(producing, metrics), gaps=gaps, message_context=faust.current_event,
                       within=within_event, audit=audit, metrics=metrics)

@@ -12,6 +12,7 @@ caught that before); the family:
   * :class:`ChangelogWriteError` (here): the broker refused changelog writes
   * ``stream.access.auth.TokenConfigError``: the API tokens
   * ``stream.webhook_delivery.WebhookConfigError``: the webhooks file
+  * ``stream.view.listing.BadParameter``, ``stream.view.redis_view.WalkExpired``: a customer-list query
   * ``stream.domain.history.RowError``, ``stream.domain.history.MappingError``: ``tagger replay`` input
   * ``stream.kafka.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
     (``PartitionMismatchError``, ``TopicConfigError``, ``KafkaAuthenticationError``,

@@ -46,6 +46,8 @@ class Settings(BaseSettings):
 
     app_id: str = Field("customer-tagger", description="Consumer group and internal-topic prefix.")
     redis_prefix: str = Field("tagger", description="Prefix of every Redis key this app writes.")
+    history_size: int = Field(100, ge=1, le=10_000,
+                              description="Changes kept per customer in its history (GET /customers/{id}/history).")
     web_host: str = Field("127.0.0.1", description="Host other workers use to reach this one.")
     web_bind: str = Field("127.0.0.1", description="Address the web server binds to.")
     web_port: int = Field(6066, description="Port of the worker's HTTP API.")

@@ -774,8 +774,12 @@ class _Null:
         if key in (b"sweep",):
             self.sent.append(value)
 
-    def stage(self, cid: str, view: Any, spend: float) -> None:
+    def stage(self, cid: str, view: Any, spend: float, last_activity: int | None = None,
+              rebuilt: bool = False) -> None:
         self.staged += 1
+
+    def note(self, cid: str, entry: dict[str, Any]) -> None:
+        pass
 
     async def flush(self) -> int:
         return 0

@@ -13,11 +13,13 @@ from stream.exceptions import InvalidEvent
 
 DAY_MS = 86_400_000
 MAX_ATTRIBUTES = 100
+TEAM_CHARS = 64
 #: fact name -> (kind, nullable), in the rules engine's kinds
 PROFILE_FIELDS: dict[str, tuple[str, bool]] = {
     "company_size": ("string", False),
     "industry": ("string", False),
     "region": ("string", False),
+    "team": ("string", False),
     "strategic_account": ("bool", False),
     "customer_since_days": ("float", True),
     "attributes": ("map", False),
@@ -50,11 +52,20 @@ def parse_profile(raw: bytes, *, max_bytes: int) -> dict[str, Any]:
         "company_size": _opt_str(d, "company_size") or "",
         "industry": _opt_str(d, "industry") or "",
         "region": _opt_str(d, "region") or "",
+        "team": _team(d),
         "strategic_account": strategic,
         "customer_since": None if since is None else _since(since),
         "attributes": _attributes(d),
     }
     return profile
+
+
+def _team(d: dict[str, Any]) -> str:
+    """The owning team: a name customer lists filter on (``GET /customers?team=``)."""
+    team = _opt_str(d, "team") or ""
+    if len(team) > TEAM_CHARS or any(c.isspace() for c in team):
+        raise _fail("team", f"must be a team name of at most {TEAM_CHARS} characters without spaces, got {_show(team)}")
+    return team
 
 
 def _since(value: object) -> int:
@@ -75,6 +86,7 @@ def profile_facts(profile: dict[str, Any] | None, now_ms: int) -> dict[str, Any]
         "company_size": p.get("company_size", ""),
         "industry": p.get("industry", ""),
         "region": p.get("region", ""),
+        "team": p.get("team", ""),
         "strategic_account": p.get("strategic_account", False),
         "customer_since_days": None if since is None else float(max(0, now_ms - since) // DAY_MS),
         "attributes": p.get("attributes", {}),

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import orjson
 
 from stream.domain.manual import TAG
+from stream.domain.profiles import TEAM_CHARS
+from stream.exceptions import TaggerError
 
 #: sort key of the API → (index name, bits of id hash under the value, scale of the value)
 SORTS: dict[str, tuple[str, int, float]] = {
@@ -35,7 +37,6 @@ MONEY_SORTS = frozenset({"spend_365d"})
 TIERS = "ABCD"
 NO_TIER = "_"  # the index of customers without a tier yet
 LEVELS = ("none", "low", "medium", "high")
-TEAM_CHARS = 64
 DEFAULT_LIMIT, MAX_LIMIT = 50, 500
 
 
@@ -50,7 +51,7 @@ def index_scores(customer_id: str, values: Mapping[str, float | None]) -> tuple[
     return tuple(out)
 
 
-class BadParameter(ValueError):
+class BadParameter(TaggerError, ValueError):
     """A query parameter is wrong: ``parameter`` names it, the message says why."""
 
     def __init__(self, parameter: str, message: str) -> None:

@@ -42,7 +42,9 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
+from stream.exceptions import TaggerError
 from stream.view.listing import LEVELS, NO_TIER, ListQuery, index_scores
+from stream.view.timeline import rebuilt_entry
 
 _MAX_SCRIPT = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -89,7 +91,7 @@ class Page:
     as_of_ms: int
 
 
-class WalkExpired(LookupError):
+class WalkExpired(TaggerError, LookupError):
     """The cursor's walk is over, expired or gave way to newer ones: start the list again."""
 
 
@@ -227,8 +229,7 @@ class RedisView:
             team = (doc.get("profile") or {}).get("team") or ""
             scores = index_scores(cid, {"last_activity": last, "risk": churn.get("risk"), "score": doc.get("score"),
                                         "spend_365d": spend})
-            marker = orjson.dumps({"at": now, "kind": "rebuilt", "tier": doc.get("tier"),
-                                   "tags": doc.get("tags") or []}) if rebuilt else b""
+            marker = orjson.dumps(rebuilt_entry(doc, now)) if rebuilt else b""
             args += (cid, orjson.dumps(doc), repr(float(spend)), " ".join(doc.get("tags") or ()), tier, level,
                      team, *scores, lines, marker)
         await self.client.evalsha(self._write_sha, 0, *args)

@@ -36,16 +36,25 @@ class FakeView:
         self.spend: dict[str, float] = {}
         self.acks: list[tuple[str, str, int]] = []
         self.flushed: list[list[str] | None] = []  # per flush: the customers it was asked for, None: all
+        self.history: dict[str, list[dict[str, Any]]] = {}  # noted entries, oldest first
+        self.rebuilt: set[str] = set()
         self.pending = 0
 
-    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float) -> None:
+    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float,
+              last_activity: int | None = None, rebuilt: bool = False) -> None:
         self.staged.append(cid)
         self.views[cid] = view
         self.spend[cid] = spend
+        if rebuilt:
+            self.rebuilt.add(cid)
+
+    def note(self, cid: str, entry: dict[str, Any]) -> None:
+        self.history.setdefault(cid, []).append(entry)
 
     def stage_erase(self, cid: str) -> None:
         self.views.pop(cid, None)
         self.spend.pop(cid, None)
+        self.history.pop(cid, None)
 
     async def flush(self, batch: int = 200, only: Collection[str] | None = None) -> int:
         self.flushed.append(None if only is None else list(only))

@@ -31,12 +31,18 @@ class FakeView:
     def __init__(self) -> None:
         self.pending: dict[str, ViewDocument | Callable[[], ViewDocument] | None] = {}
         self.written: dict[str, ViewDocument] = {}
+        self.history: dict[str, list[dict[str, Any]]] = {}
 
-    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float) -> None:
+    def stage(self, cid: str, view: ViewDocument | Callable[[], ViewDocument], spend: float,
+              last_activity: int | None = None, rebuilt: bool = False) -> None:
         self.pending[cid] = view
+
+    def note(self, cid: str, entry: dict[str, Any]) -> None:
+        self.history.setdefault(cid, []).append(entry)
 
     def stage_erase(self, cid: str) -> None:
         self.pending[cid] = None
+        self.history.pop(cid, None)
 
     async def flush(self, batch: int = 200, only: Collection[str] | None = None) -> int:
         chosen = list(self.pending) if only is None else [cid for cid in only if cid in self.pending]

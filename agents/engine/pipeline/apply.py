@@ -27,6 +27,7 @@ from stream.domain.manual import apply_command
 from stream.domain.priority import priority_of
 from stream.domain.state import CustomerState
 from stream.settings import Settings
+from stream.view.timeline import manual_entry
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class Applier:
         else:
             state.manual = manual
             trigger = {"kind": "manual", "topic": topic, "event_id": msg_id}
+            self.emit.view.note(cid, manual_entry(item, self.clock.now()))  # before the changes it causes
         await self.coalesce.evaluate_now(cid, state, trigger, changed=True)
         return "ok"
 

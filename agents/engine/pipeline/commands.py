@@ -212,5 +212,5 @@ class Commands:
         """Stage the view of every local customer of ``partitions`` (Redis rebuild)."""
         # customers of partitions this worker no longer owns may linger in the table: skip them
         of = self.partitions.of
-        self.emit.stage_views(cid for cid in list(self.table.keys()) if of(cid) in partitions)
+        self.emit.stage_views((cid for cid in list(self.table.keys()) if of(cid) in partitions), rebuilt=True)
         return self.view.pending

@@ -28,6 +28,7 @@ from stream.domain.sequence import stamp
 from stream.domain.state import CustomerState
 from stream.metrics import Metrics
 from stream.view.redis_view import RedisView
+from stream.view.timeline import churn_entry, tag_change_entry
 
 log = logging.getLogger(__name__)
 
@@ -77,11 +78,17 @@ class Emitter:
         if changed or change is not None or alert is not None or held != (state.view or {}).get(TIER_DUE):
             self.table[cid] = state
         self.due.set(self._partition_of(cid), cid, next_due(state, now))
-        self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
+        self._stage(cid, state, facts)
         if change is not None:
+            self.view.note(cid, tag_change_entry(change))
             await self._tag_change(cid, change, trigger, arrival)
         if alert is not None:
+            self.view.note(cid, churn_entry(alert))
             await self._churn_alert(cid, alert, trigger, arrival)
+
+    def _stage(self, cid: str, state: CustomerState, facts: dict[str, Any], rebuilt: bool = False) -> None:
+        self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"],
+                        facts.get("last_activity_at"), rebuilt)
 
     def _count_reversals(self, state: CustomerState, change: dict[str, Any] | None, alert: dict[str, Any] | None,
                          now: int) -> None:
@@ -151,11 +158,11 @@ class Emitter:
             self.view.errors += 1
             log.warning("priority Redis flush failed (%d pending, will retry): %r", self.view.pending, exc)
 
-    def stage_views(self, customers: Iterable[str]) -> None:
-        """Stage ``customers``' current views and spend_365d without re-evaluating them."""
+    def stage_views(self, customers: Iterable[str], rebuilt: bool = False) -> None:
+        """Stage ``customers``' current views without re-evaluating them; ``rebuilt``: a rebuild of the
+        projection (a history Redis lost starts again with a ``rebuilt`` entry)."""
         now = self.clock.now()
         for cid in customers:
             state = self.table.get(cid)
             if state is not None:
-                facts = self.evaluator.facts(state, now)
-                self.view.stage(cid, partial(self.evaluator.view_document, cid, state, facts), facts["spend_365d"])
+                self._stage(cid, state, self.evaluator.facts(state, now), rebuilt)
