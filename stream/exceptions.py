@@ -13,6 +13,7 @@ caught that before); the family:
   * ``stream.access.auth.TokenConfigError``: the API tokens
   * ``stream.webhook_delivery.WebhookConfigError``: the webhooks file
   * ``stream.domain.history.RowError``, ``stream.domain.history.MappingError``: ``tagger replay`` input
+  * ``stream.view.trend_store.TrendQueryError``: a bad ``from``/``to`` of ``GET /trends`` (a 400)
   * ``stream.kafka.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
     (``PartitionMismatchError``, ``TopicConfigError``, ``KafkaAuthenticationError``,
     ``KafkaTLSError``)

@@ -29,7 +29,7 @@ from rules.tiers import TIERS
 from stream.access.auth import Principal
 from stream.access.visibility import TagRules, can_see_tag
 from stream.domain.events import format_ts, parse_ts
-from stream.exceptions import InvalidEvent
+from stream.exceptions import InvalidEvent, TaggerError
 
 MAX_TAGS = 100  # tags counted per point: the ruleset's first, in rule order
 CHURN_ROLES = frozenset({"sales", "finance", "admin"})  # see churn levels; viewers do not (as in the view)
@@ -97,8 +97,12 @@ def boundary(now_ms: int, interval_ms: int) -> int:
     return now_ms - now_ms % interval_ms
 
 
-class TrendQueryError(ValueError):
-    """A ``from`` or ``to`` of ``GET /trends`` is not a time; ``parameter`` names which (the 400 says so)."""
+class TrendQueryError(TaggerError, ValueError):
+    """A ``from`` or ``to`` of ``GET /trends`` is not a time, or ``to`` is before ``from``.
+
+    The caller gets a 400 naming the ``parameter``; nothing for an operator to do. Callers: send
+    RFC 3339 with an offset (``2026-11-22T10:00:00Z``) or epoch milliseconds.
+    """
 
     def __init__(self, parameter: str, reason: str) -> None:
         super().__init__(reason)
