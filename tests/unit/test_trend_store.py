@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import pytest
+from pydantic import ValidationError
 
 from agents.trends import TrendRecorder
 from stream.access.auth import Principal
 from stream.domain.events import parse_ts
+from stream.settings import Settings
 from stream.view.trend_store import (
     MAX_TAGS,
     TrendQueryError,
@@ -116,3 +118,11 @@ async def test_the_timer_records_the_latest_boundary_passed_once_and_retries_aft
     store.fail = False
     await recorder.run()
     assert store.asked[-1] == 8 * MINUTE and recorder.last == 8 * MINUTE
+
+
+def test_the_trend_settings_default_to_an_hour_and_90_days_and_must_be_positive() -> None:
+    defaults = Settings()  # type: ignore[call-arg]
+    assert (defaults.trend_interval, defaults.trend_span) == (3600, 90 * 86400)
+    for field in ("trend_interval", "trend_span"):
+        with pytest.raises(ValidationError, match=field):
+            Settings(**{field: 0})  # type: ignore[arg-type]
