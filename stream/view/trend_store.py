@@ -79,8 +79,8 @@ class TrendStore:
         ``tags``: the tags to count (at most :data:`MAX_TAGS` are). Points at or more than the
         span before ``boundary_ms`` are trimmed when a point is added.
         """
-        args: list[str | int] = [boundary_ms, format_ts(boundary_ms), boundary_ms - self.span_ms, f"{self.prefix}:tag:",
-                " ".join(TIERS), " ".join(LEVELS), *rule_tags(tags)]
+        args: list[str | int] = [boundary_ms, format_ts(boundary_ms), boundary_ms - self.span_ms,
+                                 f"{self.prefix}:tag:", " ".join(TIERS), " ".join(LEVELS), *rule_tags(tags)]
         added = await self._record(keys=[self.key, f"{self.prefix}:n"], args=args)
         return bool(added)
 
