@@ -1,7 +1,7 @@
 """The Faust wiring: one agent, with the timers and web pages connected to it.
 
 The timer jobs are in agents/timers.py, /healthz, /metrics and /stats in agents/pages.py,
-the customer API in agents/api.py.
+the customer API in agents/api.py, the trend timer and GET /trends in agents/trends.py.
 
 The agent body only hands each message to :class:`Runtime`; nothing escapes
 the loop, so one bad message can never stop the worker.
@@ -36,6 +36,7 @@ from .observability import counting_senders
 from .observability import install as install_observability
 from .pages import install_pages
 from .timers import CutoffRefresh, PartitionCommands, RulesReload, ViewFlush
+from .trends import install_trends
 from .webhooks import install_webhooks
 
 log = logging.getLogger(__name__)
@@ -91,6 +92,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     app.timer(settings.rules_reload_interval)(RulesReload(rules_dir, runtime, partitions).run)
     api = install_api(app, table, runtime, settings, topics, audit)  # /customers, /tags, /privacy: tokens, roles, audit
     install_dashboard(app, table, api, settings)  # /dashboard: page, live feed, tier counts, lookup (same roles)
+    install_trends(app, api, settings)  # a trend point each TAGGER_TREND_INTERVAL of stream time; GET /trends
     install_pages(app, runtime, gaps, intake)  # /healthz, /metrics, /stats
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)

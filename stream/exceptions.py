@@ -14,6 +14,7 @@ caught that before); the family:
   * ``stream.webhook_delivery.WebhookConfigError``: the webhooks file
   * ``stream.view.listing.BadParameter``, ``stream.view.redis_view.WalkExpired``: a customer-list query
   * ``stream.domain.history.RowError``, ``stream.domain.history.MappingError``: ``tagger replay`` input
+  * ``stream.view.trend_store.TrendQueryError``: a bad ``from``/``to`` of ``GET /trends`` (a 400)
   * ``stream.kafka.kafka_admin.KafkaAdminError``: a topic or the connection at start-up
     (``PartitionMismatchError``, ``TopicConfigError``, ``KafkaAuthenticationError``,
     ``KafkaTLSError``)

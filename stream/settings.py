@@ -146,6 +146,11 @@ class Settings(BaseSettings):
         "fetch, offset bookkeeping and commits, without its per-message stream path, ~100 µs a message here). "
         "'stream': through a Faust agent's stream, as any Faust app.")
     cutoff_refresh_interval: float = Field(1.0, description="Seconds between tier cut-off reads.")
+    trend_interval: int = Field(3600, gt=0, description="Seconds of stream time between two trend points "
+                                "(tier, churn-level and tag counts, cluster-wide; stream/view/trend_store.py): "
+                                "one point at every multiple of it, once the stream clock passes it.")
+    trend_span: int = Field(90 * 86400, gt=0, description="Seconds of stream time trend points are kept; "
+                            "older points are trimmed as new ones are recorded.")
     reversal_window: float = Field(3600.0, ge=0, description="Seconds (of the worker's clock, see clock) within "
                                    "which a tier or churn level change that undoes the customer's previous one, "
                                    "with no input of that customer in between, counts as a reversal "

@@ -71,3 +71,9 @@ CONSUMER_MAX_FETCH_SIZE: Final = 16 << 20
 #: Messages a Faust stream buffers per topic partition (``stream_buffer_maxsize``; the
 #: ``TAGGER_INTAKE=stream`` path and the changelogs): more absorbs bursts, costs memory.
 STREAM_BUFFER_MAXSIZE: Final = 16384
+
+# --- trends (agents/trends.py): when the trend timer looks at the stream clock ----------------
+
+#: Seconds between two looks at the stream clock for a trend boundary passed. A point is recorded this
+#: long after the clock passed its boundary at most (plus a view flush); the look is one GET.
+TREND_CHECK_EVERY: Final = 2.0

@@ -22,7 +22,8 @@ import orjson
 from stream.access.auth import Principal
 from stream.domain.events import format_ts
 
-ACTIONS = ("customer.read", "tag.list", "manual.command", "privacy.request", "privacy.erase", "dashboard.feed")
+ACTIONS = ("customer.read", "tag.list", "manual.command", "privacy.request", "privacy.erase", "dashboard.feed",
+           "trends.read")
 #: extra fields an audit record may carry, with the JSON types allowed for each
 DETAIL_FIELDS: dict[str, tuple[type, ...]] = {
     "tag": (str,), "command_id": (str,), "command": (str,), "request_id": (str,), "reason": (str,),

@@ -37,6 +37,7 @@ ACTION_ROLES: dict[str, frozenset[Role]] = {
     "customer.read": frozenset(ROLES),
     "tag.list": frozenset(ROLES),
     "dashboard.feed": frozenset(ROLES),  # the dashboard's live feed and tier counts (agents/dashboard.py)
+    "trends.read": frozenset(ROLES),  # GET /trends; churn and tags narrowed by role (stream/view/trend_store.py)
     "manual.command": frozenset({"sales", "admin"}),
     "privacy.request": frozenset({"admin"}),
 }

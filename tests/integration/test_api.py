@@ -28,20 +28,25 @@ ENDPOINTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "list_restricted": ("GET", "/tags/has_open_complaint/customers", None),
     "manual": ("POST", "/customers/c-manual/tags", {"action": "add_tag", "tag": "api_probe", "note": "matrix"}),
     "erase": ("POST", "/privacy/requests", {"customer_id": "c-erase-probe", "type": "erase"}),
+    "trends": ("GET", "/trends", None),
 }
 ACTIONS = {"read": "customer.read", "list_public": "tag.list", "list_team": "tag.list",
-           "list_restricted": "tag.list", "manual": "manual.command", "erase": "privacy.request"}
+           "list_restricted": "tag.list", "manual": "manual.command", "erase": "privacy.request",
+           "trends": "trends.read"}
 #: expected status of each endpoint for each caller ("support" is a sales token of the support team)
 EXPECTED: dict[str, dict[str, int]] = {
     "anonymous": dict.fromkeys(ENDPOINTS, 401),
     "bogus": dict.fromkeys(ENDPOINTS, 401),
-    "viewer": {"read": 200, "list_public": 200, "list_team": 403, "list_restricted": 403, "manual": 403, "erase": 403},
-    "sales": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 403, "manual": 202, "erase": 403},
+    "viewer": {"read": 200, "list_public": 200, "list_team": 403, "list_restricted": 403, "manual": 403, "erase": 403,
+               "trends": 200},
+    "sales": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 403, "manual": 202, "erase": 403,
+              "trends": 200},
     "support": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 200, "manual": 202,
-                "erase": 403},
+                "erase": 403, "trends": 200},
     "finance": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 403, "manual": 403,
-                "erase": 403},
-    "admin": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 200, "manual": 202, "erase": 202},
+                "erase": 403, "trends": 200},
+    "admin": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 200, "manual": 202, "erase": 202,
+              "trends": 200},
 }
 ROLE_OF = {"viewer": "viewer", "sales": "sales", "support": "sales", "finance": "finance", "admin": "admin"}
 
