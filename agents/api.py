@@ -10,10 +10,13 @@ headers); writes only produce to Kafka and work on any worker.
 
 from __future__ import annotations
 
+import csv
+import io
 import logging
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from functools import partial
 from typing import Any
 
 import faust
@@ -24,13 +27,23 @@ from agents.engine.runtime import Runtime
 from stream.access.audit import AuditLog, audit_record
 from stream.access.auth import Decision, Principal, TokenRegistry, authorize, load_registry
 from stream.access.privacy import parse_privacy_request
-from stream.access.visibility import TagRules, can_see_tag, filter_customer
-from stream.domain.events import MAX_ID_CHARS
+from stream.access.visibility import (
+    TagRules,
+    can_see_tag,
+    filter_customer,
+    filter_history,
+    list_disclosed,
+    list_row,
+    sees_money,
+)
+from stream.domain.events import MAX_ID_CHARS, format_ts
 from stream.domain.manual import TAG, parse_command
 from stream.exceptions import InvalidEvent
 from stream.faust import guards
 from stream.kafka.topics import Topics
 from stream.settings import Settings
+from stream.view.listing import MONEY_SORTS, BadParameter, Cursor, ListQuery, parse_query
+from stream.view.redis_view import WalkExpired
 
 log = logging.getLogger(__name__)
 
@@ -66,8 +79,10 @@ class Api:
 
     async def answer(self, web: View, body: Any, status: int, decision: Decision | None, action: str,
                      outcome: str, customer_id: str | None = None, disclosed: list[str] | None = None,
-                     detail: Mapping[str, object] | None = None) -> Response:
-        """Write the audit record, then answer; 503 (and no data) if the audit cannot be written."""
+                     detail: Mapping[str, object] | None = None,
+                     render: Callable[[], Response] | None = None) -> Response:
+        """Write the audit record, then answer (``render``: other than as JSON); 503 (and no data) if the
+        audit cannot be written."""
         record = audit_record(action=action, outcome=outcome, status=status,
                               principal=decision.principal if decision else None, customer_id=customer_id,
                               disclosed=disclosed or [], worker=self.worker, detail=detail)
@@ -76,6 +91,8 @@ class Api:
         except Exception as exc:  # noqa: BLE001 - no audit, no answer
             log.error("audit write failed; refusing %s: %r", action, exc)
             return web.json({"error": "audit log unavailable; try again"}, status=503)
+        if render is not None:
+            return render()
         headers = {"WWW-Authenticate": 'Bearer realm="tagger"'} if status == 401 else None
         return web.json(body, status=status, headers=headers)
 
@@ -142,6 +159,69 @@ class Api:
         return await self.answer(web, body, 200, decision, action, "allowed", None, ["customer_ids"],
                                  detail={"tag": tag, "customers": customers, "returned": len(customers),
                                          "limit": limit, "after": after})
+
+    async def list_customers(self, web: View, request: Request) -> Response:
+        """``GET /customers``: a page of customers by tier, tag, churn level and team, in a sort order,
+        from the Redis list indexes (any worker); ``format=csv`` for a download."""
+        action = "customer.list"
+        decision = self.authorize(request, action)
+        if decision.principal is None or decision.status != 200:
+            return await self.refuse(web, decision, action)
+        try:
+            query = parse_query(dict(request.query))
+        except BadParameter as exc:
+            return await self.answer(web, {"error": str(exc), "parameter": exc.parameter}, 400, decision, action,
+                                     "invalid", detail={"reason": str(exc)})
+        detail: dict[str, object] = {"sort": f"{query.sort} {query.order}", "filters": query.filters(),
+                                     "limit": query.limit, "format": "csv" if query.csv else "json"}
+        principal = decision.principal
+        why = list_refusal(query, principal, self.rules())
+        if why is not None:
+            return await self.refuse(web, Decision(principal, 403, why), action, detail=detail)
+        try:
+            page = await self.runtime.view.list_page(query)
+        except WalkExpired as exc:
+            return await self.answer(web, {"error": str(exc), "parameter": "cursor"}, 410, decision, action,
+                                     "invalid", detail={**detail, "reason": str(exc)})
+        except Exception as exc:  # noqa: BLE001 - Redis is down: say so, audited
+            log.warning("customer list failed: %r", exc)
+            return await self.answer(web, {"error": "customer index unavailable"}, 503, decision, action,
+                                     "unavailable", detail=detail)
+        rows = [list_row(view, principal, self.rules()) for view in page.views]
+        cursor = Cursor(*page.next, query.digest()).encode() if page.next else None
+        body = {"customers": rows, "next": cursor, "as_of": format_ts(page.as_of_ms), "sort": query.sort,
+                "order": query.order, "limit": query.limit}
+        render = partial(csv_response, web, rows, cursor) if query.csv else None
+        ids = [str(r["customer_id"]) for r in rows]
+        return await self.answer(web, body, 200, decision, action, "allowed", None, list_disclosed(principal),
+                                 detail={**detail, "customers": ids, "returned": len(ids)}, render=render)
+
+    async def customer_history(self, web: View, request: Request, customer_id: str) -> Response:
+        """``GET /customers/{id}/history?limit=``: the customer's last changes, newest first, from Redis."""
+        action = "customer.history"
+        decision = self.authorize(request, action)
+        if decision.principal is None or decision.status != 200:
+            return await self.refuse(web, decision, action, customer_id)
+        size = self.settings.history_size
+        text = request.query.get("limit", str(size))
+        if not (text.isdigit() and 1 <= int(text) <= size) or len(customer_id) > MAX_ID_CHARS:
+            error = {"error": f"limit must be an integer from 1 to {size}", "parameter": "limit"}
+            if len(customer_id) > MAX_ID_CHARS:
+                error = {"error": f"a customer id has at most {MAX_ID_CHARS} characters", "parameter": "customer_id"}
+            return await self.answer(web, error, 400, decision, action, "invalid", customer_id[:MAX_ID_CHARS],
+                                     detail={"reason": error["error"]})
+        try:
+            exists, entries = await self.runtime.view.history(customer_id, int(text))
+        except Exception as exc:  # noqa: BLE001 - Redis is down: say so, audited
+            log.warning("history read failed: %r", exc)
+            return await self.answer(web, {"error": "customer history unavailable"}, 503, decision, action,
+                                     "unavailable", customer_id)
+        if not exists and not entries:
+            return await self.answer(web, {"error": "unknown customer", "customer_id": customer_id}, 404,
+                                     decision, action, "not_found", customer_id, detail={"found": False})
+        shown = [e for e in (filter_history(e, decision.principal, self.rules()) for e in entries) if e is not None]
+        return await self.answer(web, {"customer_id": customer_id, "changes": shown}, 200, decision, action,
+                                 "allowed", customer_id, ["history"], detail={"found": True, "returned": len(shown)})
 
     async def _body(self, web: View, request: Request) -> dict[str, Any] | None:
         try:
@@ -216,6 +296,43 @@ class Api:
         return response
 
 
+def list_refusal(query: ListQuery, principal: Principal, rules: TagRules) -> str | None:
+    """Why ``principal`` may not run ``query`` (a 403), or None."""
+    if query.sort in MONEY_SORTS and not sees_money(principal):
+        return f"sorting by {query.sort} discloses spend: finance and admin only (role {principal.role!r})"
+    if principal.role == "viewer":
+        for used, what in ((query.sort in ("risk", "score"), f"sort={query.sort}"), (query.levels, "churn"),
+                           (query.team, "team")):
+            if used:
+                return f"{what} uses churn, score or profile data: sales, finance and admin only (role 'viewer')"
+    if query.tag and not can_see_tag(principal, query.tag, rules):
+        return f"role {principal.role!r} may not see tag {query.tag!r}"
+    return None
+
+
+def csv_response(web: View, rows: list[dict[str, Any]], cursor: str | None) -> Response:
+    """A page of list rows as CSV: a header row of the role's fields, tags separated by spaces, churn as
+    two columns; the next page's cursor in ``X-Next-Cursor``."""
+    out = io.StringIO()
+    writer = csv.writer(out)
+    fields = list(rows[0]) if rows else ["customer_id", "tier", "tags", "evaluated_at"]
+    header = [c for f in fields for c in (("churn_risk", "churn_level") if f == "churn" else (f,))]
+    writer.writerow(header)
+    for row in rows:
+        cells: list[Any] = []
+        for f in fields:
+            value = row.get(f)
+            if f == "churn":
+                cells += [(value or {}).get("risk"), (value or {}).get("level")]
+            else:
+                cells.append(" ".join(value or ()) if f == "tags" else ("" if value is None else value))
+        writer.writerow(cells)
+    headers = {"Content-Disposition": 'attachment; filename="customers.csv"'}
+    if cursor:
+        headers["X-Next-Cursor"] = cursor
+    return web.bytes(out.getvalue().encode(), content_type="text/csv; charset=utf-8", headers=headers)
+
+
 def create_audit(settings: Settings, topics: Topics) -> AuditLog:
     """The worker's audit log: the API's calls, and the erasures the runtime carries out."""
     return AuditLog(topics.audit_log, settings.audit_file)
@@ -242,6 +359,16 @@ def install_api(app: faust.App, table: Any, runtime: Runtime, settings: Settings
         @app.table_route(table=table, match_info="customer_id")  # type: ignore[arg-type]
         async def get(self, request: Request, customer_id: str) -> Response:
             return await api.read_customer(self, request, table, customer_id)
+
+    @app.page("/customers")
+    class Customers(View):
+        async def get(self, request: Request) -> Response:
+            return await api.list_customers(self, request)
+
+    @app.page("/customers/{customer_id}/history")
+    class CustomerHistory(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            return await api.customer_history(self, request, customer_id)
 
     @app.page("/customers/{customer_id}/tags")
     class ManualTags(View):

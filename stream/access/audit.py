@@ -23,11 +23,12 @@ from stream.access.auth import Principal
 from stream.domain.events import format_ts
 
 ACTIONS = ("customer.read", "tag.list", "manual.command", "privacy.request", "privacy.erase", "dashboard.feed",
-           "trends.read")
+           "trends.read", "customer.list", "customer.history")
 #: extra fields an audit record may carry, with the JSON types allowed for each
 DETAIL_FIELDS: dict[str, tuple[type, ...]] = {
     "tag": (str,), "command_id": (str,), "command": (str,), "request_id": (str,), "reason": (str,),
     "customers": (list,), "returned": (int,), "limit": (int,), "after": (str,), "found": (bool,),
+    "sort": (str,), "filters": (str,), "format": (str,),
 }
 MAX_TEXT = 512
 

@@ -37,7 +37,10 @@ ACTION_ROLES: dict[str, frozenset[Role]] = {
     "customer.read": frozenset(ROLES),
     "tag.list": frozenset(ROLES),
     "dashboard.feed": frozenset(ROLES),  # the dashboard's live feed and tier counts (agents/dashboard.py)
-    "trends.read": frozenset(ROLES),  # GET /trends; churn and tags narrowed by role (stream/view/trend_store.py)
+    "trends.read": frozenset(ROLES),
+    # GET /customers and /customers/{id}/history: rows and entries narrowed by role (stream/access/visibility.py)
+    "customer.list": frozenset(ROLES),
+    "customer.history": frozenset(ROLES),  # GET /trends; churn and tags narrowed by role (stream/view/trend_store.py)
     "manual.command": frozenset({"sales", "admin"}),
     "privacy.request": frozenset({"admin"}),
 }

@@ -103,3 +103,56 @@ def filter_customer(doc: Mapping[str, Any], principal: Principal,
     if money:
         disclosed.append("aggregates:monetary")
     return out, disclosed
+
+
+def list_row(doc: Mapping[str, Any], principal: Principal, rules: TagRules) -> dict[str, Any]:
+    """A row of ``GET /customers`` as ``principal`` may see it (the same for finance and admin)."""
+    row: dict[str, Any] = {"customer_id": doc.get("customer_id"), "tier": doc.get("tier"),
+                           "tags": [t for t in doc.get("tags", []) if can_see_tag(principal, t, rules)],
+                           "evaluated_at": doc.get("evaluated_at")}
+    if principal.role == "viewer":
+        return row
+    churn, aggregates = doc.get("churn") or {}, doc.get("aggregates") or {}
+    row.update(score=doc.get("score"), churn={"risk": churn.get("risk"), "level": churn.get("level")},
+               team=(doc.get("profile") or {}).get("team", ""), last_activity_at=aggregates.get("last_activity_at"))
+    if sees_money(principal):
+        row["spend_365d"] = aggregates.get("spend_365d")
+    return row
+
+
+def list_disclosed(principal: Principal) -> list[str]:
+    """The field groups a list's rows disclose to ``principal`` (for the audit)."""
+    groups = ["customer_ids", "tier", "tags"]
+    if principal.role != "viewer":
+        groups += ["score", "churn", "profile", "aggregates"]
+    return groups + (["aggregates:monetary"] if sees_money(principal) else [])
+
+
+def filter_history(entry: Mapping[str, Any], principal: Principal, rules: TagRules) -> dict[str, Any] | None:
+    """A history entry (:mod:`stream.view.timeline`) as ``principal`` may see it; None: not at all.
+
+    Viewers see tier moves and the visible tags added or removed, no reasons or trigger; sales and
+    finance every kind, with the evidence of the tags they see (money masked for sales); admin all.
+    """
+    if principal.role == "admin":
+        return dict(entry)
+    kind = entry.get("kind")
+    show = (lambda text: text) if sees_money(principal) else mask_money
+    if kind in ("tag_change", "rebuilt"):
+        out = {k: entry[k] for k in ("at", "kind", "tier", "previous_tier") if k in entry}
+        for name in ("added", "removed", "tags"):
+            if name in entry:
+                out[name] = [t for t in entry[name] or [] if can_see_tag(principal, t, rules)]
+        if kind == "tag_change" and not (out["added"] or out["removed"]) and out["tier"] == out["previous_tier"]:
+            return None  # a change of tags this role does not see
+        if principal.role != "viewer" and kind == "tag_change":
+            out.update(score=entry.get("score"), trigger=entry.get("trigger"), change_id=entry.get("change_id"),
+                       reasons={t: show(r) for t, r in (entry.get("reasons") or {}).items() if t in out["added"]})
+        return out
+    if principal.role == "viewer":
+        return None
+    if kind == "churn":
+        return {**entry, "reasons": [show(r) for r in entry.get("reasons") or []]}
+    if kind == "manual" and ("tag" not in entry or can_see_tag(principal, entry["tag"], rules)):
+        return dict(entry)
+    return None

@@ -29,24 +29,31 @@ ENDPOINTS: dict[str, tuple[str, str, dict[str, Any] | None]] = {
     "manual": ("POST", "/customers/c-manual/tags", {"action": "add_tag", "tag": "api_probe", "note": "matrix"}),
     "erase": ("POST", "/privacy/requests", {"customer_id": "c-erase-probe", "type": "erase"}),
     "trends": ("GET", "/trends", None),
+    "customers": ("GET", "/customers?tier=A,B&limit=5", None),
+    "customers_risk": ("GET", "/customers?sort=risk&churn=high,medium", None),
+    "customers_spend": ("GET", "/customers?sort=spend_365d", None),
+    "history": ("GET", "/customers/c-rich/history", None),
 }
 ACTIONS = {"read": "customer.read", "list_public": "tag.list", "list_team": "tag.list",
            "list_restricted": "tag.list", "manual": "manual.command", "erase": "privacy.request",
-           "trends": "trends.read"}
+           "trends": "trends.read", "customers": "customer.list", "customers_risk": "customer.list",
+           "customers_spend": "customer.list", "history": "customer.history"}
 #: expected status of each endpoint for each caller ("support" is a sales token of the support team)
 EXPECTED: dict[str, dict[str, int]] = {
     "anonymous": dict.fromkeys(ENDPOINTS, 401),
     "bogus": dict.fromkeys(ENDPOINTS, 401),
     "viewer": {"read": 200, "list_public": 200, "list_team": 403, "list_restricted": 403, "manual": 403, "erase": 403,
-               "trends": 200},
+               "trends": 200, "customers": 200, "customers_risk": 403, "customers_spend": 403, "history": 200},
     "sales": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 403, "manual": 202, "erase": 403,
-              "trends": 200},
+              "trends": 200, "customers": 200, "customers_risk": 200, "customers_spend": 403, "history": 200},
     "support": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 200, "manual": 202,
-                "erase": 403, "trends": 200},
+                "erase": 403, "trends": 200, "customers": 200, "customers_risk": 200, "customers_spend": 403,
+                "history": 200},
     "finance": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 403, "manual": 403,
-                "erase": 403, "trends": 200},
+                "erase": 403, "trends": 200, "customers": 200, "customers_risk": 200, "customers_spend": 200,
+                "history": 200},
     "admin": {"read": 200, "list_public": 200, "list_team": 200, "list_restricted": 200, "manual": 202, "erase": 202,
-              "trends": 200},
+              "trends": 200, "customers": 200, "customers_risk": 200, "customers_spend": 200, "history": 200},
 }
 ROLE_OF = {"viewer": "viewer", "sales": "sales", "support": "sales", "finance": "finance", "admin": "admin"}
 

@@ -92,7 +92,7 @@ def test_tokens_from_environment_json_and_yaml_file(tmp_path: Path) -> None:
 def test_every_role_against_every_action(role: str, action: str) -> None:
     allowed = {"customer.read": set(ROLES), "tag.list": set(ROLES), "manual.command": {"sales", "admin"},
                "privacy.request": {"admin"}, "dashboard.feed": set(ROLES),
-               "trends.read": set(ROLES)}[action]
+               "trends.read": set(ROLES), "customer.list": set(ROLES), "customer.history": set(ROLES)}[action]
     decision = authorize(REGISTRY, f"Bearer {TOKENS[role]}", action)
     assert decision.principal is not None and decision.principal.role == role
     assert decision.status == (200 if role in allowed else 403), decision.reason
