@@ -1,0 +1,78 @@
+"""The worker's HTTP surface against agents/static/openapi.yaml, on a live worker (real broker and Redis):
+Faust's own pages are gone, the operations pages still serve, and every error is a JSON ``{"error": ...}``."""
+
+from __future__ import annotations
+
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+
+import orjson
+import pytest
+
+from stream.devtools.embedded import ServiceGroup
+
+from .conftest import Namespace, Worker, isolated_namespace, wait_for
+
+pytestmark = pytest.mark.integration
+
+CUSTOMER = "c-open"
+
+
+def fetch(worker: Worker, path: str, method: str = "GET") -> tuple[int, str, bytes]:
+    """Status, content type and body of ``method path`` on ``worker``, without a token."""
+    req = urllib.request.Request(f"http://127.0.0.1:{worker.web_port}{path}", method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=10) as resp:  # noqa: S310 - a local test worker
+            return resp.status, resp.headers.get_content_type(), resp.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.headers.get_content_type(), exc.read()
+
+
+@pytest.fixture(scope="module")
+def live(services: ServiceGroup, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Namespace, Worker]]:
+    """One worker, holding one customer (so /table/customers/<id>/ would have had something to show)."""
+    spaces = isolated_namespace(services, tmp_path_factory.mktemp("openapi"))
+    ns = next(spaces)
+    try:
+        worker = ns.worker()
+        ns.produce("order", {"event_id": "o1", "customer_id": CUSTOMER, "ts": "2026-01-05T00:00:00Z",
+                             "order_id": "o1", "amount": "120"})
+        wait_for(lambda: worker.get(f"/customers/{CUSTOMER}")[0] == 200, 60, f"{CUSTOMER} served")
+        yield ns, worker
+    finally:
+        spaces.close()
+
+
+@pytest.mark.parametrize("path", [f"/table/customers/{CUSTOMER}/", "/table/", "/router/", "/router/topics",
+                                  f"/router/customers/{CUSTOMER}/", "/graph/", "/performance/"])
+def test_fausts_own_pages_are_not_served(live: tuple[Namespace, Worker], path: str) -> None:
+    """/table/ served a customer's whole state without a token, /router/ the workers' URLs (stream/faust/app.py)."""
+    _, worker = live
+    status, content_type, body = fetch(worker, path)
+    assert (status, content_type) == (404, "application/json"), body
+    assert orjson.loads(body) == {"error": "Not Found"}
+    assert CUSTOMER.encode() not in body
+
+
+@pytest.mark.parametrize(("path", "content_type"), [("/healthz", "application/json"), ("/readyz", "application/json"),
+                                                    ("/stats", "application/json"),
+                                                    ("/stats?partitions", "application/json"),
+                                                    ("/metrics", "text/plain"), ("/", "application/json")])
+def test_the_operations_pages_still_serve_without_a_token(live: tuple[Namespace, Worker], path: str,
+                                                         content_type: str) -> None:
+    _, worker = live
+    status, got, body = fetch(worker, path)
+    assert (status, got) == (200, content_type), body
+    if path == "/metrics":
+        assert b"tagger_events_total" in body
+    if path.startswith("/stats"):
+        assert ("partitions" in orjson.loads(body)) == path.endswith("?partitions")
+
+
+def test_a_method_a_path_does_not_serve_is_a_json_405(live: tuple[Namespace, Worker]) -> None:
+    _, worker = live
+    for method, path in (("DELETE", "/healthz"), ("PUT", f"/customers/{CUSTOMER}"), ("GET", "/privacy/requests")):
+        status, content_type, body = fetch(worker, path, method)
+        assert (status, content_type) == (405, "application/json"), (method, path, body)
+        assert set(orjson.loads(body)) == {"error"}
