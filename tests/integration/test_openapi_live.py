@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import orjson
 import pytest
 
+from agents.openapi import load_document
 from stream.devtools.embedded import ServiceGroup
 
 from .conftest import Namespace, Worker, isolated_namespace, wait_for
@@ -76,3 +77,10 @@ def test_a_method_a_path_does_not_serve_is_a_json_405(live: tuple[Namespace, Wor
         status, content_type, body = fetch(worker, path, method)
         assert (status, content_type) == (405, "application/json"), (method, path, body)
         assert set(orjson.loads(body)) == {"error"}
+
+
+def test_the_description_is_served_without_a_token_as_in_the_repository(live: tuple[Namespace, Worker]) -> None:
+    _, worker = live
+    status, content_type, body = fetch(worker, "/openapi.json")
+    assert (status, content_type) == (200, "application/json")
+    assert orjson.loads(body) == load_document()  # tests/unit/test_openapi.py: load_document() is the repo's file
