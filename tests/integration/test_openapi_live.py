@@ -32,7 +32,7 @@ from .conftest import Namespace, Worker, isolated_namespace, wait_for
 pytestmark = pytest.mark.integration
 
 CUSTOMER = "c-open"
-#: the live feed is an endless event stream (no answer to validate); its 401 is in test_dashboard_browser.py
+#: the live feed is an endless event stream (no answer to validate): its refusal is checked below
 SCHEMA = schemathesis.openapi.from_dict(load_document()).exclude(operation_id="getDashboardFeed")
 SCHEMA.config.generation.update(modes=[schemathesis.GenerationMode.POSITIVE, schemathesis.GenerationMode.NEGATIVE],
                                 with_security_parameters=False)  # the token is the test's, per role
@@ -108,6 +108,12 @@ def test_a_method_a_path_does_not_serve_is_a_json_405(live: tuple[Namespace, Wor
         status, content_type, body = fetch(worker, path, method)
         assert (status, content_type) == (405, "application/json"), (method, path, body)
         assert set(orjson.loads(body)) == {"error"}
+
+
+def test_the_live_feed_refuses_a_call_without_a_token_in_json(live: tuple[Namespace, Worker]) -> None:
+    _, worker = live
+    status, content_type, body = fetch(worker, "/dashboard/api/feed")
+    assert (status, content_type) == (401, "application/json") and set(orjson.loads(body)) == {"error"}
 
 
 def test_the_description_is_served_without_a_token_as_in_the_repository(live: tuple[Namespace, Worker]) -> None:
