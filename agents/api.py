@@ -37,7 +37,7 @@ from stream.access.visibility import (
     sees_money,
 )
 from stream.domain.events import MAX_ID_CHARS, format_ts
-from stream.domain.manual import TAG, parse_command
+from stream.domain.manual import TAG, parse_command, stray_field
 from stream.exceptions import InvalidEvent
 from stream.faust import guards
 from stream.kafka.topics import Topics
@@ -245,14 +245,18 @@ class Api:
             return await self.answer(web, {"error": "body must be a JSON object"}, 400, decision, action,
                                      "invalid", customer_id, detail={"reason": "body must be a JSON object"})
         fields = ("action", "tag", "note", "expires_at", "adjust_pct", "command_id")
-        cmd = {k: body[k] for k in fields if k in body}
-        cmd.setdefault("command_id", f"api-{uuid.uuid4().hex}")
-        cmd.update(customer_id=customer_id, author=decision.principal.name)
+        given = {k: body[k] for k in fields if k in body}
+        given.setdefault("command_id", f"api-{uuid.uuid4().hex}")
+        given.update(customer_id=customer_id, author=decision.principal.name)
         try:
-            parse_command(orjson.dumps(cmd), max_bytes=self.settings.max_event_bytes, now_ms=self.runtime.clock.now())
+            if reason := stray_field(given):
+                raise InvalidEvent(reason)
+            # produced as parsed: the fields of its action, in the wire types (stream/schemas/tag-command)
+            cmd = parse_command(orjson.dumps(given), max_bytes=self.settings.max_event_bytes,
+                                now_ms=self.runtime.clock.now())
         except InvalidEvent as exc:
             return await self.answer(web, {"error": exc.reason}, 400, decision, action, "invalid", customer_id,
-                                     detail={"reason": exc.reason, "command": str(cmd.get("action"))})
+                                     detail={"reason": exc.reason, "command": str(given.get("action"))})
         detail: dict[str, object] = {"command": cmd["action"], "command_id": str(cmd["command_id"]),
                                      "tag": cmd.get("tag")}
         return await self._write(web, decision, action, customer_id, self.tag_commands, cmd,

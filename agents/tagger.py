@@ -1,7 +1,8 @@
 """The Faust wiring: one agent, with the timers and web pages connected to it.
 
 The timer jobs are in agents/timers.py, /healthz, /metrics and /stats in agents/pages.py,
-the customer API in agents/api.py, the trend timer and GET /trends in agents/trends.py.
+the customer API in agents/api.py, the trend timer and GET /trends in agents/trends.py, the API's
+description (/openapi.json) in agents/openapi.py.
 
 The agent body only hands each message to :class:`Runtime`; nothing escapes
 the loop, so one bad message can never stop the worker.
@@ -34,6 +35,7 @@ from .api import create_audit, install_api
 from .dashboard import install_dashboard
 from .observability import counting_senders
 from .observability import install as install_observability
+from .openapi import install_openapi
 from .pages import install_pages
 from .timers import CutoffRefresh, PartitionCommands, RulesReload, ViewFlush
 from .trends import install_trends
@@ -96,6 +98,7 @@ def build(settings: Settings) -> tuple[faust.App, Runtime]:
     install_pages(app, runtime, gaps, intake)  # /healthz, /metrics, /stats
     install_observability(app, runtime, settings)  # /readyz, scrape-time metrics, health timers
     install_webhooks(app, runtime, settings)  # tag changes and churn alerts to webhook URLs (own consumer group)
+    install_openapi(app)  # /openapi.json (agents/static/openapi.yaml) and JSON bodies for aiohttp's own errors
     return app, runtime
 
 

@@ -17,6 +17,19 @@ MAX_ADJUST_PCT = 20.0
 MAX_MANUAL_TAGS = 100  # per customer: a flood of add_tag commands cannot grow the state without bound
 ACTIONS = ("add_tag", "remove_tag", "adjust_score", "clear_adjustment")
 TAG = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+#: the fields each action takes besides command_id, customer_id, author and note
+ACTION_FIELDS = {"add_tag": ("tag", "expires_at"), "remove_tag": ("tag",), "adjust_score": ("adjust_pct",),
+                 "clear_adjustment": ()}
+OPTIONAL_FIELDS = ("tag", "expires_at", "adjust_pct")
+
+
+def stray_field(body: dict[str, Any]) -> str | None:
+    """The reason to refuse a command naming a field its action does not take (``adjust_pct`` on an ``add_tag``),
+    None if there is none: the worker ignores such a field, so the caller's intent would be lost without a word."""
+    action = body.get("action")
+    used = ACTION_FIELDS.get(action, OPTIONAL_FIELDS) if isinstance(action, str) else OPTIONAL_FIELDS
+    stray = next((f for f in OPTIONAL_FIELDS if body.get(f) is not None and f not in used), None)
+    return None if stray is None else f"field '{stray}': not taken by action {_show(action)}"
 
 
 def parse_command(raw: bytes, *, max_bytes: int, now_ms: int) -> dict[str, Any]:

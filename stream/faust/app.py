@@ -95,6 +95,16 @@ def create_app(settings: Settings) -> faust.App:
         consumer_max_fetch_size=tuning.CONSUMER_MAX_FETCH_SIZE,
         stream_buffer_maxsize=tuning.STREAM_BUFFER_MAXSIZE,
         web_enabled=True,
+        # Faust's own pages are off: /table/{name}/{key}/ served a customer's whole state to anyone without a
+        # token, /router/ the cluster's worker URLs, and the statistics and graph pages Faust internals. None of
+        # them is API (agents/static/openapi.yaml lists what is). table_route, which forwards a lookup to the
+        # owning worker, reads the assignor's metadata in-process and needs none of them. Faust's "/" index,
+        # {"status": "OK"}, has no setting and stays (documented).
+        web_router_enabled=False,
+        web_tables_enabled=False,
+        web_stats_enabled=False,
+        web_graph_enabled=False,
+        web_metrics_enabled=False,
         web_host=settings.web_host,
         web_bind=settings.web_bind,
         web_port=settings.web_port,

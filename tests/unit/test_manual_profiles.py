@@ -9,7 +9,7 @@ import pytest
 
 from agents.engine.evaluate import Cutoffs, Evaluator, facts_schema
 from rules import default_rules_dir, load_ruleset
-from stream.domain.manual import adjusted_score, apply_command, expire, parse_command
+from stream.domain.manual import adjusted_score, apply_command, expire, parse_command, stray_field
 from stream.domain.profiles import parse_profile, profile_facts
 from stream.domain.state import CustomerState
 from stream.exceptions import InvalidEvent
@@ -152,3 +152,15 @@ def test_manual_tags_are_capped_per_customer() -> None:
     assert again is not None and again["tags"]["t0"]["author"] == "b"  # re-adding a held tag is fine
     with pytest.raises(InvalidEvent, match="already has 100 manual tags"):
         apply_command(manual, {"action": "add_tag", "tag": "one_more", "author": "a", "note": ""}, 0)
+
+
+def test_a_field_the_action_does_not_take_is_named() -> None:
+    """The API refuses it (the worker would ignore it): an add_tag's adjust_pct, a clear_adjustment's tag."""
+    assert stray_field({"action": "add_tag", "tag": "vip", "adjust_pct": 21}) == (
+        "field 'adjust_pct': not taken by action 'add_tag'")
+    assert stray_field({"action": "clear_adjustment", "tag": "vip"}) == (
+        "field 'tag': not taken by action 'clear_adjustment'")
+    assert stray_field({"action": "remove_tag", "tag": "vip", "expires_at": None, "note": "x"}) is None  # null: absent
+    assert stray_field({"action": "adjust_score", "adjust_pct": 5, "command_id": "c1"}) is None
+    for action in ("nope", {}, None):  # parse_command names the action
+        assert stray_field({"action": action, "tag": "vip"}) is None
