@@ -331,10 +331,10 @@ def csv_response(web: View, rows: list[dict[str, Any]], cursor: str | None) -> R
             else:
                 cells.append(" ".join(value or ()) if f == "tags" else ("" if value is None else value))
         writer.writerow(cells)
-    headers = {"Content-Disposition": 'attachment; filename="customers.csv"'}
+    headers = {"Content-Type": "text/csv; charset=utf-8", "Content-Disposition": 'attachment; filename="customers.csv"'}
     if cursor:
         headers["X-Next-Cursor"] = cursor
-    return web.bytes(out.getvalue().encode(), content_type="text/csv; charset=utf-8", headers=headers)
+    return web.bytes(out.getvalue().encode(), headers=headers)
 
 
 def create_audit(settings: Settings, topics: Topics) -> AuditLog:
