@@ -204,10 +204,12 @@ class Api:
             return await self.refuse(web, decision, action, customer_id)
         size = self.settings.history_size
         text = request.query.get("limit", str(size))
-        if not (text.isdigit() and 1 <= int(text) <= size) or len(customer_id) > MAX_ID_CHARS:
+        error = None
+        if len(customer_id) > MAX_ID_CHARS:
+            error = {"error": f"a customer id has at most {MAX_ID_CHARS} characters", "parameter": "customer_id"}
+        elif not (text.isdigit() and 1 <= int(text) <= size):
             error = {"error": f"limit must be an integer from 1 to {size}", "parameter": "limit"}
-            if len(customer_id) > MAX_ID_CHARS:
-                error = {"error": f"a customer id has at most {MAX_ID_CHARS} characters", "parameter": "customer_id"}
+        if error is not None:
             return await self.answer(web, error, 400, decision, action, "invalid", customer_id[:MAX_ID_CHARS],
                                      detail={"reason": error["error"]})
         try:
